@@ -1,0 +1,253 @@
+"""Per-frame geometry, frame sampling/resizing, back-projection and z-buffer splatting.
+
+Conventions (shared by every GFM backend and the synthetic world):
+- pixel centres sit at integer coordinates (OpenCV): pixel (u, v) covers [u-0.5, u+0.5);
+- ``intrinsics`` are in pixels of the geometry's own H x W;
+- ``extrinsics`` map world -> camera, ``x_cam = R x_world + t``, OpenCV axes
+  (x right, y down, z forward); ``depth`` is the camera z of the surface seen at a pixel.
+All functions are pure tensor code that runs on whatever device the inputs are on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from actors.errors import InputError
+
+# Points with confidence at or below this never count (the reference's `conf > 1e-5`).
+MIN_CONF = 1e-5
+# Points closer than this to a camera are not splatted (behind / on the image plane).
+NEAR = 1e-6
+
+
+@dataclass
+class Geometry:
+    """What a GFM predicts for T frames: depth and confidence ``[T,H,W]``,
+    pixel intrinsics ``[T,3,3]``, world->camera extrinsics ``[T,3,4]`` (OpenCV axes)."""
+
+    depth: Tensor
+    conf: Tensor
+    intrinsics: Tensor
+    extrinsics: Tensor
+
+    def __post_init__(self) -> None:
+        t, h, w = self.depth.shape if self.depth.ndim == 3 else (None, None, None)
+        if t is None or self.conf.shape != self.depth.shape:
+            raise InputError(f"geometry: depth/conf must both be [T,H,W], got {tuple(self.depth.shape)} / {tuple(self.conf.shape)}")
+        if self.intrinsics.shape != (t, 3, 3) or self.extrinsics.shape != (t, 3, 4):
+            raise InputError(
+                f"geometry: expected intrinsics [{t},3,3] and extrinsics [{t},3,4], got "
+                f"{tuple(self.intrinsics.shape)} / {tuple(self.extrinsics.shape)}"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return self.depth.shape[0]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.depth.shape[1], self.depth.shape[2]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "Geometry":
+        return Geometry(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
+
+    def select(self, indices: list[int] | Tensor) -> "Geometry":
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.depth.device)
+        return Geometry(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
+def sample_frame_indices(num_frames: int, num_samples: int) -> list[int]:
+    """``num_samples`` indices spread uniformly over ``[0, num_frames)``, first and last included.
+
+    A clip with fewer frames than requested is used whole (no duplicated frames:
+    a repeated frame would re-render itself perfectly and flatter the score).
+    """
+    if num_frames <= 0 or num_samples <= 0:
+        raise InputError(f"frame sampling: need positive counts, got num_frames={num_frames}, T={num_samples}")
+    if num_frames <= num_samples:
+        return list(range(num_frames))
+    return np.linspace(0, num_frames - 1, num_samples).round().astype(int).tolist()
+
+
+# ----------------------------------------------------------------------------- resizing
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """Resize ``in_hw -> resized_hw`` then crop ``out_hw`` at ``(top, left)``."""
+
+    in_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    top: int
+    left: int
+    out_hw: tuple[int, int]
+
+
+def patch_transform(h: int, w: int, resolution: int = 518, patch: int = 14) -> FrameTransform:
+    """VGGT's "crop" preprocessing: width -> ``resolution``, height scaled to keep the
+    aspect ratio and rounded to a ``patch`` multiple, then centre-cropped to at most
+    ``resolution`` (tall videos)."""
+    if resolution % patch:
+        raise InputError(f"scoring.resolution: must be a multiple of {patch}, got {resolution}")
+    new_w = resolution
+    new_h = max(patch, int(round(h * new_w / w / patch)) * patch)
+    out_h = min(new_h, resolution)
+    return FrameTransform((h, w), (new_h, new_w), (new_h - out_h) // 2, 0, (out_h, new_w))
+
+
+def resize_transform(h: int, w: int, out_h: int, out_w: int) -> FrameTransform:
+    return FrameTransform((h, w), (out_h, out_w), 0, 0, (out_h, out_w))
+
+
+def _crop(x: Tensor, tf: FrameTransform) -> Tensor:
+    return x[..., tf.top : tf.top + tf.out_hw[0], tf.left : tf.left + tf.out_hw[1]]
+
+
+def transform_frames(frames: Tensor, tf: FrameTransform) -> Tensor:
+    """Apply ``tf`` to float frames ``[T,3,H,W]`` (antialiased bilinear)."""
+    if tuple(frames.shape[-2:]) != tf.resized_hw:
+        frames = F.interpolate(frames, size=tf.resized_hw, mode="bilinear", align_corners=False, antialias=True)
+    return _crop(frames, tf).clamp(0, 1)
+
+
+def transform_geometry(geometry: Geometry, tf: FrameTransform) -> Geometry:
+    """Apply ``tf`` to a geometry: nearest resampling for depth/conf (no blending across
+    depth edges), intrinsics rescaled and shifted so they still describe the pixels."""
+    if geometry.hw != tf.in_hw:
+        raise InputError(f"geometry: size {geometry.hw} does not match the frames {tf.in_hw}")
+    maps = torch.stack([geometry.depth, geometry.conf], dim=1)
+    if tf.resized_hw != tf.in_hw:
+        maps = F.interpolate(maps, size=tf.resized_hw, mode="nearest-exact")
+    maps = _crop(maps, tf)
+    sy = tf.resized_hw[0] / tf.in_hw[0]
+    sx = tf.resized_hw[1] / tf.in_hw[1]
+    k = geometry.intrinsics.clone()
+    # continuous coordinate u+0.5 scales linearly; pixel centres stay at integers
+    k[:, 0, 0] *= sx
+    k[:, 0, 1] *= sx
+    k[:, 1, 1] *= sy
+    k[:, 0, 2] = (k[:, 0, 2] + 0.5) * sx - 0.5 - tf.left
+    k[:, 1, 2] = (k[:, 1, 2] + 0.5) * sy - 0.5 - tf.top
+    return Geometry(maps[:, 0].contiguous(), maps[:, 1].contiguous(), k, geometry.extrinsics.clone())
+
+
+def resize_geometry(geometry: Geometry, out_h: int, out_w: int) -> Geometry:
+    """Resize a geometry to ``out_h x out_w`` (e.g. a backend's output to its input frames)."""
+    if geometry.hw == (out_h, out_w):
+        return geometry
+    return transform_geometry(geometry, resize_transform(*geometry.hw, out_h, out_w))
+
+
+# ----------------------------------------------------------------------------- point cloud
+
+
+def confidence_mask(conf: Tensor, conf_threshold: float = 0.0) -> Tensor:
+    """Keep the top ``(100 - conf_threshold)``% of points by confidence (percentile
+    threshold over all frames, as in the reference), and never points with conf <= 1e-5."""
+    if not 0.0 <= conf_threshold < 100.0:
+        raise InputError(f"conf_threshold: must be a percentage in [0, 100), got {conf_threshold}")
+    mask = conf > MIN_CONF
+    if conf_threshold > 0:
+        flat = conf.reshape(-1)
+        k = min(int(flat.numel() * conf_threshold / 100.0), flat.numel() - 1)
+        # the k-th smallest value (0-based) is the percentile; >= keeps exactly n-k without ties
+        threshold = torch.kthvalue(flat.float().cpu(), k + 1).values.to(conf.device)
+        mask &= conf >= threshold
+    return mask
+
+
+def pixel_grid(h: int, w: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Homogeneous pixel centres ``[H,W,3]`` = (u, v, 1)."""
+    v, u = torch.meshgrid(
+        torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype), indexing="ij"
+    )
+    return torch.stack([u, v, torch.ones_like(u)], dim=-1)
+
+
+def depth_to_world(geometry: Geometry) -> Tensor:
+    """World coordinates ``[T,H,W,3]`` of every pixel: ``R^T (d K^-1 [u,v,1] - t)``."""
+    t, h, w = geometry.depth.shape
+    rays = torch.einsum("tij,hwj->thwi", torch.linalg.inv(geometry.intrinsics), pixel_grid(h, w, geometry.depth.device))
+    cam = rays * geometry.depth[..., None]
+    rot, trans = geometry.extrinsics[:, :, :3], geometry.extrinsics[:, :, 3]
+    return torch.einsum("tji,thwj->thwi", rot, cam - trans[:, None, None, :])
+
+
+def unproject(geometry: Geometry, frames: Tensor, conf_threshold: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Back-project every kept pixel of every frame into one world point cloud.
+
+    ``frames`` float ``[T,3,H,W]`` give the colours. Returns ``points [N,3]`` and ``colors [N,3]``.
+    """
+    if frames.shape[0] != geometry.num_frames or tuple(frames.shape[-2:]) != geometry.hw:
+        raise InputError(f"frames {tuple(frames.shape)} do not match geometry {geometry.num_frames}x{geometry.hw}")
+    mask = confidence_mask(geometry.conf, conf_threshold) & (geometry.depth > 0)
+    points = depth_to_world(geometry)[mask]
+    colors = frames.permute(0, 2, 3, 1)[mask]
+    return points, colors
+
+
+def project(points: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Project ``[N,3]`` world points into all T cameras: pixel ``u, v`` and depth ``z``, each ``[T,N]``."""
+    cam = torch.einsum("tij,nj->tni", extrinsics[:, :, :3], points) + extrinsics[:, None, :, 3]
+    z = cam[..., 2]
+    pix = torch.einsum("tij,tnj->tni", intrinsics, cam)
+    safe_z = torch.where(z > NEAR, z, torch.ones_like(z))
+    return pix[..., 0] / safe_z, pix[..., 1] / safe_z, z
+
+
+def splat(
+    points: Tensor,
+    colors: Tensor,
+    intrinsics: Tensor,
+    extrinsics: Tensor,
+    height: int,
+    width: int,
+    return_mask: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Render a coloured point cloud into T cameras at once: ``[T,3,H,W]``.
+
+    Each point goes to its rounded pixel; the nearest depth wins (z-buffer via
+    ``scatter_reduce(amin)`` over flattened (frame, pixel) indices); exact depth ties
+    go to the lowest point index so the result is deterministic on every device.
+    Pixels no point reaches stay black. With ``return_mask`` also returns the
+    coverage mask ``[T,H,W]``.
+    """
+    num_t, n = intrinsics.shape[0], points.shape[0]
+    device = points.device
+    u, v, z = project(points, intrinsics, extrinsics)
+    ui, vi = torch.floor(u + 0.5), torch.floor(v + 0.5)  # round half up: pixel centres are integers
+    valid = (z > NEAR) & (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
+    frame = torch.arange(num_t, device=device)[:, None].expand(num_t, n)
+    flat = ((frame * height + vi.clamp(0, height - 1).long()) * width + ui.clamp(0, width - 1).long())[valid]
+    z_valid = z[valid]
+    num_px = num_t * height * width
+
+    zbuf = torch.full((num_px,), float("inf"), device=device, dtype=z.dtype)
+    zbuf.scatter_reduce_(0, flat, z_valid, reduce="amin", include_self=True)
+    front = z_valid == zbuf[flat]
+
+    point_id = torch.arange(n, device=device).expand(num_t, n)[valid][front]
+    winner = torch.full((num_px,), n, device=device, dtype=torch.long)
+    winner.scatter_reduce_(0, flat[front], point_id, reduce="amin", include_self=True)
+
+    covered = winner < n
+    image = torch.zeros(num_px, 3, device=device, dtype=colors.dtype)
+    image[covered] = colors[winner[covered]]
+    image = image.view(num_t, height, width, 3).permute(0, 3, 1, 2).contiguous()
+    if return_mask:
+        return image, covered.view(num_t, height, width)
+    return image
+
+
+def reproject_frames(
+    frames: Tensor, geometry: Geometry, conf_threshold: float = 0.0, return_mask: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Back-project all frames into one cloud and splat it into every frame's camera."""
+    points, colors = unproject(geometry, frames, conf_threshold)
+    h, w = geometry.hw
+    return splat(points, colors, geometry.intrinsics, geometry.extrinsics, h, w, return_mask=return_mask)

@@ -1,0 +1,128 @@
+"""The ``videogpa`` command: the main job, each stage alone, and scoring of video files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+from actors.errors import InputError
+
+log = logging.getLogger("videogpa")
+
+STAGE_COMMANDS = {"generate": "candidates", "pairs": "pairs", "train": "train"}
+
+
+def _find_input_error(err: BaseException) -> InputError | None:
+    """Ray wraps errors raised in actors and workers; find the user-facing one inside."""
+    seen: set[int] = set()
+    stack = [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, InputError):
+            return current
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+        stack.extend(e for e in getattr(current, "exceptions", []) if isinstance(e, BaseException))
+    return None
+
+
+def _init_ray(cfg) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # Join the cluster a `ray job submit` runs us on (RAY_ADDRESS), or start a local one.
+        ray.init(address=cfg.ray.address, log_to_driver=True)
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.rounds import run_align
+
+    cfg = load_config(args.config, args.overrides)
+    _init_ray(cfg)
+    results = run_align(cfg)
+    last = results[-1] if results else {}
+    print(json.dumps({"run": cfg.run_name, "rounds": len(results), "last_round": last}, default=str))
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.prompts import load_prompts
+    from pipelines.rounds import open_run, run_round, storage_spec
+
+    cfg = load_config(args.config, args.overrides)
+    _init_ray(cfg)
+    store = open_run(cfg)
+    prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
+    run_round(cfg, store, prompts, args.round, stages=(STAGE_COMMANDS[args.command],))
+    return 0
+
+
+def _cmd_score_video(args: argparse.Namespace) -> int:
+    from actors.scoring import ScoringConfig, VideoScorer
+    from actors.video_io import decode_video
+
+    scorer = VideoScorer(ScoringConfig(backend=args.backend, weights=args.weights, num_frames=args.num_frames,
+                                       lpips_backbone=args.lpips_backbone, scorer="3dcs"))
+    for path in args.videos:
+        result = scorer.score(decode_video(path))
+        print(json.dumps({"video": path, **{k: float(v) for k, v in result.items()}}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videogpa", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=2 trainer.zero_stage=3")
+        p.set_defaults(handler=handler)
+        return p
+
+    with_config("align", "the main job: every round generates, scores, pairs, trains", _cmd_align)
+    for name, stage in STAGE_COMMANDS.items():
+        p = with_config(name, f"run the '{stage}' stage of one round alone", _cmd_stage)
+        p.add_argument("--round", type=int, default=0)
+
+    p = sub.add_parser("score-video", help="print 3DCS, motion and evaluation metrics of video files")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--backend", default="tiny", choices=["tiny", "vggt", "da3"])
+    p.add_argument("--weights", default=None, help="GFM weights (id, directory or safetensors file)")
+    p.add_argument("--num-frames", type=int, default=10)
+    p.add_argument("--lpips-backbone", default="auto", choices=["auto", "pretrained", "random"])
+    p.set_defaults(handler=_cmd_score_video)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("videogpa: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except BaseException as err:  # noqa: BLE001 - the one place that turns errors into an exit code
+        if args.debug or isinstance(err, SystemExit):
+            raise
+        found = _find_input_error(err)
+        if found is not None:
+            print(f"videogpa: error: {found}", file=sys.stderr)
+            return 2
+        log.exception("failed")
+        print(f"videogpa: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

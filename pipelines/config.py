@@ -1,0 +1,158 @@
+"""The run's configuration: one YAML file validated by a pydantic schema, plus dotted overrides.
+
+Each layer owns the section it consumes (``actors`` the model, sampling and scoring sections,
+``trainers`` the trainer section); this module composes them and adds what only the
+orchestration needs (storage, pools, pairing, prompts).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from actors.errors import InputError
+from actors.models import ModelConfig, SamplingConfig
+from actors.scoring import ScoringConfig
+from trainers.config import TrainerConfig
+
+_CREDENTIAL_KEYS = re.compile(r"(secret|access_key|password|token|credential)", re.IGNORECASE)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolConfig(_Section):
+    """An elastic actor pool of Ray Data: the autoscaler grows it from min_size to max_size."""
+
+    min_size: int = Field(1, ge=1)
+    max_size: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(1.0, gt=0)
+    batch_size: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> "PoolConfig":
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) is smaller than min_size ({self.min_size})")
+        return self
+
+
+class PromptsConfig(_Section):
+    """Where prompts come from: a .txt (one per line) or .jsonl file, or the built-in list when path is null."""
+
+    path: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class PairingConfig(_Section):
+    candidates_per_prompt: int = Field(4, ge=2)
+    min_gap: float = Field(0.05, ge=0)
+    motion_threshold: float = Field(0.001, ge=0)
+
+
+class StorageConfig(_Section):
+    """S3-compatible storage settings. Credentials never live here: they come from the environment."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_attempts: int = Field(5, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: join a running cluster if there is one, else start a local one
+
+
+class VideoGPAConfig(_Section):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    output_uri: str = "./runs"
+    rounds: int = Field(1, ge=1)
+    seed: int = 0
+    prompts: PromptsConfig = PromptsConfig()
+    model: ModelConfig
+    sampling: SamplingConfig
+    scoring: ScoringConfig = ScoringConfig()
+    pairing: PairingConfig = PairingConfig()
+    generation_pool: PoolConfig = PoolConfig()
+    scoring_pool: PoolConfig = PoolConfig()
+    encoding_pool: PoolConfig = PoolConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise InputError(f"config override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``trainer.zero_stage=3`` → ("trainer.zero_stage", 3); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise InputError(f"config override {text!r}: expected key.path=value")
+    try:
+        return key, yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise InputError(f"config override {text!r}: value is not valid YAML ({err.__class__.__name__})") from None
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        if _CREDENTIAL_KEYS.search(where):
+            return f"{where}: credentials are not config keys; set them in the environment (e.g. AWS_ACCESS_KEY_ID)"
+        return f"{where}: unknown config key"
+    if first["type"] == "missing":
+        return f"{where}: required config key is missing"
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{where}: {first['msg']}{shown}"
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> VideoGPAConfig:
+    tree = dict(raw)
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return VideoGPAConfig.model_validate(tree)
+    except ValidationError as err:
+        raise InputError(f"config error: {_first_error(err)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> VideoGPAConfig:
+    """Read, override and validate a config file; every failure is one InputError line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"config file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config file {str(path)!r} is not UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"config file {str(path)!r} must hold a mapping of config keys")
+    return build_config(raw, overrides)
+
+
+def dump_config(cfg: VideoGPAConfig) -> str:
+    """The resolved config as YAML (it never holds credentials: the schema has no place for them)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

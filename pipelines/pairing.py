@@ -1,0 +1,82 @@
+"""Preference pairs from scored candidates: per prompt, best (lowest score) against worst.
+
+Pure functions over small metadata rows; the videos themselves never pass through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class Pair:
+    pair_id: str
+    round: int
+    prompt_id: str
+    prompt: str
+    image: str | None
+    winner: dict[str, Any]
+    loser: dict[str, Any]
+
+
+@dataclass
+class PairingReport:
+    pairs: list[Pair] = field(default_factory=list)
+    dropped_candidates: Counter = field(default_factory=Counter)  # reason -> candidates
+    dropped_prompts: Counter = field(default_factory=Counter)  # reason -> prompts
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pairs_kept": len(self.pairs),
+            "candidates_dropped": dict(self.dropped_candidates),
+            "prompts_dropped": dict(self.dropped_prompts),
+        }
+
+
+def pair_id(prompt_id: str, round_index: int, winner_seed: int, loser_seed: int) -> str:
+    """Deterministic: the same prompt, round and seeds always give the same id."""
+    key = f"{prompt_id}|{round_index}|{winner_seed}|{loser_seed}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+def make_pairs(
+    candidates: Iterable[dict[str, Any]], round_index: int, min_gap: float, motion_threshold: float
+) -> PairingReport:
+    """Rows need prompt_id, prompt, image, seed, score, motion. Lower score is better."""
+    report = PairingReport()
+    by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in candidates:
+        by_prompt[row["prompt_id"]]  # every prompt is accounted for, even one whose candidates all drop
+        if not (math.isfinite(row["score"]) and math.isfinite(row["motion"])):
+            report.dropped_candidates["non_finite_score"] += 1
+        elif row["motion"] < motion_threshold:
+            # A static video re-renders itself trivially well: it must not win on stillness.
+            report.dropped_candidates["static"] += 1
+        else:
+            by_prompt[row["prompt_id"]].append(row)
+
+    for prompt_id in sorted(by_prompt):
+        rows = sorted(by_prompt[prompt_id], key=lambda r: (r["score"], r["seed"]))
+        if len(rows) < 2:
+            report.dropped_prompts["fewer_than_two_moving_candidates"] += 1
+            continue
+        best, worst = rows[0], rows[-1]
+        if worst["score"] - best["score"] < min_gap:
+            report.dropped_prompts["gap_below_min_gap"] += 1
+            continue
+        report.pairs.append(
+            Pair(
+                pair_id=pair_id(prompt_id, round_index, best["seed"], worst["seed"]),
+                round=round_index,
+                prompt_id=prompt_id,
+                prompt=best["prompt"],
+                image=best.get("image"),
+                winner=best,
+                loser=worst,
+            )
+        )
+    return report

@@ -1,0 +1,235 @@
+"""One alignment round as resumable stages, and the run as a sequence of rounds.
+
+A stage is done when its marker exists; a round is done when its manifest exists (written
+last). Starting the same command again skips done rounds and done stages, and redoes an
+unfinished stage from a clean slate, so nothing is lost, duplicated or rewritten.
+
+    candidates   prompts × K seeds → videos → geometry scores   (candidates.done.json)
+    pairs        best vs worst per prompt → latents → shards      (pairs.done.json)
+    train        Diffusion-DPO on the shards → LoRA               (train.done.json)
+    manifest     shard list, row counts, checksums, metrics        (manifest.json)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from actors.errors import InputError
+from pipelines.config import VideoGPAConfig, dump_config
+from pipelines.pairing import make_pairs
+from pipelines.prompts import Prompt, load_prompts
+from pipelines.stages import CANDIDATE_META_COLUMNS, build_candidates_dataset, build_pairs_dataset
+from pipelines.storage import RunStore, StorageSpec
+from trainers.schema import SCHEMA_VERSION
+from trainers.train import train_dpo
+
+log = logging.getLogger(__name__)
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+STAGES = ("candidates", "pairs", "train")
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    """Run-relative paths of one round (SPEC §3 run layout)."""
+
+    index: int
+
+    @property
+    def dir(self) -> str:
+        return f"round-{self.index:03d}"
+
+    def _sub(self, name: str) -> str:
+        return f"{self.dir}/{name}"
+
+    candidates = property(lambda self: self._sub("candidates"))
+    pairs = property(lambda self: self._sub("pairs"))
+    videos = property(lambda self: self._sub("videos"))
+    lora = property(lambda self: self._sub("lora"))
+    manifest = property(lambda self: self._sub("manifest.json"))
+    metrics = property(lambda self: self._sub("metrics.json"))
+
+    def marker(self, stage: str) -> str:
+        return self._sub(f"{stage}.done.json")
+
+
+def storage_spec(cfg: VideoGPAConfig) -> StorageSpec:
+    s = cfg.storage
+    return StorageSpec(cfg.output_uri, s.endpoint_url, s.region, s.max_attempts, s.connect_timeout_s,
+                       s.request_timeout_s)
+
+
+def candidate_seed(run_seed: int, round_index: int, prompt_id: str, k: int) -> int:
+    """A fixed seed per (run, round, prompt, candidate): reruns regenerate the same videos."""
+    digest = hashlib.sha256(f"{run_seed}|{round_index}|{prompt_id}|{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def open_run(cfg: VideoGPAConfig) -> RunStore:
+    """The run's store, with the resolved config saved in it."""
+    store = RunStore(storage_spec(cfg), cfg.run_name)
+    text = dump_config(cfg)
+    if store.exists("config.yaml") and store.read_bytes("config.yaml").decode("utf-8") != text:
+        log.warning("config differs from the one saved in %s; completed rounds keep their outputs",
+                    store.uri("config.yaml"))
+    store.write_bytes("config.yaml", text.encode("utf-8"))
+    return store
+
+
+def run_align(cfg: VideoGPAConfig) -> list[dict[str, Any]]:
+    """Every round, resuming where the run stopped; returns each round's metrics."""
+    store = open_run(cfg)
+    prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
+    results = []
+    for index in range(cfg.rounds):
+        paths = RoundPaths(index)
+        if store.exists(paths.manifest):
+            log.info("round %d/%d already complete (%s): skipped", index + 1, cfg.rounds, store.uri(paths.manifest))
+            results.append(store.read_json(paths.metrics))
+            continue
+        results.append(run_round(cfg, store, prompts, index))
+    log.info("run complete: %s", store.uri())
+    return results
+
+
+def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index: int,
+              stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    paths = RoundPaths(index)
+    timings: dict[str, float] = {}
+    for number, stage in enumerate(STAGES, start=1):
+        if stage not in stages:
+            continue
+        if store.exists(paths.marker(stage)):
+            log.info("round %d · stage %d/%d %s: already done", index, number, len(STAGES), stage)
+            continue
+        log.info("round %d · stage %d/%d %s: starting", index, number, len(STAGES), stage)
+        start = time.perf_counter()
+        marker = _STAGE_FUNCTIONS[stage](cfg, store, prompts, paths)
+        timings[stage] = round(time.perf_counter() - start, 2)
+        marker["seconds"] = timings[stage]
+        store.write_json(paths.marker(stage), marker)
+        log.info("round %d · stage %s: done in %.1f s", index, stage, timings[stage])
+    if set(STAGES) <= set(stages):
+        return finish_round(cfg, store, paths)
+    return {}
+
+
+def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
+    store.delete_dir(paths.candidates)
+    k = cfg.pairing.candidates_per_prompt
+    rows = [
+        {"round": paths.index, "prompt_id": p.prompt_id, "prompt": p.text, "image": p.image or "",
+         "seed": candidate_seed(cfg.seed, paths.index, p.prompt_id, j)}
+        for p in prompts for j in range(k)
+    ]
+    log.info("generating and scoring %d candidates (%d prompts × %d)", len(rows), len(prompts), k)
+    lora_rel = RoundPaths(paths.index - 1).lora if paths.index > 0 else None
+    ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, paths.videos, lora_rel,
+                                  cfg.generation_pool, cfg.scoring_pool)
+    ds.write_parquet(store.path(paths.candidates), filesystem=store.fs)
+    return _file_listing(store, paths.candidates)
+
+
+def _read_candidates(store: RunStore, paths: RoundPaths) -> list[dict[str, Any]]:
+    files = [store.path(f["path"]) for f in store.read_json(paths.marker("candidates"))["files"]]
+    table = pq.ParquetDataset(files, filesystem=store.fs).read(columns=CANDIDATE_META_COLUMNS)
+    return table.to_pylist()
+
+
+def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
+    store.delete_dir(paths.pairs)
+    candidates = _read_candidates(store, paths)
+    report = make_pairs(candidates, paths.index, cfg.pairing.min_gap, cfg.pairing.motion_threshold)
+    summary = report.summary()
+    log.info("pairing: %d pairs kept from %d candidates; dropped %s", len(report.pairs), len(candidates), summary)
+    if not report.pairs:
+        raise InputError(
+            f"round {paths.index}: no preference pairs (prompts dropped: {summary['prompts_dropped']}, "
+            f"candidates dropped: {summary['candidates_dropped']}); lower pairing.min_gap or raise "
+            "pairing.candidates_per_prompt"
+        )
+    rows = [
+        {"pair_id": p.pair_id, "round": p.round, "prompt_id": p.prompt_id, "prompt": p.prompt, "image": p.image or "",
+         "scorer": p.winner["scorer"],
+         **{f"{side}_{key}": row[key] for side, row in (("winner", p.winner), ("loser", p.loser))
+            for key in ("seed", "score", "motion")},
+         "winner_video_uri": p.winner["video_uri"], "loser_video_uri": p.loser["video_uri"]}
+        for p in report.pairs
+    ]
+    build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool).write_parquet(
+        store.path(paths.pairs), filesystem=store.fs)
+    return {**_file_listing(store, paths.pairs), "pairing": summary}
+
+
+def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
+    files = [store.path(f["path"]) for f in store.read_json(paths.marker("pairs"))["files"]]
+    previous = RoundPaths(paths.index - 1).lora if paths.index > 0 else None
+    metrics = train_dpo(
+        cfg.trainer, cfg.model, pair_files=files, filesystem=store.fs, storage_path=store.path(paths.dir),
+        name="checkpoints", lora_out_dir=store.path(paths.lora),
+        previous_lora_dir=store.path(previous) if previous else None,
+    )
+    return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_FILE}")}
+
+
+_STAGE_FUNCTIONS = {"candidates": _candidates_stage, "pairs": _pairs_stage, "train": _train_stage}
+
+
+def _describe(store: RunStore, rel: str) -> dict[str, Any]:
+    return {"path": rel, "sha256": store.sha256(rel)}
+
+
+def _file_listing(store: RunStore, rel: str) -> dict[str, Any]:
+    files = []
+    for path in store.list_files(rel, ".parquet"):
+        rows = pq.read_metadata(store.path(path), filesystem=store.fs).num_rows
+        files.append({**_describe(store, path), "rows": rows})
+    return {"files": files, "rows": sum(f["rows"] for f in files)}
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    return {"mean": statistics.fmean(finite), "std": statistics.pstdev(finite), "min": min(finite),
+            "max": max(finite), "count": len(finite)}
+
+
+def finish_round(cfg: VideoGPAConfig, store: RunStore, paths: RoundPaths) -> dict[str, Any]:
+    """Write metrics.json, then the manifest: the round counts as complete only once both exist."""
+    candidates = _read_candidates(store, paths)
+    markers = {stage: store.read_json(paths.marker(stage)) for stage in STAGES}
+    pairs_marker, train_marker = markers["pairs"], markers["train"]
+    metrics = {
+        "round": paths.index,
+        "candidates": len(candidates),
+        "scorer": candidates[0]["scorer"] if candidates else None,
+        "pairs_kept": pairs_marker["pairing"]["pairs_kept"],
+        "candidates_dropped": pairs_marker["pairing"]["candidates_dropped"],
+        "prompts_dropped": pairs_marker["pairing"]["prompts_dropped"],
+        "scores": {key: _stats([c[key] for c in candidates]) for key in ("score", "3dcs", "motion", "psnr", "ssim")},
+        "train": train_marker["metrics"],
+        "stage_seconds": {stage: markers[stage]["seconds"] for stage in STAGES},
+    }
+    store.write_json(paths.metrics, metrics)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "run_name": cfg.run_name,
+        "round": paths.index,
+        "candidates": markers["candidates"],
+        "pairs": {"files": pairs_marker["files"], "rows": pairs_marker["rows"]},
+        "lora": train_marker["lora"],
+        "metrics": _describe(store, paths.metrics),
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.write_json(paths.manifest, manifest)
+    log.info("round %d complete: %s", paths.index, store.uri(paths.manifest))
+    return metrics

@@ -1,0 +1,189 @@
+"""The Ray Data graphs of a round: prompts → candidates → scores, and pairs → latents → shards.
+
+Each model-bearing step is a callable class run on its own elastic actor pool
+(``ActorPoolStrategy(min_size, max_size)``), so generation, scoring and encoding scale
+independently and Ray Data's streaming executor applies backpressure between them. Videos
+go from the generation actors straight to storage and to the scoring actors through the
+object store; the driver only sees small metadata rows.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+import ray
+import torch
+
+from actors.errors import InputError
+from actors.models import (
+    ModelConfig,
+    SamplingConfig,
+    build_pipeline,
+    encode_training_inputs,
+    generate_videos,
+    load_lora,
+)
+from actors.scoring import ScoringConfig, VideoScorer
+from actors.video_io import decode_video, encode_mp4
+from pipelines.config import PoolConfig
+from pipelines.storage import RunStore, StorageSpec, make_filesystem, read_bytes
+from trainers.schema import PAIR_SCHEMA, SCHEMA_VERSION, tensor_to_bytes
+
+log = logging.getLogger(__name__)
+
+SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar")
+CANDIDATE_META_COLUMNS = ["round", "prompt_id", "prompt", "image", "seed", "video_uri", "scorer", *SCORE_KEYS]
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_image(store: RunStore, uri: str) -> np.ndarray | None:
+    """An I2V first frame as uint8 [H,W,3] from a local path or s3:// URI; None when not given."""
+    if not uri:
+        return None
+    fs, path = make_filesystem(StorageSpec(uri, store.spec.endpoint_url, store.spec.region))
+    try:
+        return np.asarray(Image.open(io.BytesIO(read_bytes(fs, path))).convert("RGB"))
+    except UnidentifiedImageError:
+        raise InputError(f"image {uri!r}: not a readable image file") from None
+
+
+def pool_args(pool: PoolConfig) -> dict[str, Any]:
+    """map_batches arguments for an elastic actor pool."""
+    return dict(
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        num_gpus=pool.num_gpus,
+        num_cpus=pool.num_cpus,
+        batch_size=pool.batch_size,
+    )
+
+
+class GenerateCandidates:
+    """Actor: rows (prompt, seed) → one video each, written to storage as mp4 and passed on as frames."""
+
+    def __init__(self, model: dict, sampling: dict, storage: StorageSpec, run_name: str, videos_rel: str,
+                 lora_rel: str | None):
+        self.model, self.sampling = ModelConfig(**model), SamplingConfig(**sampling)
+        self.store, self.videos_rel = RunStore(storage, run_name), videos_rel
+        self.pipe = build_pipeline(self.model, _device())
+        if lora_rel:
+            # Online rounds sample from the current policy: base + the previous round's LoRA.
+            self._lora_tmp = tempfile.TemporaryDirectory(prefix="videogpa-lora-")
+            self.store.download_dir(lora_rel, self._lora_tmp.name)
+            load_lora(self.pipe, self._lora_tmp.name, self.sampling.lora_scale)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        groups: OrderedDict[str, list[int]] = OrderedDict()
+        for i, pid in enumerate(batch["prompt_id"]):
+            groups.setdefault(str(pid), []).append(i)
+        out: dict[str, list] = {k: [] for k in ("round", "prompt_id", "prompt", "image", "seed", "video_uri", "frames")}
+        for pid, rows in groups.items():
+            first = rows[0]
+            seeds = [int(batch["seed"][i]) for i in rows]
+            image = _load_image(self.store, str(batch["image"][first]))
+            videos = generate_videos(self.pipe, self.model, self.sampling, str(batch["prompt"][first]), seeds, image)
+            for i, seed, video in zip(rows, seeds, videos):
+                rel = f"{self.videos_rel}/{pid}-s{seed}.mp4"  # deterministic: a retried task overwrites, never duplicates
+                self.store.write_bytes(rel, encode_mp4(video, fps=self.sampling.fps))
+                for key in ("round", "prompt_id", "prompt", "image"):
+                    out[key].append(batch[key][i])
+                out["seed"].append(seed)
+                out["video_uri"].append(rel)
+                out["frames"].append(video)
+        return {k: np.stack(v) if k == "frames" else np.asarray(v) for k, v in out.items()}
+
+
+class ScoreCandidates:
+    """Actor: frames → geometry scores; the frames column is dropped so only metadata is written."""
+
+    def __init__(self, scoring: dict):
+        self.scorer = VideoScorer(ScoringConfig(**scoring), device=_device())
+        self.scorer_name = f"{scoring['scorer']}:{scoring['backend']}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        scores: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
+        for frames in batch["frames"]:
+            try:
+                result = self.scorer.score(frames)
+            except InputError as err:
+                # One broken candidate must not sink the round: it is recorded as unscorable and dropped at pairing.
+                log.warning("candidate not scorable: %s", err)
+                result = {}
+            for key in SCORE_KEYS:
+                scores[key].append(float(result.get(key, float("nan"))))
+        out = {k: v for k, v in batch.items() if k != "frames"}
+        out["scorer"] = np.asarray([self.scorer_name] * len(batch["seed"]))
+        out["lpips_backbone"] = np.asarray([self.scorer.lpips_backbone_used] * len(batch["seed"]))
+        out.update({k: np.asarray(v, dtype=np.float64) for k, v in scores.items()})
+        return out
+
+
+class EncodePairs:
+    """Actor: winner/loser videos → VAE latents + prompt embeddings (+ image latents) as shard rows."""
+
+    def __init__(self, model: dict, storage: StorageSpec, run_name: str):
+        self.model = ModelConfig(**model)
+        self.store = RunStore(storage, run_name)
+        self.pipe = build_pipeline(self.model, _device())
+        self.model_id = self.model.pretrained if self.model.pretrained != "tiny" else f"tiny:{self.model.family}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = []
+        for i in range(len(batch["pair_id"])):
+            videos = np.stack([decode_video(self.store.read_bytes(str(batch[f"{side}_video_uri"][i])))
+                               for side in ("winner", "loser")])
+            image = _load_image(self.store, str(batch["image"][i]))
+            enc = encode_training_inputs(self.pipe, self.model, videos, str(batch["prompt"][i]), image)
+            latents = enc["latents"].cpu()
+            rows.append({
+                "schema_version": SCHEMA_VERSION,
+                "pair_id": str(batch["pair_id"][i]),
+                "round": int(batch["round"][i]),
+                "prompt_id": str(batch["prompt_id"][i]),
+                "prompt": str(batch["prompt"][i]),
+                "model_id": self.model_id,
+                "scorer": str(batch["scorer"][i]),
+                **{f"{side}_{key}": (int if key == "seed" else float)(batch[f"{side}_{key}"][i])
+                   for side in ("winner", "loser") for key in ("seed", "score", "motion")},
+                "winner_latents": tensor_to_bytes(latents[0]),
+                "loser_latents": tensor_to_bytes(latents[1]),
+                "latent_shape": list(latents.shape[1:]),
+                "latent_dtype": str(latents.dtype).removeprefix("torch."),
+                "prompt_embeds": tensor_to_bytes(enc["prompt_embeds"][0].cpu()),
+                "image_latents": None if enc["image_latents"] is None else tensor_to_bytes(enc["image_latents"][0].cpu()),
+            })
+        return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+
+
+def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sampling: SamplingConfig,
+                             scoring: ScoringConfig, store: RunStore, videos_rel: str, lora_rel: str | None,
+                             generation_pool: PoolConfig, scoring_pool: PoolConfig) -> ray.data.Dataset:
+    """prompts × seeds → generated videos → scored candidate rows (metadata only)."""
+    ds = ray.data.from_items(rows)
+    ds = ds.map_batches(
+        GenerateCandidates,
+        fn_constructor_kwargs=dict(model=model.model_dump(), sampling=sampling.model_dump(), storage=store.spec,
+                                   run_name=store.run_name, videos_rel=videos_rel, lora_rel=lora_rel),
+        **pool_args(generation_pool),
+    )
+    return ds.map_batches(ScoreCandidates, fn_constructor_kwargs=dict(scoring=scoring.model_dump()),
+                          **pool_args(scoring_pool))
+
+
+def build_pairs_dataset(pair_rows: list[dict[str, Any]], model: ModelConfig, store: RunStore,
+                        encoding_pool: PoolConfig) -> ray.data.Dataset:
+    """pair metadata → encoded preference-pair shard rows (PAIR_SCHEMA)."""
+    return ray.data.from_items(pair_rows).map_batches(
+        EncodePairs,
+        fn_constructor_kwargs=dict(model=model.model_dump(), storage=store.spec, run_name=store.run_name),
+        **pool_args(encoding_pool),
+    )

@@ -1,0 +1,178 @@
+"""Run storage on a local path or ``s3://bucket/prefix`` through one pyarrow filesystem.
+
+Every write is all-or-nothing: local files go to a temporary name and are renamed; an S3
+object appears only when its single PUT completes. Readers trust only what a marker or the
+round manifest lists, so a half-written stage is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from actors.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """What a process needs to reach the run's storage; credentials are read from its environment."""
+
+    uri: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_attempts: int = 5
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 30.0
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+
+def make_filesystem(spec: StorageSpec) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and the root path inside it for ``spec.uri``."""
+    if spec.is_s3:
+        root = spec.uri[len("s3://"):].strip("/")
+        if not root or root.startswith("/"):
+            raise InputError(f"output_uri {spec.uri!r}: expected s3://bucket/prefix")
+        kwargs: dict[str, Any] = dict(
+            region=spec.region,
+            connect_timeout=spec.connect_timeout_s,
+            request_timeout=spec.request_timeout_s,
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=spec.max_attempts),
+        )
+        if spec.endpoint_url:
+            parsed = urlparse(spec.endpoint_url if "://" in spec.endpoint_url else f"https://{spec.endpoint_url}")
+            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        return pafs.S3FileSystem(**kwargs), root
+    if "://" in spec.uri and not spec.uri.startswith("file://"):
+        raise InputError(f"output_uri {spec.uri!r}: only local paths and s3:// are supported")
+    local = spec.uri[len("file://"):] if spec.uri.startswith("file://") else spec.uri
+    return pafs.LocalFileSystem(), str(Path(local).expanduser().resolve())
+
+
+class RunStore:
+    """Files of one run (``<output_uri>/<run_name>``), addressed by paths relative to it."""
+
+    def __init__(self, spec: StorageSpec, run_name: str):
+        self.spec, self.run_name = spec, run_name
+        self.fs, root = make_filesystem(spec)
+        self.root = f"{root}/{run_name}"
+
+    # -- paths -----------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """The filesystem path (no scheme) of a run-relative path: what pyarrow and Ray take."""
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def uri(self, *parts: str) -> str:
+        """The user-facing URI of a run-relative path."""
+        return ("s3://" if self.spec.is_s3 else "") + self.path(*parts)
+
+    # -- reading ---------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self._info(rel).type != pafs.FileType.NotFound
+
+    def _info(self, rel: str) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.path(rel))
+        except OSError as err:
+            raise _storage_error(self.uri(rel), err) from None
+
+    def read_bytes(self, rel: str) -> bytes:
+        return read_bytes(self.fs, self.path(rel))
+
+    def read_json(self, rel: str) -> Any | None:
+        """The parsed JSON at ``rel``, or None when it does not exist."""
+        if not self.exists(rel):
+            return None
+        return json.loads(self.read_bytes(rel).decode("utf-8"))
+
+    def list_files(self, rel: str, suffix: str = "") -> list[str]:
+        """Run-relative paths of the files directly under ``rel`` ending in ``suffix``, sorted."""
+        if not self.exists(rel):
+            return []
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
+        except OSError as err:
+            raise _storage_error(self.uri(rel), err) from None
+        prefix = self.root + "/"
+        return sorted(
+            i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        write_bytes_atomic(self.fs, self.path(rel), data)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
+
+    def upload_dir(self, local_dir: str | Path, rel: str) -> None:
+        for file in sorted(Path(local_dir).rglob("*")):
+            if file.is_file():
+                self.write_bytes(f"{rel}/{file.relative_to(local_dir).as_posix()}", file.read_bytes())
+
+    def download_dir(self, rel: str, local_dir: str | Path) -> None:
+        for file in self.list_files(rel):
+            target = Path(local_dir) / Path(file).name
+            target.write_bytes(self.read_bytes(file))
+
+    def delete_dir(self, rel: str) -> None:
+        """Remove a stage's unfinished output before it is redone."""
+        if self.exists(rel):
+            log.info("removing unfinished output %s", self.uri(rel))
+            self.fs.delete_dir(self.path(rel))
+
+    def sha256(self, rel: str) -> str:
+        return hashlib.sha256(self.read_bytes(rel)).hexdigest()
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as err:
+        raise _storage_error(path, err) from None
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write so that a reader sees either the old file or the whole new one, never a torn one."""
+    parent = path.rsplit("/", 1)[0]
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        else:
+            with fs.open_output_stream(path) as out:  # one PUT: the object appears only when complete
+                out.write(data)
+    except OSError as err:
+        raise _storage_error(path, err) from None
+
+
+def _storage_error(where: str, err: OSError) -> InputError:
+    text = " ".join(str(err).split())
+    if "AWS Error ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        cause = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    elif "NETWORK_CONNECTION" in text or "Connection refused" in text or "curlCode" in text:
+        cause = "S3 endpoint unreachable: check storage.endpoint_url"
+    else:
+        cause = text[:200]
+    return InputError(f"storage error at {where}: {cause}")

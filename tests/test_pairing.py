@@ -1,0 +1,47 @@
+import math
+
+from pipelines.pairing import make_pairs, pair_id
+
+
+def _row(pid, seed, score, motion=0.5):
+    return {"prompt_id": pid, "prompt": f"prompt {pid}", "image": "", "seed": seed, "score": score, "motion": motion}
+
+
+def test_best_against_worst_per_prompt():
+    rows = [_row("a", 1, 0.30), _row("a", 2, 0.10), _row("a", 3, 0.50), _row("b", 4, 0.2), _row("b", 5, 0.9)]
+    report = make_pairs(rows, round_index=0, min_gap=0.05, motion_threshold=0.001)
+    pairs = {p.prompt_id: p for p in report.pairs}
+    assert (pairs["a"].winner["seed"], pairs["a"].loser["seed"]) == (2, 3)
+    assert (pairs["b"].winner["seed"], pairs["b"].loser["seed"]) == (4, 5)
+
+
+def test_gap_below_min_gap_drops_the_prompt():
+    report = make_pairs([_row("a", 1, 0.30), _row("a", 2, 0.33)], 0, min_gap=0.05, motion_threshold=0.001)
+    assert report.pairs == [] and report.dropped_prompts["gap_below_min_gap"] == 1
+
+
+def test_static_candidates_cannot_win():
+    rows = [_row("a", 1, 0.01, motion=0.0), _row("a", 2, 0.2), _row("a", 3, 0.6)]
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001)
+    assert report.pairs[0].winner["seed"] == 2
+    assert report.dropped_candidates["static"] == 1
+
+
+def test_all_static_prompt_is_dropped_and_counted():
+    rows = [_row("a", 1, 0.1, motion=0.0), _row("a", 2, 0.9, motion=0.0)]
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001)
+    assert report.pairs == []
+    assert report.dropped_prompts["fewer_than_two_moving_candidates"] == 1
+    assert report.dropped_candidates["static"] == 2
+
+
+def test_non_finite_scores_are_dropped():
+    rows = [_row("a", 1, math.nan), _row("a", 2, 0.1), _row("a", 3, math.inf), _row("a", 4, 0.5)]
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001)
+    assert report.dropped_candidates["non_finite_score"] == 2
+    assert (report.pairs[0].winner["seed"], report.pairs[0].loser["seed"]) == (2, 4)
+
+
+def test_pair_id_is_deterministic_and_distinct():
+    assert pair_id("a", 0, 1, 2) == pair_id("a", 0, 1, 2)
+    assert len({pair_id("a", 0, 1, 2), pair_id("a", 1, 1, 2), pair_id("a", 0, 2, 1), pair_id("b", 0, 1, 2)}) == 4

@@ -1,0 +1,44 @@
+import pytest
+
+from actors.errors import InputError
+from pipelines.storage import RunStore, StorageSpec
+
+
+def _exercise(store: RunStore):
+    store.write_json("round-000/x.done.json", {"a": 1})
+    store.write_bytes("round-000/pairs/b.parquet", b"bb")
+    store.write_bytes("round-000/pairs/a.parquet", b"aa")
+    store.write_bytes("round-000/pairs/notes.txt", b"n")
+    assert store.read_json("round-000/x.done.json") == {"a": 1}
+    assert store.read_json("round-000/missing.json") is None
+    assert store.list_files("round-000/pairs", ".parquet") == ["round-000/pairs/a.parquet", "round-000/pairs/b.parquet"]
+    store.write_bytes("round-000/pairs/a.parquet", b"a2")  # overwrite is whole
+    assert store.read_bytes("round-000/pairs/a.parquet") == b"a2"
+    store.delete_dir("round-000/pairs")
+    assert store.list_files("round-000/pairs") == [] and store.exists("round-000/x.done.json")
+
+
+def test_local_store(tmp_path):
+    store = RunStore(StorageSpec(str(tmp_path)), "run")
+    _exercise(store)
+    assert not list(tmp_path.rglob("*.tmp-*")), "no temporary files are left behind"
+    assert store.uri("round-000") == f"{tmp_path}/run/round-000"
+
+
+def test_s3_store(s3_server, s3_bucket):
+    store = RunStore(StorageSpec(f"s3://{s3_bucket}/prefix", endpoint_url=s3_server, region="us-east-1"), "run")
+    _exercise(store)
+    assert store.uri("round-000") == f"s3://{s3_bucket}/prefix/run/round-000"
+
+
+def test_unreachable_endpoint_is_one_clear_line():
+    spec = StorageSpec("s3://bucket/p", endpoint_url="http://127.0.0.1:9", region="us-east-1", max_attempts=1,
+                       connect_timeout_s=1, request_timeout_s=1)
+    with pytest.raises(InputError, match="storage error") as info:
+        RunStore(spec, "run").write_bytes("x", b"1")
+    assert "\n" not in str(info.value)
+
+
+def test_bad_uri():
+    with pytest.raises(InputError, match="only local paths and s3://"):
+        RunStore(StorageSpec("gs://bucket/x"), "run")

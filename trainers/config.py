@@ -1,0 +1,52 @@
+"""Trainer configuration (the ``train`` section of the root config; pipelines composes it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class TrainerConfig(BaseModel):
+    """Diffusion-DPO LoRA fine-tuning. Defaults are the SPEC §1 method facts (paper recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- distribution (Ray Train + DeepSpeed) ---
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    zero_stage: Literal[1, 2, 3] = 2
+    # "auto": bf16 on GPU (the paper's setting), fp32 on CPU (CPU bf16 matmuls are slow and
+    # the CPU path exists for tests / quickstart).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    gradient_checkpointing: bool = True  # a 5B video transformer needs it at 49 frames
+    checkpoint_every: PositiveInt = 500  # optimizer steps; a checkpoint is also written at the end
+    max_failures: int = Field(2, ge=-1)  # Ray Train FailureConfig; -1 = retry forever
+
+    # --- LoRA ---
+    lora_rank: PositiveInt = 64
+    lora_alpha: float = Field(128.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+
+    # --- optimisation ---
+    learning_rate: float = Field(5e-6, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(500, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine decays to learning_rate * min_lr_ratio
+    max_steps: PositiveInt = 10_000  # optimizer steps (1,000 is already strong per the paper)
+    micro_batch_size: PositiveInt = 1  # pairs per worker per forward (each pair = 2 videos)
+    effective_batch_size: PositiveInt = 16  # pairs per optimizer step over all workers
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+
+    # --- DPO ---
+    beta: float = Field(1.0, gt=0)  # see trainers.dpo for the convention
+    # "base": reference = the base network (adapter disabled). "previous_round": reference =
+    # base + the previous round's LoRA, held as a frozen second adapter.
+    reference: Literal["base", "previous_round"] = "base"
+
+    # --- data / reproducibility ---
+    shuffle: bool = True  # per-epoch local shuffle with a fixed seed (deterministic -> resumable)
+    shuffle_buffer_size: PositiveInt = 256
+    seed: int = 0
+    log_every: PositiveInt = 10

@@ -1,0 +1,89 @@
+"""DeepSpeed config + LR schedule for the DPO trainer (distribution only, no DPO math)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from actors.errors import InputError
+from trainers.config import TrainerConfig
+
+
+def resolve_precision(cfg: TrainerConfig) -> str:
+    """"bf16" or "fp32": "auto" means bf16 on GPU (paper setting), fp32 on CPU."""
+    if cfg.precision == "auto":
+        return "bf16" if cfg.use_gpu else "fp32"
+    return cfg.precision
+
+
+def gradient_accumulation_steps(cfg: TrainerConfig, world_size: int) -> int:
+    """effective_batch = micro_batch × world_size × accumulation; refuse a non-integer split."""
+    per_pass = cfg.micro_batch_size * world_size
+    if cfg.effective_batch_size % per_pass:
+        raise InputError(
+            f"train.effective_batch_size={cfg.effective_batch_size} is not a multiple of "
+            f"micro_batch_size×num_workers={cfg.micro_batch_size}×{world_size}"
+        )
+    return cfg.effective_batch_size // per_pass
+
+
+def build_deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config. The LR schedule is *not* in here: see :func:`lr_lambda`."""
+    accum = gradient_accumulation_steps(cfg, world_size)
+    bf16 = resolve_precision(cfg) == "bf16"
+    zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    return {
+        "train_batch_size": cfg.effective_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": cfg.grad_clip,
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.learning_rate,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "weight_decay": cfg.weight_decay,
+                # torch.optim.AdamW instead of DeepSpeed's fused/CPU Adam: no op is compiled
+                # (CPU, fresh containers) and the optimizer state has the torch layout that the
+                # pickle-free checkpoint in trainers/checkpoint.py reads and writes. For LoRA
+                # (~1% of params) the fused kernel's speed-up is negligible.
+                "torch_adam": True,
+            },
+        },
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(cfg: TrainerConfig):
+    """Multiplier of ``learning_rate`` for the optimizer update with 0-based index ``s``:
+    linear warmup (s+1)/warmup (the first update is not wasted at lr 0), then cosine from 1 to
+    ``min_lr_ratio`` reached at ``max_steps``. Used with ``torch.optim.lr_scheduler.LambdaLR``
+    (DeepSpeed's WarmupCosineLR forbids warmup 0 and defaults to a log warmup)."""
+    warmup, total, floor = cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio
+
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def make_lr_scheduler(cfg: TrainerConfig):
+    """Callable for ``deepspeed.initialize(lr_scheduler=...)``: DeepSpeed hands it the (ZeRO-
+    wrapped) optimizer; LambdaLR needs the inner torch optimizer, whose param_groups ZeRO
+    shares, so lr changes reach the real update. DeepSpeed steps it after every update."""
+
+    def build(optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        inner = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer.optimizer
+        return torch.optim.lr_scheduler.LambdaLR(inner, lr_lambda(cfg))
+
+    return build

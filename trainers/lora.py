@@ -1,0 +1,140 @@
+"""LoRA policy + reference on one network (peft through diffusers' PeftAdapterMixin).
+
+The reference model of Diffusion-DPO is *the same transformer*: with ``reference="base"`` it is
+the network with adapters disabled; with ``reference="previous_round"`` it is a frozen second
+adapter (``"reference"``) holding the previous round's LoRA, and the trainable ``"policy"``
+adapter starts as a copy of it (so policy == reference at step 0 and the loss starts at ln 2).
+Either way no second copy of the 5B weights is held (see benchmarks/trainer.py for the saving).
+
+Inference: the exported LoRA loads with ``pipe.load_lora_weights(dir)``; the SPEC uses a
+LoRA scale of 0.2 at inference for CogVideoX1.5 and Wan (``pipe.set_adapters(name, 0.2)`` /
+``actors.models.load_lora(pipe, dir, scale=0.2)``) and 1.0 for CogVideoX-5B. The scale is an
+inference-time choice; training always runs the adapter at scale 1 (alpha / r).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+
+from trainers.config import TrainerConfig
+
+POLICY = "policy"
+REFERENCE = "reference"
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def lora_config(cfg: TrainerConfig, target_modules: tuple[str, ...] | list[str]) -> LoraConfig:
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(target_modules),
+        init_lora_weights=True,  # B = 0: the policy starts equal to its reference
+    )
+
+
+def _tuner_layers(module: torch.nn.Module) -> Iterator[BaseTunerLayer]:
+    return (m for m in module.modules() if isinstance(m, BaseTunerLayer))
+
+
+def _set_active(module: torch.nn.Module, name: str, frozen: bool) -> None:
+    # peft's set_adapter also flips requires_grad (active -> trainable unless inference_mode).
+    for layer in _tuner_layers(module):
+        layer.set_adapter(name, inference_mode=frozen)
+
+
+def add_lora(
+    transformer: torch.nn.Module,
+    cfg: TrainerConfig,
+    target_modules: tuple[str, ...] | list[str],
+    previous_lora_dir: str | None = None,
+) -> list[torch.nn.Parameter]:
+    """Freeze the base weights, add the trainable ``policy`` adapter (and, with a previous
+    LoRA, the frozen ``reference`` adapter it is initialised from). Returns the trainable
+    parameters (exactly the policy's LoRA A/B matrices)."""
+    transformer.requires_grad_(False)
+    if previous_lora_dir is None:
+        transformer.add_adapter(lora_config(cfg, target_modules), adapter_name=POLICY)
+    else:
+        # rank/alpha come from the file's adapter metadata (written by export_lora).
+        transformer.load_lora_adapter(
+            previous_lora_dir, weight_name=LORA_WEIGHT_NAME, prefix="transformer", adapter_name=REFERENCE
+        )
+        pol_cfg = copy.deepcopy(transformer.peft_config[REFERENCE])
+        pol_cfg.inference_mode = False
+        pol_cfg.lora_dropout = cfg.lora_dropout
+        transformer.add_adapter(pol_cfg, adapter_name=POLICY)
+        _copy_adapter(transformer, src=REFERENCE, dst=POLICY)
+    _set_active(transformer, POLICY, frozen=False)
+    params = [p for n, p in transformer.named_parameters() if f".{POLICY}." in n and "lora_" in n]
+    for n, p in transformer.named_parameters():
+        p.requires_grad_(any(p is q for q in params))
+    if not params:
+        raise ValueError(f"no LoRA target module among {list(target_modules)} in {type(transformer).__name__}")
+    return params
+
+
+@torch.no_grad()
+def _copy_adapter(transformer: torch.nn.Module, src: str, dst: str) -> None:
+    for layer in _tuner_layers(transformer):
+        for attr in ("lora_A", "lora_B"):
+            mods = getattr(layer, attr, None)
+            if mods is not None and src in mods:
+                mods[dst].weight.copy_(mods[src].weight)
+
+
+@contextlib.contextmanager
+def reference_mode(transformer: torch.nn.Module, has_reference_adapter: bool) -> Iterator[None]:
+    """Run the block as the frozen reference model (no grad), then restore the policy."""
+    try:
+        with torch.no_grad():
+            if has_reference_adapter:
+                _set_active(transformer, REFERENCE, frozen=True)
+            else:
+                transformer.disable_adapters()
+            yield
+    finally:
+        if has_reference_adapter:
+            _set_active(transformer, POLICY, frozen=False)
+        else:
+            transformer.enable_adapters()
+
+
+def policy_state_dict(transformer: torch.nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full (un-partitioned) policy LoRA weights on CPU, keys as diffusers expects them.
+    Collective under ZeRO-3: every rank must call it."""
+    params = [p for n, p in transformer.named_parameters() if f".{POLICY}." in n]
+    ctx: Any = contextlib.nullcontext()
+    if zero_stage == 3:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with ctx:
+        state = get_peft_model_state_dict(transformer, adapter_name=POLICY)
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def export_lora(
+    state: dict[str, torch.Tensor], transformer: torch.nn.Module, pipeline_class: Any, out_dir: str
+) -> str:
+    """Write ``<out_dir>/pytorch_lora_weights.safetensors`` in diffusers format (+ the LoRA
+    config as safetensors metadata, so loading uses the trained alpha / r)."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = transformer.peft_config[POLICY].to_dict()
+    meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+    pipeline_class.save_lora_weights(
+        out_dir,
+        transformer_lora_layers=state,
+        transformer_lora_adapter_metadata=meta,
+        weight_name=LORA_WEIGHT_NAME,
+    )
+    return os.path.join(out_dir, LORA_WEIGHT_NAME)
