@@ -172,8 +172,10 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
 def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
     files = [store.path(f["path"]) for f in store.read_json(paths.marker("pairs"))["files"]]
     previous = RoundPaths(paths.index - 1).lora if paths.index > 0 else None
+    # Round 0 has no earlier policy: its reference is the base model whatever the config says.
+    trainer_cfg = cfg.trainer if previous else cfg.trainer.model_copy(update={"reference": "base"})
     metrics = train_dpo(
-        cfg.trainer, cfg.model, pair_files=files, filesystem=store.fs, storage_path=store.path(paths.dir),
+        trainer_cfg, cfg.model, pair_files=files, filesystem=store.fs, storage_path=store.path(paths.dir),
         name="checkpoints", lora_out_dir=store.path(paths.lora),
         previous_lora_dir=store.path(previous) if previous else None,
     )

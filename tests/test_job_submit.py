@@ -36,11 +36,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import MARKER_VAR, kill_marked as _kill_marked, marked_pids as _marked_pids
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV_FILE = REPO_ROOT / "cluster" / "runtime_env.yaml"
-MARKER_VAR = "VIDEOGPA_JOBTEST_CLUSTER"
 JOB_TIMEOUT_S = 8 * 60
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -52,40 +53,6 @@ def _free_ports(n: int) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
-
-
-def _marked_pids(marker: str) -> list[int]:
-    """PIDs of live processes whose environment holds our marker (zombies have no environ)."""
-    needle = f"{MARKER_VAR}={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:  # gone, or not ours to read
-            continue
-    return found
-
-
-def _kill_marked(marker: str, grace_s: float = 10.0) -> list[int]:
-    """SIGTERM, then SIGKILL, every process of this cluster; returns those still alive (should be none)."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        pids = _marked_pids(marker)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait_s
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pids = _marked_pids(marker)
-        if not pids:
-            return []
-    return _marked_pids(marker)
 
 
 class LocalRayCluster:
