@@ -64,14 +64,37 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.rounds import open_run, rescore_round
+
+    cfg = load_config(args.config, args.overrides)
+    _init_ray(cfg)
+    listing = rescore_round(cfg, open_run(cfg), args.round)
+    print(json.dumps({"round": args.round, "candidates": listing["rows"]}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.evaluate import run_evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    _init_ray(cfg)
+    result = run_evaluate(cfg, args.round)
+    print(result["table"])
+    return 0
+
+
 def _cmd_score_video(args: argparse.Namespace) -> int:
     from actors.scoring import ScoringConfig, VideoScorer
     from actors.video_io import decode_video
 
     scorer = VideoScorer(ScoringConfig(backend=args.backend, weights=args.weights, num_frames=args.num_frames,
-                                       lpips_backbone=args.lpips_backbone, scorer="3dcs"))
+                                       lpips_backbone=args.lpips_backbone, resolution=args.resolution,
+                                       scorer="3dcs"))
     for path in args.videos:
-        result = scorer.score(decode_video(path))
+        result = scorer.score(decode_video(path), with_epipolar=True)
         print(json.dumps({"video": path, **{k: float(v) for k, v in result.items()}}))
     return 0
 
@@ -93,11 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = with_config(name, f"run the '{stage}' stage of one round alone", _cmd_stage)
         p.add_argument("--round", type=int, default=0)
 
+    p = with_config("score", "score a round's stored candidates again with the configured scorer", _cmd_score)
+    p.add_argument("--round", type=int, default=0)
+
+    p = with_config("evaluate", "base vs base + LoRA on held-out prompts: PSNR, SSIM, LPIPS, MVCS, 3DCS, Epipolar",
+                    _cmd_evaluate)
+    p.add_argument("--round", type=int, default=None, help="whose LoRA (default: the last complete round)")
+
     p = sub.add_parser("score-video", help="print 3DCS, motion and evaluation metrics of video files")
     p.add_argument("videos", nargs="+")
     p.add_argument("--backend", default="tiny", choices=["tiny", "vggt", "da3"])
     p.add_argument("--weights", default=None, help="GFM weights (id, directory or safetensors file)")
     p.add_argument("--num-frames", type=int, default=10)
+    p.add_argument("--resolution", type=int, default=518, help="GFM input size, a multiple of 14")
     p.add_argument("--lpips-backbone", default="auto", choices=["auto", "pretrained", "random"])
     p.set_defaults(handler=_cmd_score_video)
     return parser

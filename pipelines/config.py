@@ -55,6 +55,14 @@ class PairingConfig(_Section):
     motion_threshold: float = Field(0.001, ge=0)
 
 
+class EvaluationConfig(_Section):
+    """Held-out evaluation: base model against base + LoRA on prompts and seeds not used for training."""
+
+    prompts: PromptsConfig = PromptsConfig()  # path null: the built-in held-out prompts
+    seeds_per_prompt: int = Field(2, ge=1)
+    seed: int = 1_000_003  # a different seed stream from training candidates
+
+
 class StorageConfig(_Section):
     """S3-compatible storage settings. Credentials never live here: they come from the environment."""
 
@@ -83,6 +91,7 @@ class VideoGPAConfig(_Section):
     scoring_pool: PoolConfig = PoolConfig()
     encoding_pool: PoolConfig = PoolConfig()
     trainer: TrainerConfig = TrainerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 

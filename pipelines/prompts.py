@@ -27,6 +27,14 @@ BUILTIN_PROMPTS = (
     "a handheld walk through a sunlit greenhouse full of plants",
 )
 
+# Held out from training: used by `videogpa evaluate` when no evaluation prompts file is given.
+BUILTIN_EVAL_PROMPTS = (
+    "a camera orbits a stone fountain in a quiet town square",
+    "a slow dolly shot through a furnished living room",
+    "a drone flies along a river between autumn trees",
+    "a camera pans across a kitchen counter with fruit and jars",
+)
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -39,10 +47,11 @@ def prompt_id_for(text: str) -> str:
     return "p" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def load_prompts(path: str | None, limit: int | None, storage: StorageSpec | None = None) -> list[Prompt]:
+def load_prompts(path: str | None, limit: int | None, storage: StorageSpec | None = None,
+                 builtin: tuple[str, ...] = BUILTIN_PROMPTS) -> list[Prompt]:
     """Read and validate prompts; any problem is one InputError naming the file and line."""
     if path is None:
-        prompts = [Prompt(prompt_id_for(t), t) for t in BUILTIN_PROMPTS]
+        prompts = [Prompt(prompt_id_for(t), t) for t in builtin]
     else:
         prompts = _parse(path, _read_text(path, storage))
     if limit is not None:

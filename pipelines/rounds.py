@@ -26,7 +26,12 @@ from actors.errors import InputError
 from pipelines.config import VideoGPAConfig, dump_config
 from pipelines.pairing import make_pairs
 from pipelines.prompts import Prompt, load_prompts
-from pipelines.stages import CANDIDATE_META_COLUMNS, build_candidates_dataset, build_pairs_dataset
+from pipelines.stages import (
+    CANDIDATE_META_COLUMNS,
+    build_candidates_dataset,
+    build_pairs_dataset,
+    build_rescoring_dataset,
+)
 from pipelines.storage import RunStore, StorageSpec
 from trainers.schema import SCHEMA_VERSION
 from trainers.train import train_dpo
@@ -117,8 +122,8 @@ def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index
         marker["seconds"] = timings[stage]
         store.write_json(paths.marker(stage), marker)
         log.info("round %d · stage %s: done in %.1f s", index, stage, timings[stage])
-    if set(STAGES) <= set(stages):
-        return finish_round(cfg, store, paths)
+    if all(store.exists(paths.marker(stage)) for stage in STAGES):
+        return finish_round(cfg, store, paths)  # also when the last stage was run alone
     return {}
 
 
@@ -142,6 +147,35 @@ def _read_candidates(store: RunStore, paths: RoundPaths) -> list[dict[str, Any]]
     files = [store.path(f["path"]) for f in store.read_json(paths.marker("candidates"))["files"]]
     table = pq.ParquetDataset(files, filesystem=store.fs).read(columns=CANDIDATE_META_COLUMNS)
     return table.to_pylist()
+
+
+def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
+    """Score a round's stored candidates again with the configured scorer (e.g. another GFM backend).
+
+    Crash-safe order: downstream markers go first (their pairs were made from the old scores), the
+    new files are written beside the old ones, the marker switches to them, and only then are the
+    old files removed; a completed round is never rewritten.
+    """
+    paths = RoundPaths(index)
+    if store.exists(paths.manifest):
+        raise InputError(f"round {index} is complete ({store.uri(paths.manifest)}); rescoring would rewrite it: "
+                         "use a new run_name")
+    old = store.read_json(paths.marker("candidates"))
+    if old is None:
+        raise InputError(f"round {index} has no candidates yet; run `videogpa generate` first")
+    for stage in ("train", "pairs"):
+        store.delete_file(paths.marker(stage))
+    rows = _read_candidates(store, paths)
+    log.info("re-scoring %d candidates of round %d with %s:%s", len(rows), index, cfg.scoring.scorer,
+             cfg.scoring.backend)
+    build_rescoring_dataset(rows, cfg.scoring, store, cfg.scoring_pool).write_parquet(
+        store.path(paths.candidates), filesystem=store.fs)
+    old_files = {f["path"] for f in old["files"]}
+    listing = _file_listing(store, paths.candidates, exclude=old_files)
+    store.write_json(paths.marker("candidates"), {**listing, "seconds": old.get("seconds"), "rescored": True})
+    for path in old_files:
+        store.delete_file(path)
+    return listing
 
 
 def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
@@ -189,9 +223,11 @@ def _describe(store: RunStore, rel: str) -> dict[str, Any]:
     return {"path": rel, "sha256": store.sha256(rel)}
 
 
-def _file_listing(store: RunStore, rel: str) -> dict[str, Any]:
+def _file_listing(store: RunStore, rel: str, exclude: set[str] = frozenset()) -> dict[str, Any]:
     files = []
     for path in store.list_files(rel, ".parquet"):
+        if path in exclude:
+            continue
         rows = pq.read_metadata(store.path(path), filesystem=store.fs).num_rows
         files.append({**_describe(store, path), "rows": rows})
     return {"files": files, "rows": sum(f["rows"] for f in files)}

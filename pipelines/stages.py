@@ -58,12 +58,19 @@ def _load_image(store: RunStore, uri: str) -> np.ndarray | None:
 
 
 def pool_args(pool: PoolConfig) -> dict[str, Any]:
-    """map_batches arguments for an elastic actor pool."""
+    """map_batches arguments for an elastic actor pool.
+
+    A pool actor that dies (node lost, OOM-killed, preempted) is restarted without limit and its
+    in-flight batch retried on a live actor; outputs are keyed by (prompt, seed), so a retried batch
+    overwrites its own files and every candidate still appears exactly once (tests/test_faults.py).
+    """
     return dict(
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_gpus=pool.num_gpus,
         num_cpus=pool.num_cpus,
         batch_size=pool.batch_size,
+        max_restarts=-1,
+        max_task_retries=-1,
     )
 
 
@@ -103,24 +110,32 @@ class GenerateCandidates:
 
 
 class ScoreCandidates:
-    """Actor: frames → geometry scores; the frames column is dropped so only metadata is written."""
+    """Actor: frames → geometry scores; the frames column is dropped so only metadata is written.
 
-    def __init__(self, scoring: dict):
+    Rows without frames (re-scoring stored candidates) are read from their ``video_uri``.
+    """
+
+    def __init__(self, scoring: dict, with_epipolar: bool = False, storage: StorageSpec | None = None,
+                 run_name: str | None = None):
+        self.store = RunStore(storage, run_name) if storage is not None else None
         self.scorer = VideoScorer(ScoringConfig(**scoring), device=_device())
         self.scorer_name = f"{scoring['scorer']}:{scoring['backend']}"
+        self.with_epipolar = with_epipolar or None  # None: only when epipolar is the training scorer
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         scores: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
-        for frames in batch["frames"]:
+        videos = batch["frames"] if "frames" in batch else (
+            decode_video(self.store.read_bytes(str(uri))) for uri in batch["video_uri"])
+        for frames in videos:
             try:
-                result = self.scorer.score(frames)
+                result = self.scorer.score(frames, with_epipolar=self.with_epipolar)
             except InputError as err:
                 # One broken candidate must not sink the round: it is recorded as unscorable and dropped at pairing.
                 log.warning("candidate not scorable: %s", err)
                 result = {}
             for key in SCORE_KEYS:
                 scores[key].append(float(result.get(key, float("nan"))))
-        out = {k: v for k, v in batch.items() if k != "frames"}
+        out = {k: v for k, v in batch.items() if k != "frames" and k not in SCORE_KEYS}
         out["scorer"] = np.asarray([self.scorer_name] * len(batch["seed"]))
         out["lpips_backbone"] = np.asarray([self.scorer.lpips_backbone_used] * len(batch["seed"]))
         out.update({k: np.asarray(v, dtype=np.float64) for k, v in scores.items()})
@@ -166,7 +181,8 @@ class EncodePairs:
 
 def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sampling: SamplingConfig,
                              scoring: ScoringConfig, store: RunStore, videos_rel: str, lora_rel: str | None,
-                             generation_pool: PoolConfig, scoring_pool: PoolConfig) -> ray.data.Dataset:
+                             generation_pool: PoolConfig, scoring_pool: PoolConfig,
+                             with_epipolar: bool = False) -> ray.data.Dataset:
     """prompts × seeds → generated videos → scored candidate rows (metadata only)."""
     ds = ray.data.from_items(rows)
     ds = ds.map_batches(
@@ -175,8 +191,19 @@ def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sam
                                    run_name=store.run_name, videos_rel=videos_rel, lora_rel=lora_rel),
         **pool_args(generation_pool),
     )
-    return ds.map_batches(ScoreCandidates, fn_constructor_kwargs=dict(scoring=scoring.model_dump()),
+    return ds.map_batches(ScoreCandidates,
+                          fn_constructor_kwargs=dict(scoring=scoring.model_dump(), with_epipolar=with_epipolar),
                           **pool_args(scoring_pool))
+
+
+def build_rescoring_dataset(rows: list[dict[str, Any]], scoring: ScoringConfig, store: RunStore,
+                            scoring_pool: PoolConfig) -> ray.data.Dataset:
+    """stored candidate rows (with video_uri) → the same rows scored anew by ``scoring``."""
+    return ray.data.from_items(rows).map_batches(
+        ScoreCandidates,
+        fn_constructor_kwargs=dict(scoring=scoring.model_dump(), storage=store.spec, run_name=store.run_name),
+        **pool_args(scoring_pool),
+    )
 
 
 def build_pairs_dataset(pair_rows: list[dict[str, Any]], model: ModelConfig, store: RunStore,

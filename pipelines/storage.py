@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ class RunStore:
             raise _storage_error(self.uri(rel), err) from None
 
     def read_bytes(self, rel: str) -> bytes:
-        return read_bytes(self.fs, self.path(rel))
+        return read_bytes(self.fs, self.path(rel), attempts=self.spec.max_attempts)
 
     def read_json(self, rel: str) -> Any | None:
         """The parsed JSON at ``rel``, or None when it does not exist."""
@@ -128,6 +129,10 @@ class RunStore:
             target = Path(local_dir) / Path(file).name
             target.write_bytes(self.read_bytes(file))
 
+    def delete_file(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
     def delete_dir(self, rel: str) -> None:
         """Remove a stage's unfinished output before it is redone."""
         if self.exists(rel):
@@ -138,14 +143,28 @@ class RunStore:
         return hashlib.sha256(self.read_bytes(rel)).hexdigest()
 
 
-def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    try:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except OSError as err:
-        raise _storage_error(path, err) from None
+# The AWS SDK writes an error response's body into the caller's preallocated read buffer; when
+# the body (a few hundred bytes of S3 error XML) is larger than a small object, the stream turns
+# bad and a transient 500/503 surfaces as a non-retryable INTERNAL_FAILURE ("Failed to flush
+# response stream"). The SDK's own retry strategy skips it, so reads retry it here.
+_MISCLASSIFIED_TRANSIENT = ("Failed to flush response stream", "AWS Error INTERNAL_FAILURE")
+
+
+def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = 5) -> bytes:
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            with fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except OSError as err:
+            if attempt < attempts and any(s in str(err) for s in _MISCLASSIFIED_TRANSIENT):
+                log.warning("transient storage error reading %s (attempt %d/%d): %s", path, attempt, attempts,
+                            " ".join(str(err).split())[:200])
+                time.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
+                continue
+            raise _storage_error(path, err) from None
+    raise AssertionError("unreachable")
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -173,6 +192,15 @@ def _storage_error(where: str, err: OSError) -> InputError:
         cause = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     elif "NETWORK_CONNECTION" in text or "Connection refused" in text or "curlCode" in text:
         cause = "S3 endpoint unreachable: check storage.endpoint_url"
+    elif any(s in text for s in ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "(HTTP status 5")):
+        cause = f"S3 kept failing after every retry (storage.max_attempts): {text[:160]}"
     else:
         cause = text[:200]
+    if "AWS Error" in text and "unreachable" not in cause and not any(os.environ.get(v) for v in _CREDENTIAL_ENV):
+        cause += "; no AWS credentials in the environment (AWS_ACCESS_KEY_ID is not set)"
     return InputError(f"storage error at {where}: {cause}")
+
+
+# Where the AWS SDK finds credentials besides an instance role: their absence is worth a hint.
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                   "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")

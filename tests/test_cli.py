@@ -1,0 +1,75 @@
+"""The `videogpa` console script as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from actors.synthetic import render_clip
+from actors.video_io import encode_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_score_video_prints_metrics_per_file(tmp_path):
+    paths = []
+    for seed, corruption in ((0, None), (1, "warp")):
+        clip = render_clip(seed, corruption=corruption, num_frames=10, size=64)
+        path = tmp_path / f"clip{seed}.mp4"
+        path.write_bytes(encode_mp4(clip.frames))
+        paths.append(str(path))
+    out = subprocess.run(["videogpa", "score-video", *paths, "--backend", "tiny", "--lpips-backbone", "random",
+                          "--resolution", "56"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [r["video"] for r in rows] == paths
+    for row in rows:
+        assert {"3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar"} <= set(row)
+        assert row["3dcs"] > 0 and 0 <= row["ssim"] <= 1
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True)
+    for command in ("align", "generate", "pairs", "train", "evaluate", "score-video"):
+        assert command in out.stdout
+
+
+@pytest.mark.slow
+def test_stages_one_by_one_with_rescoring(tmp_path):
+    """generate → score (again, with the epipolar scorer) → pairs → train: the round completes as with align."""
+    common = ["--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=stages", "prompts.limit=2",
+              "trainer.effective_batch_size=1"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+        return out
+
+    assert cli("generate", *common).returncode == 0
+    run = tmp_path / "stages" / "round-000"
+    before = json.loads((run / "candidates.done.json").read_text())
+    rescored = cli("score", *common, "scoring.scorer=epipolar")
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    after = json.loads((run / "candidates.done.json").read_text())
+    assert after["rows"] == before["rows"] == 6 and after["rescored"]
+    assert {f["path"] for f in after["files"]}.isdisjoint(f["path"] for f in before["files"])
+    assert {p.name for p in (run / "candidates").iterdir()} == {Path(f["path"]).name for f in after["files"]}
+    scores = pq.ParquetDataset([str(tmp_path / "stages" / f["path"]) for f in after["files"]]).read()
+    assert set(scores["scorer"].to_pylist()) == {"epipolar:tiny"}
+    np.testing.assert_array_equal(scores["score"].to_numpy(), scores["epipolar"].to_numpy())  # NaN: too few matches
+
+    for stage in ("pairs", "train"):
+        out = cli(stage, *common, "scoring.scorer=epipolar")
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert (run / "manifest.json").exists() and (run / "lora" / "pytorch_lora_weights.safetensors").exists()
+
+    refused = cli("score", *common)
+    assert refused.returncode == 2 and "rescoring would rewrite it" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()[-1]) < 300
