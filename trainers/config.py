@@ -32,6 +32,9 @@ class TrainerConfig(BaseModel):
     # --- optimisation ---
     learning_rate: float = Field(5e-6, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    # AdamW epsilon. Adam's first updates are ~lr·sign(g): gradients that are ~0 up to rounding
+    # (order of reduction differs with the worker count) flip sign unless |g| << eps.
+    adam_eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(500, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine decays to learning_rate * min_lr_ratio
     max_steps: PositiveInt = 10_000  # optimizer steps (1,000 is already strong per the paper)

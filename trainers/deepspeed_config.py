@@ -47,7 +47,7 @@ def build_deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any
             "params": {
                 "lr": cfg.learning_rate,
                 "betas": [0.9, 0.999],
-                "eps": 1e-8,
+                "eps": cfg.adam_eps,
                 "weight_decay": cfg.weight_decay,
                 # torch.optim.AdamW instead of DeepSpeed's fused/CPU Adam: no op is compiled
                 # (CPU, fresh containers) and the optimizer state has the torch layout that the

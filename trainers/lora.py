@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,13 +58,18 @@ def add_lora(
     cfg: TrainerConfig,
     target_modules: tuple[str, ...] | list[str],
     previous_lora_dir: str | None = None,
+    reference_is_previous: bool = False,
 ) -> list[torch.nn.Parameter]:
-    """Freeze the base weights, add the trainable ``policy`` adapter (and, with a previous
-    LoRA, the frozen ``reference`` adapter it is initialised from). Returns the trainable
-    parameters (exactly the policy's LoRA A/B matrices)."""
+    """Freeze the base weights and add the trainable ``policy`` adapter. With a previous
+    round's LoRA (a local diffusers-format dir) the policy starts from it; it is also kept as the
+    frozen ``reference`` adapter when ``reference_is_previous`` (else the reference is the base).
+    Returns the trainable parameters (exactly the policy's LoRA A/B matrices)."""
     transformer.requires_grad_(False)
     if previous_lora_dir is None:
-        transformer.add_adapter(lora_config(cfg, target_modules), adapter_name=POLICY)
+        # LoRA A is randomly initialised: seed it so every rank, and every rerun, starts identical.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            transformer.add_adapter(lora_config(cfg, target_modules), adapter_name=POLICY)
     else:
         # rank/alpha come from the file's adapter metadata (written by export_lora).
         transformer.load_lora_adapter(
@@ -72,8 +78,12 @@ def add_lora(
         pol_cfg = copy.deepcopy(transformer.peft_config[REFERENCE])
         pol_cfg.inference_mode = False
         pol_cfg.lora_dropout = cfg.lora_dropout
-        transformer.add_adapter(pol_cfg, adapter_name=POLICY)
+        with warnings.catch_warnings():  # "multiple adapters": intended here
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            transformer.add_adapter(pol_cfg, adapter_name=POLICY)
         _copy_adapter(transformer, src=REFERENCE, dst=POLICY)
+        if not reference_is_previous:
+            transformer.delete_adapters(REFERENCE)
     _set_active(transformer, POLICY, frozen=False)
     params = [p for n, p in transformer.named_parameters() if f".{POLICY}." in n and "lora_" in n]
     for n, p in transformer.named_parameters():

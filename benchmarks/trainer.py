@@ -1,0 +1,125 @@
+"""Reference model as a disabled LoRA adapter vs a separate frozen copy: peak memory and step time.
+
+Same CogVideoX-architecture transformer (random init, >= 100M parameters), same DPO micro-batch,
+same LoRA; the only difference is where the reference forward runs. Each variant runs in its own
+subprocess so peak memory is measured fairly (CPU: ru_maxrss of that process; CUDA:
+torch.cuda.max_memory_allocated). Last line of output: one JSON object with the figures.
+
+    python benchmarks/trainer.py [--layers 10] [--steps 3] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _model(layers: int, device: str, dtype):
+    import torch
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(0)
+    # CogVideoX-5B block layout at reduced width/depth (5B: 48 heads x 64, 42 layers).
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=16, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+        text_embed_dim=1024, num_layers=layers, sample_width=16, sample_height=16, sample_frames=9, patch_size=2,
+        max_text_seq_length=32, use_rotary_positional_embeddings=True,
+    ).to(device=device, dtype=dtype)
+
+
+def run_variant(variant: str, layers: int, steps: int, device: str) -> dict:
+    import torch
+
+    from actors.families import get_family
+    from actors.models import ModelConfig, build_transformer_and_scheduler
+    from trainers.config import TrainerConfig
+    from trainers.data import PairBatch
+    from trainers.dpo import dpo_loss, per_sample_error
+    from trainers.lora import add_lora
+    from trainers.step import PolicyCall, dpo_micro_batch, shared_noise_and_timesteps
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    family = get_family("cogvideox-t2v")
+    _, scheduler = build_transformer_and_scheduler(ModelConfig(family="cogvideox-t2v"))  # real DDPM config
+    transformer = _model(layers, device, dtype)
+    n_params = sum(p.numel() for p in transformer.parameters())
+    reference = None
+    if variant == "copy":  # the conventional setup: a second, frozen network
+        reference = copy.deepcopy(transformer).eval().requires_grad_(False)
+    cfg = TrainerConfig(lora_rank=64, lora_alpha=128)
+    params = add_lora(transformer, cfg, family.lora_target_modules)
+    transformer.train()
+    opt = torch.optim.AdamW(params, lr=5e-6)
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 16, 16, 16)  # [F, C, H, W]: 3 latent frames of 128x128 px
+    batch = PairBatch(["a"], torch.randn(1, *shape, generator=g), torch.randn(1, *shape, generator=g),
+                      torch.randn(1, 32, 1024, generator=g), None)
+
+    def step_copy():
+        noise, t = shared_noise_and_timesteps(family, scheduler, batch, 0, 0, device)
+        x0 = torch.cat([batch.winner, batch.loser]).to(device)
+        noisy, target = family.noisy_and_target(scheduler, x0, torch.cat([noise, noise]), torch.cat([t, t]))
+        prompt = torch.cat([batch.prompt_embeds] * 2).to(device)
+        with torch.no_grad():
+            ref_err = per_sample_error(family.predict(PolicyCall(reference), noisy, torch.cat([t, t]), prompt, None), target)
+        err = per_sample_error(family.predict(PolicyCall(transformer), noisy, torch.cat([t, t]), prompt, None), target)
+        return dpo_loss(err[:1], err[1:], ref_err[:1], ref_err[1:], 1.0)[0]
+
+    def step():
+        if variant == "copy":
+            loss = step_copy()
+        else:
+            loss, _ = dpo_micro_batch(family, scheduler, transformer, PolicyCall(transformer), batch, 1.0, 0, 0, False)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up (allocator, lazy AdamW state)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = (time.perf_counter() - t0) / steps
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"variant": variant, "params": n_params, "lora_params": sum(p.numel() for p in params),
+            "peak_mem_mb": peak / 2**20, "step_time_s": dt}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
+    a = ap.parse_args()
+    if a.variant:
+        print(json.dumps(run_variant(a.variant, a.layers, a.steps, a.device)))
+        return
+    res = {}
+    for v in ("adapter", "copy"):
+        out = subprocess.run([sys.executable, __file__, "--variant", v, "--layers", str(a.layers),
+                              "--steps", str(a.steps), "--device", a.device],
+                             check=True, capture_output=True, text=True).stdout
+        res[v] = json.loads(out.strip().splitlines()[-1])
+        r = res[v]
+        print(f"{v:8s} params {r['params'] / 1e6:.1f}M (LoRA {r['lora_params'] / 1e6:.2f}M)  "
+              f"peak {r['peak_mem_mb']:.0f} MiB  step {r['step_time_s']:.3f} s", flush=True)
+    ad, cp = res["adapter"], res["copy"]
+    print(json.dumps({
+        "benchmark": "trainer_reference_adapter_vs_copy", "device": a.device, "params": ad["params"],
+        "lora_params": ad["lora_params"], "peak_mem_mb_adapter": ad["peak_mem_mb"], "peak_mem_mb_copy": cp["peak_mem_mb"],
+        "step_time_s_adapter": ad["step_time_s"], "step_time_s_copy": cp["step_time_s"],
+        "peak_mem_ratio_adapter_vs_copy": ad["peak_mem_mb"] / cp["peak_mem_mb"],
+        "step_time_ratio_adapter_vs_copy": ad["step_time_s"] / cp["step_time_s"],
+    }))
+
+
+if __name__ == "__main__":
+    main()

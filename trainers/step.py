@@ -1,0 +1,75 @@
+"""One Diffusion-DPO micro-batch: shared noise/timestep, policy + reference errors, loss.
+
+Pure training math on a transformer; the DeepSpeed engine only enters as the callable that runs
+the policy forward (so its backward hooks are attached). No Ray in here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from trainers.data import PairBatch, pair_seed
+from trainers.dpo import dpo_loss, per_sample_error
+from trainers.lora import reference_mode
+
+
+class PolicyCall:
+    """What ``family.predict`` calls: reads ``.config``/``.dtype`` of the diffusers module but
+    runs the forward through ``forward`` (the DeepSpeed engine, which hooks its backward
+    prologue onto the outputs, or the module itself)."""
+
+    def __init__(self, module: torch.nn.Module, forward: Callable[..., Any] | None = None):
+        self.config = module.config
+        self.dtype = next(module.parameters()).dtype
+        self._forward = forward or module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(*args, **kwargs)
+
+
+def shared_noise_and_timesteps(
+    family, scheduler, batch: PairBatch, seed: int, epoch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair: one noise tensor and one timestep, drawn from a generator seeded by
+    (seed, epoch, pair_id); winner and loser of a pair get the same ones."""
+    noises, ts = [], []
+    for pid in batch.pair_ids:
+        g = torch.Generator("cpu").manual_seed(pair_seed(seed, epoch, pid))
+        ts.append(family.sample_timesteps(scheduler, 1, g, "cpu"))
+        noises.append(torch.randn(batch.winner.shape[1:], generator=g, dtype=torch.float32))
+    return torch.stack(noises).to(device), torch.cat(ts).to(device)
+
+
+def dpo_micro_batch(
+    family,
+    scheduler,
+    module: torch.nn.Module,
+    policy: PolicyCall,
+    batch: PairBatch,
+    beta: float,
+    seed: int,
+    epoch: int,
+    has_reference_adapter: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss (with graph through the policy's LoRA) and metrics of one micro-batch of pairs.
+
+    Winner and loser are concatenated into one batch of 2B so the policy runs one forward and
+    the reference one no-grad forward (adapter disabled / reference adapter active)."""
+    device = next(module.parameters()).device
+    b = len(batch.pair_ids)
+    noise, t = shared_noise_and_timesteps(family, scheduler, batch, seed, epoch, device)
+    x0 = torch.cat([batch.winner, batch.loser]).to(device=device, dtype=torch.float32)
+    noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])
+    prompt = torch.cat([batch.prompt_embeds, batch.prompt_embeds]).to(device)
+    image = None if batch.image_latents is None else torch.cat([batch.image_latents] * 2).to(device)
+    noisy, target = family.noisy_and_target(scheduler, x0, noise2, t2, image_latents=image)
+
+    # Reference first: no graph is alive while it runs, so peak memory is one policy graph.
+    with reference_mode(module, has_reference_adapter):
+        ref_pred = family.predict(PolicyCall(module), noisy, t2, prompt, image)
+        ref_err = per_sample_error(ref_pred, target)
+    pred = family.predict(policy, noisy, t2, prompt, image)
+    err = per_sample_error(pred, target)
+    return dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)

@@ -1,0 +1,125 @@
+"""Diffusion-DPO LoRA training on Ray Train (TorchTrainer) + DeepSpeed ZeRO — driver side.
+
+``train_dpo`` validates inputs on the driver (so bad shards fail in one line, before any worker
+starts), then runs :func:`trainers.worker.train_loop` on ``num_workers`` Ray Train workers.
+Resume is Ray Train V2's: calling again with the same ``name`` + ``storage_path`` continues from
+the latest checkpoint (``ray.train.get_checkpoint()`` in the loop); a worker failure is retried
+up to ``max_failures`` times from the latest checkpoint. Data order is deterministic
+(``preserve_order`` split + seeded per-epoch local shuffle), so a resumed run skips exactly the
+pairs of the current epoch it had already trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from actors.errors import InputError
+from actors.models import ModelConfig
+from trainers.config import TrainerConfig
+from trainers.data import TRAIN_COLUMNS
+from trainers.deepspeed_config import gradient_accumulation_steps
+from trainers.schema import check_schema_version
+from trainers.worker import FAULT_ENV, train_loop
+
+logger = logging.getLogger("videogpa.trainer")
+
+
+def _strip_scheme(path: str, filesystem) -> str:
+    # pyarrow filesystems (and Ray with storage_filesystem) take paths without a scheme.
+    if filesystem is not None and "://" in path:
+        return path.split("://", 1)[1]
+    return path
+
+
+def check_pair_files(pair_files: list[str], filesystem=None) -> int:
+    """Refuse missing files and other schema versions, naming the file; returns the row count."""
+    if not pair_files:
+        raise InputError("train: no pair shards given (did the pairs stage keep any pair?)")
+    rows = 0
+    for f in pair_files:
+        try:
+            table = pq.read_table(f, columns=["schema_version"], filesystem=filesystem)
+        except (OSError, ValueError, KeyError) as e:  # missing file, not Parquet, no such column
+            raise InputError(f"{f}: cannot read pair shard ({str(e).splitlines()[0]})") from None
+        check_schema_version(table, source=f)
+        rows += table.num_rows
+    return rows
+
+
+def train_dpo(
+    cfg: TrainerConfig,
+    model: ModelConfig,
+    pair_files: list[str],
+    filesystem,
+    storage_path: str,
+    name: str,
+    lora_out_dir: str,
+    previous_lora_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train the policy LoRA with Diffusion-DPO on the pair shards; export it to
+    ``<lora_out_dir>/pytorch_lora_weights.safetensors``.
+
+    ``filesystem``: the pyarrow filesystem of every path here (None = local paths).
+    Returns the final metrics: loss, reward_accuracy, reward_margin, policy_ref_gap_w/l, steps,
+    pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
+    """
+    import ray
+    import ray.data
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    gradient_accumulation_steps(cfg, cfg.num_workers)  # one-line error before any worker starts
+    if cfg.reference == "previous_round" and not previous_lora_dir:
+        raise InputError("trainer.reference=previous_round needs the previous round's LoRA (none given)")
+    pair_files = [_strip_scheme(p, filesystem) for p in pair_files]
+    n_pairs = check_pair_files(pair_files, filesystem)
+    if n_pairs < cfg.effective_batch_size:
+        raise InputError(
+            f"train: {n_pairs} pairs < trainer.effective_batch_size={cfg.effective_batch_size} (one optimizer step)"
+        )
+
+    # include_paths: a bad row found inside a worker can still name its file.
+    ds = ray.data.read_parquet(pair_files, filesystem=filesystem, include_paths=True).select_columns(
+        [*TRAIN_COLUMNS, "path"]  # pushed down into the Parquet read: metadata columns are not read
+    )
+    loop_config = {
+        "trainer": cfg.model_dump(),
+        "model": model.model_dump(),
+        "filesystem": filesystem,
+        "lora_out_dir": _strip_scheme(lora_out_dir, filesystem),
+        "previous_lora_dir": _strip_scheme(previous_lora_dir, filesystem) if previous_lora_dir else None,
+        "fault": os.environ.get(FAULT_ENV),
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        datasets={"train": ds},
+        # preserve_order makes the split across workers (and so each worker's order) deterministic,
+        # which is what lets a resumed run skip exactly the pairs it had consumed.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        run_config=RunConfig(
+            name=name,
+            storage_path=_strip_scheme(storage_path, filesystem),
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    metrics = dict(result.metrics or {})
+    metrics["steps"] = metrics.pop("step", None)
+    metrics["checkpoint"] = result.checkpoint.path if result.checkpoint is not None else None
+    metrics["lora_dir"] = lora_out_dir
+    return metrics

@@ -1,0 +1,259 @@
+"""The Ray Train worker loop: DeepSpeed engine, data shard iteration, checkpoints, reports.
+
+Distribution only; the DPO math is in trainers.step / trainers.dpo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from actors.errors import InputError
+
+logger = logging.getLogger("videogpa.trainer")
+
+FAULT_ENV = "VIDEOGPA_TRAIN_FAULT_AT_STEP"  # "<step>:<marker file>" — fault injection for tests
+
+
+def _log(rank: int, msg: str) -> None:
+    if rank == 0:  # Ray forwards worker stdout to the driver: users see progress without setup
+        print(f"[videogpa.train] {msg}", flush=True)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _allreduce_mean(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return dict(zip(keys, t.tolist()))
+
+
+def _allreduce_max(x: float, world: int, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _fetch_dir(path: str, filesystem) -> str:
+    """A local copy of a (possibly remote) directory."""
+    if filesystem is None or type(filesystem).__name__ == "LocalFileSystem":
+        return path
+    import pyarrow.fs as pafs
+
+    local = tempfile.mkdtemp(prefix="videogpa-lora-")
+    pafs.copy_files(path, local, source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+    return local
+
+
+def _upload_dir(local: str, dest: str, filesystem) -> None:
+    if filesystem is None:
+        if os.path.abspath(local) != os.path.abspath(dest):
+            shutil.copytree(local, dest, dirs_exist_ok=True)
+        return
+    import pyarrow.fs as pafs
+
+    filesystem.create_dir(dest, recursive=True)
+    pafs.copy_files(local, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
+
+
+def _maybe_inject_fault(spec: str | None, step: int, rank: int) -> None:
+    """Test hook: raise once (per marker file) right after optimizer step ``k`` on rank 0."""
+    if not spec or rank != 0:
+        return
+    at, marker = spec.split(":", 1)
+    if step == int(at) and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(step))
+        raise RuntimeError(f"injected fault after step {step}")
+
+
+def _skip_cpu_shm_op() -> None:
+    """DeepSpeed's CPU comm backend JIT-compiles a shared-memory all-reduce C++ op when it wraps
+    the process group (needs a compiler, ~1 min the first time). Only its *inference* all-reduce
+    uses it; training collectives go through torch.distributed (gloo). Mark it unavailable."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
+def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop)
+    from actors.families import get_family
+    from actors.models import ModelConfig, build_transformer_and_scheduler
+    from trainers.config import TrainerConfig
+    from trainers.deepspeed_config import (
+        build_deepspeed_config,
+        gradient_accumulation_steps,
+        make_lr_scheduler,
+    )
+
+    cfg = TrainerConfig(**config["trainer"])
+    if not cfg.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks an accelerator
+    import deepspeed
+
+    if not cfg.use_gpu:
+        _skip_cpu_shm_op()
+    import ray.train
+
+    from trainers import checkpoint as ckpt_io
+    from trainers.data import decode_batch
+    from trainers.lora import add_lora, export_lora, policy_state_dict
+    from trainers.step import PolicyCall, dpo_micro_batch
+
+    model = ModelConfig(**config["model"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    filesystem = config.get("filesystem")
+
+    # -- model: base transformer (frozen) + LoRA policy (+ frozen reference adapter) --
+    family = get_family(model.family)
+    transformer, scheduler = build_transformer_and_scheduler(model, device)
+    prev_dir = config.get("previous_lora_dir")
+    prev_local = _fetch_dir(prev_dir, filesystem) if prev_dir else None
+    has_ref_adapter = prev_local is not None and cfg.reference == "previous_round"
+    add_lora(transformer, cfg, family.lora_target_modules, prev_local, reference_is_previous=has_ref_adapter)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    named = [(n, p) for n, p in transformer.named_parameters() if p.requires_grad]
+    n_train = sum(p.numel() for _, p in named)
+    n_total = sum(p.numel() for p in transformer.parameters())
+
+    accum = gradient_accumulation_steps(cfg, world)
+    engine, _, _, _ = deepspeed.initialize(
+        model=transformer,
+        model_parameters=[p for _, p in named],
+        config=build_deepspeed_config(cfg, world),
+        lr_scheduler=make_lr_scheduler(cfg),
+        dist_init_required=False,  # Ray Train already created the process group; reuse it
+    )
+    policy = PolicyCall(transformer, engine)
+    _log(rank, f"{model.family}: {n_train:,} LoRA params ({100 * n_train / n_total:.2f}% of {n_total:,}), "
+               f"ZeRO-{cfg.zero_stage}, {world} worker(s) × micro {cfg.micro_batch_size} × accum {accum}")
+
+    # -- resume --
+    step, epoch, position, consumed, history = 0, 0, 0, [], []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            tensors, state, ranks = ckpt_io.load(d)
+        ckpt_io.restore(engine, named, tensors, state["step"], accum, cfg.zero_stage)
+        step, epoch, history = state["step"], state["epoch"], state.get("history", [])
+        if state["world_size"] == world:
+            position = state["position"]
+            consumed = ranks.get(rank, {}).get("consumed_pair_ids", [])
+        else:  # the split of an epoch depends on the world size: restart this epoch
+            _log(rank, f"world size {state['world_size']} -> {world}: epoch {epoch} restarts from its first pair")
+        _log(rank, f"resumed at step {step} (epoch {epoch}, {position} pairs/worker already consumed)")
+
+    shard = ray.train.get_dataset_shard("train")
+    t_start, window = time.perf_counter(), []
+    fault = config.get("fault")
+
+    def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        tensors = ckpt_io.gather_state(engine, named)  # collective
+        state = {"step": step, "epoch": epoch, "position": position, "world_size": world,
+                 "accum": accum, "history": history}
+        with tempfile.TemporaryDirectory() as d:
+            ckpt_io.save(d, rank, tensors, state, {"epoch": epoch, "consumed_pair_ids": consumed})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                             checkpoint_dir_name=f"checkpoint_{step:07d}")
+
+    metrics: dict[str, Any] = {}
+    while step < cfg.max_steps:
+        it = shard.iter_batches(
+            batch_size=cfg.micro_batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.shuffle_buffer_size if cfg.shuffle else None,
+            local_shuffle_seed=(cfg.seed * 100_003 + epoch) if cfg.shuffle else None,
+        )
+        rows, group, start_position, stepped = 0, [], position, False
+        for raw in it:
+            rows += cfg.micro_batch_size
+            if rows <= position:
+                continue  # consumed before the checkpoint we resumed from
+            group.append(decode_batch(raw))
+            if len(group) < accum:
+                continue
+            # -- one optimizer step over `accum` micro-batches --
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)  # LoRA dropout only
+            lr = engine.get_lr()[0]
+            ms = []
+            for mb in group:
+                loss, m = dpo_micro_batch(family, scheduler, transformer, policy, mb, cfg.beta,
+                                          cfg.seed, epoch, has_ref_adapter)
+                engine.backward(loss)
+                engine.step()
+                ms.append(m)
+            step, position, stepped = step + 1, rows, True
+            consumed.extend(pid for mb in group for pid in mb.pair_ids)
+            group = []
+            m = _allreduce_mean({k: float(np.mean([x[k] for x in ms])) for k in ms[0]}, world, device)
+            gn = engine.get_global_grad_norm()
+            metrics = {**m, "step": step, "epoch": epoch, "lr": lr, "pairs_seen": step * cfg.effective_batch_size,
+                       "grad_norm": float(gn) if gn is not None else float("nan")}
+            history.append({k: metrics[k] for k in ("step", "loss", "reward_accuracy", "reward_margin")})
+            window.append(metrics)
+            done = step >= cfg.max_steps
+            if step % cfg.log_every == 0 or done or step == 1:
+                sps = (time.perf_counter() - t_start) / max(1, len(window))
+                _log(rank, f"step {step}/{cfg.max_steps} epoch {epoch} loss {m['loss']:.4f} "
+                           f"acc {m['reward_accuracy']:.2f} margin {m['reward_margin']:+.4g} lr {lr:.3g} "
+                           f"({sps:.2f}s/step)")
+            metrics["peak_memory_mb"] = _allreduce_max(_peak_memory_mb(device), world, device)
+            if step % cfg.checkpoint_every == 0 or done:
+                save_and_report(metrics, with_checkpoint=True)
+            elif step % cfg.log_every == 0:
+                save_and_report(metrics, with_checkpoint=False)
+            _maybe_inject_fault(fault, step, rank)
+            if done:
+                break
+        else:  # epoch exhausted
+            if not stepped and start_position == 0:
+                raise InputError(
+                    f"pair shards hold too few pairs for one optimizer step per worker "
+                    f"(effective_batch_size={cfg.effective_batch_size}, num_workers={world})"
+                )
+            epoch, position, consumed = epoch + 1, 0, []
+            continue
+        break
+
+    # -- export the policy LoRA (diffusers format) --
+    state_dict = policy_state_dict(transformer, cfg.zero_stage)  # collective under ZeRO-3
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            export_lora(state_dict, transformer, family.pipeline_class, d)
+            _upload_dir(d, config["lora_out_dir"], filesystem)
+        _log(rank, f"LoRA written to {config['lora_out_dir']}")
+    if checkpoint is not None and step >= cfg.max_steps and not metrics:
+        # resumed after the final checkpoint: report it again so the result carries metrics
+        metrics = {"step": step, "epoch": epoch, "pairs_seen": step * cfg.effective_batch_size}
+        if history:
+            metrics.update({k: history[-1][k] for k in ("loss", "reward_accuracy", "reward_margin")})
+        ray.train.report(metrics)
