@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -46,11 +47,25 @@ def s3_bucket(s3_server):
     return name
 
 
-@pytest.fixture(scope="session")
-def ray_local(s3_server):
-    """One local Ray runtime for the session; started after the S3 env so workers inherit it."""
+@contextlib.contextmanager
+def local_ray():
+    """A local Ray runtime for this process, shut down on exit.
+
+    Kept short-lived on purpose: while two Ray clusters run on one host, Ray Train's
+    placement-group cleaner can query the wrong one and kill a healthy run, so tests never
+    hold a runtime open while a `videogpa` subprocess starts its own cluster.
+    """
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """A local Ray runtime for one test module; started after the S3 env so workers inherit it."""
+    with local_ray() as ray:
+        yield ray

@@ -4,6 +4,7 @@ to a local path and to S3 on a real S3 API server, then the outputs read back as
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from actors.models import ModelConfig, build_pipeline
+from tests.conftest import local_ray
 from trainers.schema import PAIR_SCHEMA, tensor_from_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +56,12 @@ def _check_run(fs: pafs.FileSystem, root: str) -> dict:
     return manifest
 
 
-def _check_shards(ray_local, uri: str, filesystem=None) -> list[dict]:
-    ds = ray_local.data.read_parquet(uri, filesystem=filesystem)
-    assert ds.schema().names == SPEC_COLUMNS
-    rows = ds.take_all()
+def _check_shards(uri: str, filesystem=None) -> list[dict]:
+    """Read the shards as a user would, with Ray Data (in a runtime that ends before the next run)."""
+    with local_ray() as ray:
+        ds = ray.data.read_parquet(uri, filesystem=filesystem)
+        assert ds.schema().names == SPEC_COLUMNS
+        rows = ds.take_all()
     assert len({r["pair_id"] for r in rows}) == len(rows)
     for row in rows:
         assert row["schema_version"] == 1 and row["image_latents"] is None and row["round"] == 0
@@ -81,13 +85,13 @@ def _lora_changes_output(lora_dir: str) -> None:
     assert np.abs(sample(pipe) - base).max() > 0
 
 
-def test_align_local_then_resume(tmp_path, ray_local):
+def test_align_local_then_resume(tmp_path):
     result = _align(str(tmp_path))
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rounds"] == 1
     root = f"{tmp_path}/e2e"
     manifest = _check_run(pafs.LocalFileSystem(), root)
-    _check_shards(ray_local, f"{root}/round-000/pairs")
+    _check_shards(f"{root}/round-000/pairs")
     _lora_changes_output(f"{root}/round-000/lora")
 
     # The same command again: the completed round is skipped and nothing is rewritten.
@@ -98,13 +102,24 @@ def test_align_local_then_resume(tmp_path, ray_local):
                       if p.is_file() and p.name != "config.yaml"}
     assert json.loads(Path(root, "round-000/manifest.json").read_text()) == manifest
 
+    # Held-out evaluation of the round's LoRA against the base model, through the CLI.
+    ev = run_cli("evaluate", "--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=e2e",
+                 "evaluation.prompts.limit=2", "evaluation.seeds_per_prompt=1")
+    assert ev.returncode == 0, ev.stderr[-4000:]
+    table = ev.stdout.strip().splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["psnr", "ssim", "lpips", "mvcs", "3dcs", "epipolar", "motion"]
+    results = json.loads(Path(root, "evaluation/round-000/results.json").read_text())
+    assert results["samples"] == 2 and all(math.isfinite(results[arm]["epipolar"]["mean"]) or
+                                           results[arm]["epipolar"]["count"] == 0 for arm in ("base", "aligned"))
+    assert len(list(Path(root, "evaluation/round-000/side_by_side").glob("*.mp4"))) == 2
 
-def test_align_to_s3(tmp_path, s3_server, s3_bucket, ray_local):
+
+def test_align_to_s3(tmp_path, s3_server, s3_bucket):
     _align(f"s3://{s3_bucket}/runs", f"storage.endpoint_url={s3_server}", "storage.region=us-east-1")
     fs = pafs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http", region="us-east-1")
     root = f"{s3_bucket}/runs/e2e"
     _check_run(fs, root)
-    _check_shards(ray_local, f"s3://{root}/round-000/pairs", filesystem=fs)
+    _check_shards(f"s3://{root}/round-000/pairs", filesystem=fs)
     # Nothing was written to the local working directory instead of the bucket.
     assert not (ROOT / "runs" / "e2e").exists()
     lora = tmp_path / "lora"

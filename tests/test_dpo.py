@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from actors.errors import InputError
 from trainers.config import TrainerConfig
