@@ -193,7 +193,8 @@ def _storage_error(where: str, err: OSError) -> InputError:
     elif "NETWORK_CONNECTION" in text or "Connection refused" in text or "curlCode" in text:
         cause = "S3 endpoint unreachable: check storage.endpoint_url"
     elif any(s in text for s in ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "(HTTP status 5")):
-        cause = f"S3 kept failing after every retry (storage.max_attempts): {text[:160]}"
+        detail = text[max(text.find("AWS Error"), 0):][:160]
+        cause = f"S3 kept failing after every retry (storage.max_attempts): {detail}"
     else:
         cause = text[:200]
     if "AWS Error" in text and "unreachable" not in cause and not any(os.environ.get(v) for v in _CREDENTIAL_ENV):
