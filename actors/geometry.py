@@ -211,33 +211,34 @@ def splat(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Render a coloured point cloud into T cameras at once: ``[T,3,H,W]``.
 
-    Each point goes to its rounded pixel; the nearest depth wins (z-buffer via
-    ``scatter_reduce(amin)`` over flattened (frame, pixel) indices); exact depth ties
-    go to the lowest point index so the result is deterministic on every device.
-    Pixels no point reaches stay black. With ``return_mask`` also returns the
-    coverage mask ``[T,H,W]``.
+    Each point goes to its rounded pixel in every frame and the nearest depth wins:
+    one ``scatter_reduce(amin)`` over flattened (frame, pixel) indices of a 64-bit key
+    ``float32 depth bits << 32 | point index`` (positive floats order like their bit
+    patterns), so depth decides and exact ties go to the lowest point index -
+    deterministic on every device, with no boolean compaction of the T x N candidates.
+    Points behind a camera or outside its image go to a dump slot. Pixels no point
+    reaches stay black. With ``return_mask`` also returns the coverage mask ``[T,H,W]``.
     """
     num_t, n = intrinsics.shape[0], points.shape[0]
     device = points.device
     u, v, z = project(points, intrinsics, extrinsics)
     ui, vi = torch.floor(u + 0.5), torch.floor(v + 0.5)  # round half up: pixel centres are integers
     valid = (z > NEAR) & (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
-    frame = torch.arange(num_t, device=device)[:, None].expand(num_t, n)
-    flat = ((frame * height + vi.clamp(0, height - 1).long()) * width + ui.clamp(0, width - 1).long())[valid]
-    z_valid = z[valid]
     num_px = num_t * height * width
+    frame_offset = torch.arange(num_t, device=device)[:, None] * (height * width)
+    pixel = vi.clamp(0, height - 1).long() * width + ui.clamp(0, width - 1).long()
+    flat = torch.where(valid, frame_offset + pixel, num_px)
 
-    zbuf = torch.full((num_px,), float("inf"), device=device, dtype=z.dtype)
-    zbuf.scatter_reduce_(0, flat, z_valid, reduce="amin", include_self=True)
-    front = z_valid == zbuf[flat]
+    depth_bits = z.float().view(torch.int32).long()  # z > 0 wherever it matters
+    key = (depth_bits << 32) | torch.arange(n, device=device)
+    empty = torch.iinfo(torch.int64).max
+    best = torch.full((num_px + 1,), empty, device=device, dtype=torch.long)
+    best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
+    best = best[:num_px]
 
-    point_id = torch.arange(n, device=device).expand(num_t, n)[valid][front]
-    winner = torch.full((num_px,), n, device=device, dtype=torch.long)
-    winner.scatter_reduce_(0, flat[front], point_id, reduce="amin", include_self=True)
-
-    covered = winner < n
+    covered = best != empty
     image = torch.zeros(num_px, 3, device=device, dtype=colors.dtype)
-    image[covered] = colors[winner[covered]]
+    image[covered] = colors[best[covered] & 0xFFFFFFFF]
     image = image.view(num_t, height, width, 3).permute(0, 3, 1, 2).contiguous()
     if return_mask:
         return image, covered.view(num_t, height, width)

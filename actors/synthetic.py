@@ -78,14 +78,15 @@ def _make_scene(rng: np.random.Generator, num_frames: int) -> Scene:
 
     # room: floor at y=0, walls at |x|,|z| = 3.5, ceiling at y=3
     add([0.0, 1.5, 0.0], rng.uniform(0, math.pi / 2), [3.5, 1.5, 3.5], rng.uniform(0.45, 0.95, 3), rng.uniform(0.4, 0.7), True)
-    for _ in range(int(rng.integers(2, 5))):  # boxes on the floor near the centre
-        half = rng.uniform(0.15, 0.35, 3)
-        r, a = 0.9 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
-        add([r * math.cos(a), half[1], r * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3), rng.uniform(0.07, 0.18))
+    for i in range(int(rng.integers(2, 5))):  # boxes on the floor; the first is the central "hero"
+        # the others stay lower than the hero so they rarely hide it
+        half = rng.uniform(0.25, 0.4, 3) if i == 0 else rng.uniform([0.15, 0.1, 0.15], [0.3, 0.2, 0.3])
+        r, a = (rng.uniform(0.0, 0.2) if i == 0 else rng.uniform(0.55, 0.8)), rng.uniform(0, 2 * math.pi)
+        add([r * math.cos(a), half[1], r * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3), rng.uniform(0.1, 0.22))
     if rng.uniform() < 0.7:  # a thin standing panel: a textured plane inside the room
         a = rng.uniform(0, 2 * math.pi)
         half = [rng.uniform(0.25, 0.45), rng.uniform(0.3, 0.6), 0.02]
-        add([1.1 * math.cos(a), half[1], 1.1 * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3), rng.uniform(0.08, 0.2))
+        add([0.9 * math.cos(a), half[1], 0.9 * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3), rng.uniform(0.1, 0.22))
 
     b = len(centers)
     expand = lambda xs: torch.stack(xs)[None].repeat(num_frames, *([1] * (xs[0].ndim + 1)))  # noqa: E731
@@ -119,9 +120,9 @@ def camera_path(rng: np.random.Generator, trajectory: str, num_frames: int, spee
     if trajectory not in TRAJECTORIES:
         raise InputError(f"trajectory: expected one of {TRAJECTORIES}, got {trajectory!r}")
     s = torch.linspace(0.0, 1.0, num_frames)
-    theta0, radius, height = rng.uniform(0, 2 * math.pi), rng.uniform(2.4, 2.8), rng.uniform(1.0, 1.6)
+    theta0, radius, height = rng.uniform(0, 2 * math.pi), rng.uniform(2.0, 2.4), rng.uniform(1.0, 1.5)
     target = torch.tensor([rng.uniform(-0.15, 0.15), rng.uniform(0.25, 0.45), rng.uniform(-0.15, 0.15)])
-    sweep = {"orbit": rng.uniform(0.35, 0.6), "dolly": rng.uniform(0.4, 0.7), "pan": rng.uniform(0.3, 0.5)}[trajectory]
+    sweep = {"orbit": rng.uniform(0.35, 0.6), "dolly": rng.uniform(0.3, 0.5), "pan": rng.uniform(0.25, 0.4)}[trajectory]
     sweep *= speed * (1 if rng.uniform() < 0.5 else -1)
 
     def orbit_eye(theta: float) -> Tensor:
@@ -136,12 +137,12 @@ def camera_path(rng: np.random.Generator, trajectory: str, num_frames: int, spee
         elif trajectory == "dolly":
             fwd = (target - eye0) / (target - eye0).norm()
             poses.append(_look_at(eye0 + abs(sweep) * si * fwd, fwd))
-        else:
-            poses.append(_look_at(eye0, _yaw(sweep * si) @ (target - eye0)))
+        else:  # pan across the target, so the centre of the scene stays in view
+            poses.append(_look_at(eye0, _yaw(sweep * (si - 0.5)) @ (target - eye0)))
     return torch.stack(poses)
 
 
-def pinhole(height: int, width: int, num_frames: int, fov_deg: float = 60.0) -> Tensor:
+def pinhole(height: int, width: int, num_frames: int, fov_deg: float = 50.0) -> Tensor:
     """Pixel intrinsics ``[F,3,3]`` with a horizontal field of view ``fov_deg``."""
     fx = (width / 2) / math.tan(math.radians(fov_deg) / 2)
     k = torch.tensor([[fx, 0.0, (width - 1) / 2], [0.0, fx, (height - 1) / 2], [0.0, 0.0, 1.0]])
@@ -209,22 +210,26 @@ def _cast(scene: Scene, origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor, 
 # ----------------------------------------------------------------------------- corruptions
 
 
-def _animate_object(scene: Scene, rng: np.random.Generator, kind: str) -> Scene:
-    """Deform or drift one box (index 1: the first box after the room) over time."""
+def _animate_object(scene: Scene, rng: np.random.Generator, kind: str, extrinsics: Tensor) -> Scene:
+    """Deform or drift the central hero box (index 1, right after the room) over time:
+    like a generated video's main subject, it is in view in every frame."""
     f = scene.center.shape[0]
     s = torch.linspace(0.0, 1.0, f)
     center, half = scene.center.clone(), scene.half.clone()
-    if kind == "deform":  # grow along one horizontal axis, squash vertically, growing over time
-        axis = int(rng.choice([0, 2]))
-        amount = rng.uniform(0.5, 0.8)
-        half[:, 1, axis] *= 1 + amount * s
-        half[:, 1, 1] *= 1 - 0.4 * amount * s
-        center[:, 1, 1] = half[:, 1, 1]  # stay on the floor
-    else:  # drift: slide across the floor
-        a = rng.uniform(0, 2 * math.pi)
-        dist = rng.uniform(0.35, 0.55)
-        center[:, 1, 0] += dist * s * math.cos(a)
-        center[:, 1, 2] += dist * s * math.sin(a)
+    b = 1
+    if kind == "deform":  # widen in both horizontal axes and squash vertically, growing over time
+        amount = rng.uniform(0.6, 0.9)
+        half[:, b, 0] *= 1 + amount * s
+        half[:, b, 2] *= 1 + amount * s
+        half[:, b, 1] *= 1 - 0.4 * amount * s
+        center[:, b, 1] = half[:, b, 1]  # stay on the floor
+    else:  # drift: slide across the floor, roughly sideways in the first view so it shows
+        right = extrinsics[0, 0, :3]
+        a = math.atan2(float(right[2]), float(right[0])) + rng.uniform(-math.pi / 4, math.pi / 4)
+        a += math.pi * (rng.uniform() < 0.5)
+        dist = rng.uniform(0.6, 0.9)
+        center[:, b, 0] += dist * s * math.cos(a)
+        center[:, b, 2] += dist * s * math.sin(a)
     return Scene(center, scene.rot, half, scene.color, scene.cell, scene.phase, scene.wave, scene.inside)
 
 
@@ -232,7 +237,7 @@ def _warp(frames: Tensor, rng: np.random.Generator) -> Tensor:
     """Smooth non-rigid warp ``[F,3,H,W]``: a low-frequency displacement field whose
     amplitude grows over time and whose phase moves every frame."""
     f, _, h, w = frames.shape
-    amp = rng.uniform(0.05, 0.08) * 2  # in normalized [-1,1] coordinates: 2.5-4% of the width
+    amp = rng.uniform(0.1, 0.16)  # in normalized [-1,1] coordinates: up to 5-8% of the width
     kx, ky = rng.uniform(0.6, 1.4, 2)
     growth = torch.linspace(0.3, 1.0, f)[:, None, None]
     phase = torch.tensor(rng.uniform(0, 2 * math.pi) + 1.7 * np.arange(f), dtype=torch.float32)[:, None, None]
@@ -244,7 +249,8 @@ def _warp(frames: Tensor, rng: np.random.Generator) -> Tensor:
 
 
 def _flicker(frames: Tensor, rng: np.random.Generator) -> Tensor:
-    gain = torch.tensor(1 + rng.uniform(-0.25, 0.25, frames.shape[0]), dtype=torch.float32)
+    f = frames.shape[0]  # every frame 10-25% brighter or darker than the scene's true colours
+    gain = torch.tensor(1 + rng.choice([-1.0, 1.0], f) * rng.uniform(0.1, 0.25, f), dtype=torch.float32)
     return (frames * gain[:, None, None, None]).clamp(0, 1)
 
 
@@ -284,7 +290,7 @@ def render_clip(
         extrinsics=extrinsics,
     )
 
-    shown = _animate_object(scene, corr_rng, corruption) if corruption in ("deform", "drift") else scene
+    shown = _animate_object(scene, corr_rng, corruption, extrinsics) if corruption in ("deform", "drift") else scene
     _, sub_dirs = _camera_rays(intrinsics, extrinsics, h, w, supersample)
     _, color, _ = _cast(shown, origins, sub_dirs)
     frames = color.view(num_frames, h, w, supersample * supersample, 3).mean(3).permute(0, 3, 1, 2)

@@ -1,0 +1,260 @@
+"""Geometry foundation model (GFM) backends: frames -> per-frame depth, confidence and cameras.
+
+Every backend works at its own resolution: ``prepare`` maps input frames ``[T,3,H,W]``
+in [0,1] to the frames it actually sees, and ``predict`` returns a ``Geometry`` of
+those frames (``VideoScorer`` resizes the geometry to the prepared frames if a
+backend returns another size), so reprojection always compares like with like.
+
+Backends: ``tiny`` (small built-in conv net, offline), ``oracle`` (ground truth of the
+synthetic world, passed alongside the frames), ``vggt`` and ``da3`` (optional packages,
+imported lazily).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from actors.errors import InputError
+from actors.geometry import Geometry, patch_transform, resize_geometry, transform_frames
+
+if TYPE_CHECKING:
+    from actors.scoring import ScoringConfig
+
+VGGT_DEFAULT_ID = "facebook/VGGT-1B"
+DA3_DEFAULT_ID = "depth-anything/DA3NESTED-GIANT-LARGE"
+TINY_SEED = 0
+
+
+class GFMBackend(ABC):
+    name: str = "base"
+
+    def __init__(self, resolution: int = 518, device: torch.device | str = "cpu") -> None:
+        self.resolution = resolution
+        self.device = torch.device(device)
+
+    def prepare(self, frames: Tensor) -> Tensor:
+        """Frames at the backend's working resolution: VGGT-style resize to a patch-14 multiple."""
+        tf = patch_transform(frames.shape[-2], frames.shape[-1], self.resolution)
+        return transform_frames(frames, tf)
+
+    @abstractmethod
+    def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
+        """Geometry of ``frames [T,3,H,W]`` (already ``prepare``d, in [0,1])."""
+
+
+# ----------------------------------------------------------------------------- tiny
+
+
+def _axis_angle_to_matrix(v: Tensor) -> Tensor:
+    skew = torch.zeros(*v.shape[:-1], 3, 3, device=v.device, dtype=v.dtype)
+    skew[..., 0, 1], skew[..., 0, 2], skew[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    skew = skew - skew.transpose(-1, -2)
+    return torch.linalg.matrix_exp(skew)
+
+
+class TinyGFM(nn.Module):
+    """~0.28M-parameter stand-in for a GFM with the same outputs as VGGT.
+
+    Per frame: a strided conv encoder -> depth and confidence maps. Cameras: the pooled
+    features of (first frame, frame t) -> relative pose (axis-angle + translation; the
+    first camera is the world frame, as in VGGT); pooled features of all frames -> one
+    shared focal length. Depth > 0 (softplus) and conf >= 1 (VGGT's 1 + exp form, softened).
+    """
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        c1, c2, c3 = width, 2 * width, 4 * width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c1, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c3, c3, 3, padding=1), nn.GELU(),
+        )  # fmt: skip
+        self.dense_head = nn.Conv2d(c3, 2, 1)
+        self.pose_head = nn.Sequential(nn.Linear(2 * c3, c3), nn.GELU(), nn.Linear(c3, 6))
+        self.focal_head = nn.Linear(c3, 1)
+
+    def forward(self, frames: Tensor) -> Geometry:
+        t, _, h, w = frames.shape
+        feats = self.encoder(frames * 2 - 1)
+        dense = F.interpolate(self.dense_head(feats), size=(h, w), mode="bilinear", align_corners=False)
+        depth = 1.0 + F.softplus(dense[:, 0])
+        conf = 1.0 + F.softplus(dense[:, 1])
+        pooled = feats.mean(dim=(2, 3))
+        pair = torch.cat([pooled[:1].expand(t, -1), pooled], dim=1)
+        pose = 0.1 * torch.tanh(self.pose_head(pair))  # small motions: outputs stay plausible untrained
+        pose = pose * (torch.arange(t, device=frames.device) > 0)[:, None]  # first camera = world
+        rot = _axis_angle_to_matrix(pose[:, :3])
+        extrinsics = torch.cat([rot, pose[:, 3:, None]], dim=2)
+        focal = w * (0.6 + 0.8 * torch.sigmoid(self.focal_head(pooled.mean(0))))  # horizontal FOV ~ 40-80 deg
+        k = torch.zeros(t, 3, 3, device=frames.device, dtype=frames.dtype)
+        k[:, 0, 0], k[:, 1, 1] = focal, focal
+        k[:, 0, 2], k[:, 1, 2], k[:, 2, 2] = (w - 1) / 2, (h - 1) / 2, 1.0
+        return Geometry(depth, conf, k, extrinsics)
+
+
+def build_tiny_gfm(weights: str | None = None) -> TinyGFM:
+    """``TinyGFM`` with weights from a safetensors file, or a fixed-seed random init
+    (identical in every process, so scores from different Ray actors are comparable)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = TinyGFM()
+    if weights is not None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(weights)
+            model.load_state_dict(state, strict=True)
+        except (OSError, SafetensorError, RuntimeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise InputError(f"scoring.weights: {weights}: not tiny-GFM safetensors weights ({reason})") from None
+    return model.eval().requires_grad_(False)
+
+
+class TinyBackend(GFMBackend):
+    name = "tiny"
+
+    def __init__(self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu") -> None:
+        super().__init__(resolution, device)
+        self.model = build_tiny_gfm(weights).to(self.device)
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
+        return self.model(frames.to(self.device, torch.float32))
+
+
+# ----------------------------------------------------------------------------- oracle
+
+
+class OracleBackend(GFMBackend):
+    """Returns the ground truth passed alongside the frames (synthetic world), at the frames' size."""
+
+    name = "oracle"
+
+    def prepare(self, frames: Tensor) -> Tensor:
+        return frames  # ground truth exists at the native resolution: no resampling needed
+
+    def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
+        if ground_truth is None:
+            raise InputError("GFM backend 'oracle' needs ground-truth geometry: score(video, geometry=...)")
+        if ground_truth.num_frames != frames.shape[0]:
+            raise InputError(f"oracle geometry has {ground_truth.num_frames} frames, the video {frames.shape[0]}")
+        return resize_geometry(ground_truth.to(self.device), frames.shape[-2], frames.shape[-1])
+
+
+# ----------------------------------------------------------------------------- vggt
+
+
+def _missing(backend: str, package: str, hint: str) -> InputError:
+    return InputError(f"GFM backend '{backend}' needs the {package} package: {hint}")
+
+
+class VGGTBackend(GFMBackend):
+    """VGGT (facebook/VGGT-1B): 518 px frames with patch 14; depth, depth_conf and a pose
+    encoding that ``pose_encoding_to_extri_intri`` turns into OpenCV world->camera extrinsics
+    (first camera = world) and pixel intrinsics."""
+
+    name = "vggt"
+
+    def __init__(
+        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu", model: nn.Module | None = None
+    ) -> None:
+        super().__init__(resolution, device)
+        try:
+            from vggt.utils.pose_enc import pose_encoding_to_extri_intri
+        except ImportError:
+            raise _missing("vggt", "vggt", "pip install 'videogpa[vggt]' (https://github.com/facebookresearch/vggt)") from None
+        self._to_cameras = pose_encoding_to_extri_intri
+        if model is None:
+            from vggt.models.vggt import VGGT
+
+            model = VGGT.from_pretrained(weights or VGGT_DEFAULT_ID)  # hub id or local directory
+        self.model = model.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
+        images = frames.to(self.device, torch.float32)[None]  # [1,T,3,H,W] in [0,1]
+        use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = self.model(images)
+        extrinsics, intrinsics = self._to_cameras(out["pose_enc"].float(), images.shape[-2:])
+        return Geometry(
+            depth=out["depth"][0, ..., 0].float(),
+            conf=out["depth_conf"][0].float(),
+            intrinsics=intrinsics[0].float(),
+            extrinsics=extrinsics[0].float(),
+        )
+
+
+# ----------------------------------------------------------------------------- da3
+
+
+class DA3Backend(GFMBackend):
+    """Depth Anything 3 through its ``DepthAnything3.inference`` API (numpy in, numpy out:
+    ``depth``/``conf`` [N,H,W], ``extrinsics`` [N,3,4] OpenCV world->camera, ``intrinsics``
+    [N,3,3], ``processed_images`` [N,H,W,3]). Frames are prepared to a patch-14 size no
+    larger than ``resolution`` so DA3's own "upper_bound_resize" keeps them as they are."""
+
+    name = "da3"
+
+    def __init__(
+        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu", model: nn.Module | None = None
+    ) -> None:
+        super().__init__(resolution, device)
+        if model is None:
+            try:
+                from depth_anything_3.api import DepthAnything3
+            except ImportError:
+                raise _missing("da3", "depth_anything_3", "pip install 'videogpa[da3]' (https://github.com/ByteDance-Seed/Depth-Anything-3)") from None
+            model = DepthAnything3.from_pretrained(weights or DA3_DEFAULT_ID)
+        self.model = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
+        images = [(f.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for f in frames]
+        pred = self.model.inference(images, process_res=self.resolution, process_res_method="upper_bound_resize")
+        as_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)  # noqa: E731
+        extrinsics = as_tensor(pred.extrinsics)[:, :3, :4]  # some versions return 4x4
+        geometry = Geometry(as_tensor(pred.depth), as_tensor(pred.conf), as_tensor(pred.intrinsics), extrinsics)
+        return resize_geometry(geometry, frames.shape[-2], frames.shape[-1])
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def build_backend(cfg: "ScoringConfig", device: torch.device | str = "cpu") -> GFMBackend:
+    """The GFM backend named by ``cfg.backend``; optional packages are imported only here."""
+    if cfg.backend == "tiny":
+        return TinyBackend(cfg.weights, cfg.resolution, device)
+    if cfg.backend == "oracle":
+        return OracleBackend(cfg.resolution, device)
+    if cfg.backend == "vggt":
+        return VGGTBackend(cfg.weights, cfg.resolution, device)
+    if cfg.backend == "da3":
+        return DA3Backend(cfg.weights, cfg.resolution, device)
+    raise InputError(f"scoring.backend: unknown GFM backend {cfg.backend!r}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "GFMBackend",
+    "TinyGFM",
+    "TinyBackend",
+    "OracleBackend",
+    "VGGTBackend",
+    "DA3Backend",
+    "build_backend",
+    "build_tiny_gfm",
+    "count_parameters",
+]
