@@ -1,0 +1,371 @@
+"""Train a miniature base video model for the synthetic world (``actors.synthetic``).
+
+The model is a real ``CogVideoXPipeline`` (tokenizer, T5 text encoder, ``AutoencoderKLCogVideoX``,
+``CogVideoXTransformer3DModel``, ``CogVideoXDPMScheduler``) trained on synthetic clips, a mix of
+3D-consistent and corrupted ones (``mix_corrupted``), with one text prompt per camera trajectory
+(``MINIATURE_PROMPTS``), so that its samples are sometimes consistent and sometimes not: the
+situation VideoGPA is for.
+
+What comes from the tiny preset (``actors.models``) unchanged: the in-memory tokenizer, the T5 text
+encoder (random init, frozen: it only has to tell the prompts apart) and the scheduler. What is
+built here instead, with the same diffusers classes:
+
+* the VAE. The preset's VAE is random: decode(encode(x)) of a synthetic clip has MSE 0.25 against
+  a pixel variance of 0.07 (measured), so a transformer trained on its latents would generate noise.
+  Its 8x-spatial, 4-channel bottleneck also trains slowly on this CPU (~1 s/step, 65k params), so
+  the miniature VAE has 3 blocks (4x spatial, 4x temporal, 16 latent channels, 64k params) and is
+  trained first as an autoencoder (MSE + tiny KL); its ``scaling_factor`` is then set to
+  ``1 / std(latents)`` (as Stable Diffusion's was chosen), so the diffusion sees unit-variance x0.
+* the transformer: the preset's layout (RoPE, patch 2, 2 layers) with 16 latent channels in/out and
+  a wider attention (``4 x 16``); trained with full weights by the standard CogVideoX v-prediction
+  loss (``actors.families``: ``sample_timesteps`` / ``noisy_and_target`` / ``predict``) on latents
+  from ``actors.models.encode_training_inputs``, with 10% empty prompts so classifier-free
+  guidance works.
+
+The result is saved with ``pipe.save_pretrained(dir)``; ``ModelConfig(family="cogvideox-t2v",
+pretrained=dir)`` loads it through ``build_pipeline``'s real-model path (tokenizer included).
+Results are cached under ``~/.cache/videogpa/miniature/base-<hash of the settings>/``; a second call
+with the same settings returns at once.
+
+CLI: ``python -m actors.base_model_training [--out DIR] [--steps N] [--vae-steps N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from actors.errors import InputError
+from actors.gfm_training import SPEED_RANGE, torch_threads, warmup_cosine
+from actors.synthetic import CORRUPTIONS, TRAJECTORIES, render_clip
+
+MINIATURE_PROMPTS = {
+    "orbit": "the camera orbit around the room",
+    "dolly": "the camera dolly in the room",
+    "pan": "the camera pan in the room",
+}
+SUPPORTED_FAMILIES = ("cogvideox-t2v",)
+CACHE_VERSION = 1
+LATENT_CHANNELS = 16
+TRAIN_SEED_OFFSET = 2_000_000  # scenes of the base model's data never coincide with the GFM's
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("VIDEOGPA_MINIATURE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "videogpa", "miniature"))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_miniature_pipeline(family: str = "cogvideox-t2v", size: int = 64, num_frames: int = 9):
+    """The untrained miniature pipeline (fixed seeds): preset tokenizer/text encoder/scheduler,
+    miniature VAE and transformer (see the module docstring)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    from actors.models import TINY_MAX_SEQUENCE_LENGTH, _seeded, _tiny_scheduler, _tiny_text_encoder, _tiny_tokenizer
+
+    if family not in SUPPORTED_FAMILIES:
+        raise InputError(f"family: the miniature base model supports {', '.join(SUPPORTED_FAMILIES)}, got {family!r}")
+    tokenizer = _tiny_tokenizer()
+    text_encoder = _tiny_text_encoder(family, vocab_size=len(tokenizer))
+    with _seeded(f"miniature/{family}/vae"):
+        vae = AutoencoderKLCogVideoX(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("CogVideoXDownBlock3D",) * 3,
+            up_block_types=("CogVideoXUpBlock3D",) * 3,
+            block_out_channels=(8, 8, 8),
+            latent_channels=LATENT_CHANNELS,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+            scaling_factor=1.0,  # set from the trained encoder's latents
+        )
+    latent = size // 4
+    with _seeded(f"miniature/{family}/transformer"):
+        transformer = CogVideoXTransformer3DModel(
+            num_attention_heads=4,
+            attention_head_dim=16,
+            in_channels=LATENT_CHANNELS,
+            out_channels=LATENT_CHANNELS,
+            time_embed_dim=32,
+            text_embed_dim=text_encoder.config.d_model,
+            num_layers=2,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=TINY_MAX_SEQUENCE_LENGTH,
+            use_rotary_positional_embeddings=True,
+            sample_height=latent,
+            sample_width=latent,
+            sample_frames=num_frames,
+        )
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=_tiny_scheduler(family)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def render_training_videos(
+    num_clips: int, size: int, num_frames: int, mix_corrupted: float, seed: int
+) -> tuple[np.ndarray, list[str], list[str | None]]:
+    """uint8 ``[N,F,H,W,3]`` clips, their trajectory and corruption (None = consistent)."""
+    rng = np.random.default_rng([seed, 7])
+    videos, trajs, corrs = [], [], []
+    for i in range(num_clips):
+        traj = TRAJECTORIES[i % len(TRAJECTORIES)]
+        corr = str(rng.choice(CORRUPTIONS)) if rng.uniform() < mix_corrupted else None
+        speed = float(rng.uniform(*SPEED_RANGE))
+        clip = render_clip(TRAIN_SEED_OFFSET + seed * 10_000 + i, traj, corr, num_frames, size, speed)
+        videos.append(clip.frames)
+        trajs.append(traj)
+        corrs.append(corr)
+    return np.stack(videos), trajs, corrs
+
+
+def _to_vae(videos: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(videos).float().permute(0, 4, 1, 2, 3) / 127.5 - 1.0  # [N,3,F,H,W] in [-1,1]
+
+
+def train_vae(vae, videos: np.ndarray, steps: int, seed: int, lr: float = 2e-3, kl_weight: float = 1e-6) -> dict:
+    """Autoencoder training of ``vae`` on ``videos`` (batch 1, MSE + ``kl_weight`` KL), then sets
+    ``scaling_factor = 1 / std(latents)``. Returns figures (loss start/end, recon MSE)."""
+    x_all = _to_vae(videos)
+    recon_before = _recon_mse(vae, x_all)
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = warmup_cosine(opt, steps)
+    rng = np.random.default_rng([seed, 11])
+    losses = []
+    for _ in range(steps):
+        x = x_all[int(rng.integers(len(x_all)))][None]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.mode()).sample
+        loss = ((rec - x) ** 2).mean() + kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    vae.eval().requires_grad_(False)
+    recon_after = _recon_mse(vae, x_all)
+    with torch.no_grad():
+        std = torch.cat([vae.encode(x[None]).latent_dist.mode() for x in x_all[:8]]).std().item()
+    vae.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
+    return {
+        "vae_steps": steps,
+        "vae_loss_start": _mean(losses[:10]),
+        "vae_loss_end": _mean(losses[-10:]),
+        "vae_recon_before": recon_before,
+        "vae_recon_mse_01": recon_after,
+        "pixel_var_01": round(float(x_all.var().item() / 4), 5),
+        "latent_std": round(std, 4),
+    }
+
+
+@torch.no_grad()
+def _recon_mse(vae, x_all: torch.Tensor, n: int = 8) -> float:
+    """Mean reconstruction MSE (images in [0,1]) of the first ``n`` clips."""
+    was_training = vae.training
+    vae.eval()
+    mses = [((vae.decode(vae.encode(x[None]).latent_dist.mode()).sample.clamp(-1, 1) - x[None]) ** 2).mean().item() / 4 for x in x_all[:n]]
+    vae.train(was_training)
+    return round(float(np.mean(mses)), 5)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(float(np.mean(xs)), 6) if xs else None
+
+
+def diffusion_loss(family, transformer, scheduler, latents, embeds, generator) -> torch.Tensor:
+    """Standard CogVideoX v-prediction loss of a batch (``actors.families`` math)."""
+    t = family.sample_timesteps(scheduler, latents.shape[0], generator, latents.device)
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    noisy, target = family.noisy_and_target(scheduler, latents, noise, t)
+    pred = family.predict(transformer, noisy, t, embeds, None)
+    return ((pred.float() - target.float()) ** 2).mean()
+
+
+@torch.no_grad()
+def fixed_eval_loss(family, transformer, scheduler, latents, embeds, seed: int = 0, repeats: int = 4) -> float:
+    """The diffusion loss on a fixed set of (noise, timestep) draws: comparable before/after training."""
+    gen = torch.Generator().manual_seed(seed)
+    return float(np.mean([diffusion_loss(family, transformer, scheduler, latents, embeds, gen).item() for _ in range(repeats)]))
+
+
+def encode_dataset(pipe, family: str, videos: np.ndarray, trajs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents ``[N,F,C,h,w]`` (via ``encode_training_inputs``), their prompt embeddings ``[N,L,D]``
+    and the empty prompt's embedding ``[1,L,D]`` (for prompt dropout / CFG)."""
+    from actors.models import ModelConfig, encode_training_inputs
+
+    model = ModelConfig(family=family, pretrained="tiny")  # only selects the family's layout/text length
+    latents = torch.empty(0)
+    embeds = []
+    lat_list = [None] * len(videos)
+    for traj in sorted(set(trajs)):
+        idx = [i for i, t in enumerate(trajs) if t == traj]
+        enc = encode_training_inputs(pipe, model, videos[idx], MINIATURE_PROMPTS[traj], None)
+        for j, i in enumerate(idx):
+            lat_list[i] = enc["latents"][j]
+        embeds.append((traj, enc["prompt_embeds"]))
+    by_traj = dict(embeds)
+    latents = torch.stack(lat_list)
+    prompt_embeds = torch.cat([by_traj[t] for t in trajs])
+    empty = encode_training_inputs(pipe, model, videos[:1], "", None)["prompt_embeds"]
+    return latents, prompt_embeds, empty
+
+
+def settings_hash(settings: dict) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def train_tiny_base_model(
+    family: str = "cogvideox-t2v",
+    steps: int = 2000,
+    size: int = 64,
+    num_frames: int = 9,
+    mix_corrupted: float = 0.5,
+    seed: int = 0,
+    out_dir: str | None = None,
+    vae_steps: int = 300,
+    num_clips: int = 48,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+    num_threads: int | None = 1,
+) -> dict:
+    """Train (or fetch from the cache) the miniature base model; returns its figures, with
+    ``path`` = the diffusers directory (``out_dir`` if given, else the cache entry) and ``cached``."""
+    if family not in SUPPORTED_FAMILIES:
+        raise InputError(f"family: the miniature base model supports {', '.join(SUPPORTED_FAMILIES)}, got {family!r}")
+    if (num_frames - 1) % 4 or size % 8:
+        raise InputError(f"num_frames must be 4k+1 and size a multiple of 8, got {num_frames} frames, size {size}")
+    if not 0.0 <= mix_corrupted <= 1.0:
+        raise InputError(f"mix_corrupted: expected a fraction in [0, 1], got {mix_corrupted}")
+    settings = dict(family=family, steps=steps, size=size, num_frames=num_frames, mix_corrupted=mix_corrupted, seed=seed,
+                    vae_steps=vae_steps, num_clips=num_clips, batch_size=batch_size, lr=lr, speed_range=list(SPEED_RANGE))
+    entry = os.path.join(cache_dir or default_cache_dir(), f"base-{settings_hash(settings)}")
+    done = os.path.join(entry, "miniature.json")  # written last: an entry without it is incomplete
+    if use_cache and os.path.isfile(done):
+        with open(done) as f:
+            figures = json.load(f)
+        figures["cached"] = True
+    else:
+        with torch_threads(num_threads):
+            figures = _train(settings, entry if use_cache else (out_dir or entry))
+        figures["cached"] = False
+    path = figures["path"]
+    if out_dir is not None and os.path.abspath(out_dir) != os.path.abspath(path):
+        shutil.copytree(path, out_dir, dirs_exist_ok=True)
+        figures["path"] = out_dir
+    return figures
+
+
+def _train(settings: dict, target: str, return_pipe: bool = False):
+    from actors.families import get_family
+
+    t0 = time.perf_counter()
+    family_name, seed = settings["family"], settings["seed"]
+    torch.manual_seed(seed)
+    videos, trajs, corrs = render_training_videos(
+        settings["num_clips"], settings["size"], settings["num_frames"], settings["mix_corrupted"], seed
+    )
+    t_render = time.perf_counter() - t0
+
+    pipe = build_miniature_pipeline(family_name, settings["size"], settings["num_frames"])
+    vae_figs = train_vae(pipe.vae, videos, settings["vae_steps"], seed)
+    pipe.vae_scaling_factor_image = pipe.vae.config.scaling_factor  # the pipeline caches it at construction
+    t_vae = time.perf_counter() - t0 - t_render
+
+    latents, embeds, empty = encode_dataset(pipe, family_name, videos, trajs)
+    family = get_family(family_name)
+    transformer, scheduler = pipe.transformer, pipe.scheduler
+    eval_idx = list(range(min(8, len(latents))))
+    loss_before = fixed_eval_loss(family, transformer, scheduler, latents[eval_idx], embeds[eval_idx], seed)
+    transformer.train().requires_grad_(True)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=settings["lr"], weight_decay=1e-4)
+    steps = settings["steps"]
+    sched = warmup_cosine(opt, steps)
+    gen = torch.Generator().manual_seed(seed + 1)
+    rng = np.random.default_rng([seed, 13])
+    losses = []
+    for _ in range(steps):
+        idx = rng.integers(len(latents), size=settings["batch_size"])
+        cond = embeds[idx].clone()
+        drop = torch.from_numpy(rng.uniform(size=len(idx)) < 0.1)
+        cond[drop] = empty[0]
+        loss = diffusion_loss(family, transformer, scheduler, latents[idx], cond, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    transformer.eval().requires_grad_(False)
+    loss_after = fixed_eval_loss(family, transformer, scheduler, latents[eval_idx], embeds[eval_idx], seed)
+    t_dit = time.perf_counter() - t0 - t_render - t_vae
+
+    os.makedirs(target, exist_ok=True)
+    pipe.save_pretrained(target, safe_serialization=True)
+    figures = {
+        **settings,
+        "path": target,
+        "prompts": MINIATURE_PROMPTS,
+        "clips_corrupted": int(sum(c is not None for c in corrs)),
+        "clips_by_corruption": {c: int(sum(x == c for x in corrs)) for c in CORRUPTIONS},
+        **vae_figs,
+        "latent_shape": list(latents.shape[1:]),
+        "loss_start": _mean(losses[:20]),
+        "loss_end": _mean(losses[-20:]),
+        "loss_curve": [_mean(losses[i : i + 25]) for i in range(0, len(losses), 25)],
+        "fixed_eval_loss_before": round(loss_before, 6),
+        "fixed_eval_loss_after": round(loss_after, 6),
+        "transformer_params": sum(p.numel() for p in transformer.parameters()),
+        "vae_params": sum(p.numel() for p in pipe.vae.parameters()),
+        "render_s": round(t_render, 1),
+        "vae_train_s": round(t_vae, 1),
+        "transformer_train_s": round(t_dit, 1),
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+    with open(os.path.join(target, "miniature.json"), "w") as f:
+        json.dump(figures, f, indent=1)
+    return (pipe, figures) if return_pipe else figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m actors.base_model_training", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=None, help="diffusers directory to write (default: the cache entry)")
+    p.add_argument("--family", default="cogvideox-t2v")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--vae-steps", type=int, default=300)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--num-frames", type=int, default=9)
+    p.add_argument("--num-clips", type=int, default=48)
+    p.add_argument("--mix-corrupted", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        figures = train_tiny_base_model(
+            args.family, args.steps, args.size, args.num_frames, args.mix_corrupted, args.seed, args.out,
+            vae_steps=args.vae_steps, num_clips=args.num_clips, use_cache=not args.no_cache,
+        )
+    except InputError as err:
+        print(f"error: {err}")
+        return 2
+    print(json.dumps({k: v for k, v in figures.items() if k != "loss_curve"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
