@@ -331,6 +331,9 @@ class VideoScorer:
             raise InputError(f"video: needs at least 2 frames to score, got {frames.shape[0]}")
         x = self.backend.prepare(frames.to(self.device))
         geom = self.backend.predict(x, ground_truth=gt)
+        if not all(torch.isfinite(t).all() for t in (geom.depth, geom.conf, geom.intrinsics, geom.extrinsics)):
+            # A broken model output makes this one video unscorable, not the whole batch.
+            raise InputError(f"{self.backend.name} GFM: geometry contains NaN or inf")
         geom = resize_geometry(geom, *x.shape[-2:])  # no-op when the backend kept the size
         result = reprojection_score(x, geom, self.cfg.conf_threshold, self.cfg.lpips_weight, self.lpips_model)
         result["mvcs"] = mvcs(geom)

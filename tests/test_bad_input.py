@@ -186,10 +186,6 @@ def test_nan_and_inf_inputs_become_unscorable_rows_dropped_at_pairing(ray_local)
     assert len(report.pairs) == 1 and {report.pairs[0].winner["seed"], report.pairs[0].loser["seed"]} == {11, 14}
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="bug in actors/scoring.py (reported): a GFM that outputs NaN depth crashes mvcs() "
-                          "(NaN -> long index -> torch.gather out of bounds) instead of giving NaN scores or an "
-                          "InputError, so one bad model output fails the whole scoring batch")
 def test_nan_from_the_gfm_becomes_an_unscorable_row(tmp_path, ray_local):
     import torch
     from safetensors.torch import save_file
