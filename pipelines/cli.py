@@ -31,20 +31,23 @@ def _find_input_error(err: BaseException) -> InputError | None:
     return None
 
 
-def _init_ray(cfg) -> None:
+def _config_on_ray(args: argparse.Namespace):
+    """The validated config, with Ray joined: the cluster a `ray job submit` runs us on
+    (RAY_ADDRESS), the configured address, or a new local one."""
     import ray
 
+    from pipelines.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
     if not ray.is_initialized():
-        # Join the cluster a `ray job submit` runs us on (RAY_ADDRESS), or start a local one.
         ray.init(address=cfg.ray.address, log_to_driver=True)
+    return cfg
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
     from pipelines.rounds import run_align
 
-    cfg = load_config(args.config, args.overrides)
-    _init_ray(cfg)
+    cfg = _config_on_ray(args)
     results = run_align(cfg)
     last = results[-1] if results else {}
     print(json.dumps({"run": cfg.run_name, "rounds": len(results), "last_round": last}, default=str))
@@ -52,12 +55,10 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
     from pipelines.prompts import load_prompts
     from pipelines.rounds import open_run, run_round, storage_spec
 
-    cfg = load_config(args.config, args.overrides)
-    _init_ray(cfg)
+    cfg = _config_on_ray(args)
     store = open_run(cfg)
     prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
     run_round(cfg, store, prompts, args.round, stages=(STAGE_COMMANDS[args.command],))
@@ -65,22 +66,18 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
     from pipelines.rounds import open_run, rescore_round
 
-    cfg = load_config(args.config, args.overrides)
-    _init_ray(cfg)
+    cfg = _config_on_ray(args)
     listing = rescore_round(cfg, open_run(cfg), args.round)
     print(json.dumps({"round": args.round, "candidates": listing["rows"]}))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
     from pipelines.evaluate import run_evaluate
 
-    cfg = load_config(args.config, args.overrides)
-    _init_ray(cfg)
+    cfg = _config_on_ray(args)
     result = run_evaluate(cfg, args.round)
     print(result["table"])
     return 0

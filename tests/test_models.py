@@ -28,16 +28,9 @@ from actors.models import (
     tiny_sampling,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPT = "a red cube in a room, the camera orbits slowly"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: extra threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=None)
