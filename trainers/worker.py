@@ -24,8 +24,10 @@ FAULT_ENV = "VIDEOGPA_TRAIN_FAULT_AT_STEP"  # "<step>:<marker file>" — fault i
 
 
 def _log(rank: int, msg: str) -> None:
-    if rank == 0:  # Ray forwards worker stdout to the driver: users see progress without setup
-        print(f"[videogpa.train] {msg}", flush=True)
+    # Ray Train sends worker root-logger records to the driver's console. A bare print() would be
+    # shown twice: Ray Train's print patch logs it and also tees it to the (wrapped) stdout.
+    if rank == 0:
+        logger.info(f"[videogpa.train] {msg}")
 
 
 def _peak_memory_mb(device: torch.device) -> float:
