@@ -51,5 +51,8 @@ class TrainerConfig(BaseModel):
     # --- data / reproducibility ---
     shuffle: bool = True  # per-epoch local shuffle with a fixed seed (deterministic -> resumable)
     shuffle_buffer_size: PositiveInt = 256
+    # Per worker: when its share of the pairs fits, epochs after the first come from memory
+    # instead of restarting the Ray Data read at every epoch boundary (0 = always stream).
+    data_cache_mb: float = Field(2048.0, ge=0)
     seed: int = 0
     log_every: PositiveInt = 10

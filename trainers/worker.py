@@ -120,6 +120,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
 
     from trainers import checkpoint as ckpt_io
     from trainers.data import decode_batch
+    from trainers.epochs import EpochFeed
     from trainers.lora import add_lora, export_lora, policy_state_dict
     from trainers.step import PolicyCall, dpo_micro_batch
 
@@ -170,7 +171,9 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
             _log(rank, f"world size {state['world_size']} -> {world}: epoch {epoch} restarts from its first pair")
         _log(rank, f"resumed at step {step} (epoch {epoch}, {position} pairs/worker already consumed)")
 
-    shard = ray.train.get_dataset_shard("train")
+    feed = EpochFeed(ray.train.get_dataset_shard("train"), cfg.micro_batch_size, cfg.shuffle,
+                     cfg.shuffle_buffer_size, cfg.seed, cfg.data_cache_mb,
+                     all_agree=lambda ok: _allreduce_max(float(not ok), world, device) == 0.0)
     t_start, window = time.perf_counter(), []
     fault = config.get("fault")
 
@@ -188,15 +191,8 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
 
     metrics: dict[str, Any] = {}
     while step < cfg.max_steps:
-        it = shard.iter_batches(
-            batch_size=cfg.micro_batch_size,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=cfg.shuffle_buffer_size if cfg.shuffle else None,
-            local_shuffle_seed=(cfg.seed * 100_003 + epoch) if cfg.shuffle else None,
-        )
         rows, group, start_position, stepped = 0, [], position, False
-        for raw in it:
+        for raw in feed.batches(epoch):
             rows += cfg.micro_batch_size
             if rows <= position:
                 continue  # consumed before the checkpoint we resumed from
@@ -216,7 +212,8 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
             step, position, stepped = step + 1, rows, True
             consumed.extend(pid for mb in group for pid in mb.pair_ids)
             group = []
-            m = _allreduce_mean({k: float(np.mean([x[k] for x in ms])) for k in ms[0]}, world, device)
+            m = _allreduce_mean({**{k: float(np.mean([x[k] for x in ms])) for k in ms[0]}, **feed.wait_figures()},
+                                world, device)
             gn = engine.get_global_grad_norm()
             metrics = {**m, "step": step, "epoch": epoch, "lr": lr, "pairs_seen": step * cfg.effective_batch_size,
                        "grad_norm": float(gn) if gn is not None else float("nan")}
@@ -227,7 +224,8 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
                 sps = (time.perf_counter() - t_start) / max(1, len(window))
                 _log(rank, f"step {step}/{cfg.max_steps} epoch {epoch} loss {m['loss']:.4f} "
                            f"acc {m['reward_accuracy']:.2f} margin {m['reward_margin']:+.4g} lr {lr:.3g} "
-                           f"({sps:.2f}s/step)")
+                           f"({sps:.2f}s/step, data wait {100 * m['data_wait_fraction']:.1f}%"
+                           f"{', epochs from memory' if feed.cached else ''})")
             metrics["peak_memory_mb"] = _allreduce_max(_peak_memory_mb(device), world, device)
             if step % cfg.checkpoint_every == 0 or done:
                 save_and_report(metrics, with_checkpoint=True)
