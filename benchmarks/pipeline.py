@@ -19,12 +19,11 @@ local Ray, a temporary local run store. Everything runs the product code unchang
    by a probe actor started with the product's own ``pool_args`` (Ray sets ``OMP_NUM_THREADS`` from
    the actor's CPU share, and torch takes its intra-op thread count from it).
 3. **Trainer data wait.** ``trainers.train.train_dpo`` on pair shards made by the product's pairs
-   stage from the candidates of run 1. ``trainers/worker.py`` reports no data-wait metric, so it is
-   measured from outside the trainer files: the Ray Train loop function handed to ``TorchTrainer`` is
-   the real ``trainers.worker.train_loop`` behind a thin wrapper that times each ``next()`` on the
-   ``get_dataset_shard("train").iter_batches(...)`` iterator (the batches themselves are untouched).
-   ``data_wait_fraction`` = time blocked in ``next()`` / loop time from the first ``next()`` to the
-   final ``ray.train.report``, excluding the very first batch (dataset start-up, reported apart).
+   stage from the candidates of run 1, as the trainer reports it (``trainers.epochs.EpochFeed``):
+   time blocked waiting for a micro-batch / time since the first one arrived (the first batch's
+   wait, dataset start-up, is reported apart). Run twice side by side: with the default
+   ``data_cache_mb`` (epochs after the first from memory) and with ``data_cache_mb=0`` (every epoch
+   restarts the Ray Data read, as before the cache).
 
     python benchmarks/pipeline.py            # 8 prompts x 3 candidates, trainer 12 steps (~8-10 min on 2 cores)
     python benchmarks/pipeline.py --quick    # smoke mode: 2 prompts x 2, trainer 2 steps
@@ -201,114 +200,24 @@ def make_pair_shards(cfg, store, prompts, materialized) -> list[str]:
     return [store.path(f["path"]) for f in store.read_json(paths.marker("pairs"))["files"]]
 
 
-def _timed_train_loop_factory(record_path: str):
-    """The real ``trainers.worker.train_loop`` with a stopwatch around the dataset shard's iterator.
+def run_trainer(cfg, pair_files: list[str], workdir: str, steps: int, cache_mb: float | None) -> dict:
+    """The quickstart trainer as the pipeline's train stage runs it in round 0 (reference = base
+    model), for ``steps`` optimizer steps; the data-wait figures are the trainer's own metrics."""
+    from trainers.train import train_dpo
 
-    Only ``next()`` on ``get_dataset_shard("train").iter_batches(...)`` and ``ray.train.report`` are
-    timed; batches, reports and the loop itself are passed through untouched."""
-
-    def timed_train_loop(config):
-        import json as _json
-        import time as _time
-
-        import ray.train
-
-        from trainers.worker import train_loop
-
-        events: list[list] = []  # [kind, start, end, extra]
-        real_get_shard, real_report = ray.train.get_dataset_shard, ray.train.report
-
-        class TimedShard:
-            def __init__(self, shard):
-                self._shard = shard
-
-            def __getattr__(self, name):
-                return getattr(self._shard, name)
-
-            def iter_batches(self, *args, **kwargs):
-                it = iter(self._shard.iter_batches(*args, **kwargs))
-                events.append(["epoch", _time.perf_counter(), _time.perf_counter(), None])
-                while True:
-                    a = _time.perf_counter()
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        events.append(["exhausted", a, _time.perf_counter(), None])
-                        return
-                    events.append(["next", a, _time.perf_counter(), None])
-                    yield batch
-
-        def timed_report(metrics, *args, **kwargs):
-            a = _time.perf_counter()
-            out = real_report(metrics, *args, **kwargs)
-            events.append(["report", a, _time.perf_counter(), metrics.get("step")])
-            return out
-
-        ray.train.get_dataset_shard = lambda name=None: TimedShard(real_get_shard(name))
-        ray.train.report = timed_report
-        try:
-            train_loop(config)
-        finally:
-            ray.train.get_dataset_shard, ray.train.report = real_get_shard, real_report
-            if ray.train.get_context().get_world_rank() == 0:
-                import os as _os
-
-                # one file per attempt: a retried run (FailureConfig) must not overwrite the attempt that trained
-                with open(f"{record_path}.{_os.getpid()}.{_time.time_ns()}.json", "w") as f:
-                    _json.dump(events, f)
-
-    return timed_train_loop
-
-
-def run_trainer(cfg, pair_files: list[str], workdir: str, steps: int) -> dict:
-    import trainers.train as train_mod
-
-    # the quickstart trainer as the pipeline's train stage runs it in round 0 (reference = base model),
-    # for ``steps`` optimizer steps; its checkpoints and reports count as step time, as they do there
-    trainer_cfg = cfg.trainer.model_copy(update={"max_steps": steps, "reference": "base"})
-    record = os.path.join(workdir, "train-events")
-    real = train_mod.train_loop
-    train_mod.train_loop = _timed_train_loop_factory(record)
+    update = {"max_steps": steps, "reference": "base"}
+    if cache_mb is not None:
+        update["data_cache_mb"] = cache_mb
+    trainer_cfg = cfg.trainer.model_copy(update=update)
+    tag = "stream" if cache_mb == 0 else "memory"
     t0 = time.perf_counter()
-    try:
-        metrics = train_mod.train_dpo(trainer_cfg, cfg.model, pair_files=pair_files, filesystem=None,
-                                      storage_path=os.path.join(workdir, "train"), name="checkpoints",
-                                      lora_out_dir=os.path.join(workdir, "lora"))
-    finally:
-        train_mod.train_loop = real
+    metrics = train_dpo(trainer_cfg, cfg.model, pair_files=pair_files, filesystem=None,
+                        storage_path=os.path.join(workdir, f"train-{tag}"), name="checkpoints",
+                        lora_out_dir=os.path.join(workdir, f"lora-{tag}"))
     wall = time.perf_counter() - t0
     assert metrics.get("steps") == steps, metrics
-    attempts = []
-    for path in sorted(Path(workdir).glob("train-events.*.json")):
-        attempts.append(json.loads(path.read_text()))
-    # the attempt that ran the steps (a retry that resumes from the final checkpoint trains nothing)
-    events = max(attempts, key=lambda ev: sum(e[0] == "next" for e in ev))
-    reports = [e for e in events if e[0] == "report"]
-    last_report = max(r[2] for r in reports)
-    # every blocking call on the iterator: next() that returned a batch, and the one that found the epoch's end
-    waits = [e for e in events if e[0] in ("next", "exhausted") and e[2] <= last_report]
-    span = last_report - waits[0][1]
-    total_wait = sum(e[2] - e[1] for e in waits)
-    first = waits[0][2] - waits[0][1]
-    # epoch boundaries: the end-of-epoch StopIteration and the first batch of every later epoch
-    starts = {i + 1 for i, e in enumerate(events) if e[0] == "epoch"}
-    boundary = sum(e[2] - e[1] for i, e in enumerate(events)
-                   if e in waits and e is not waits[0] and (e[0] == "exhausted" or i in starts))
-    report_s = sum(r[2] - r[1] for r in reports)
-    return {
-        "steps": steps, "attempts": len(attempts), "micro_batches": sum(e[0] == "next" for e in waits),
-        "epochs_started": sum(e[0] == "epoch" for e in events),
-        "train_dpo_wall_s": wall, "loop_span_s": span, "first_batch_wait_s": first,
-        "data_wait_s": total_wait - first, "data_wait_s_incl_first": total_wait,
-        "data_wait_epoch_boundaries_s": boundary,
-        "data_wait_max_s": max((e[2] - e[1] for e in waits[1:]), default=0.0),
-        "report_checkpoint_s": report_s,
-        "step_time_s": (span - first) / steps,
-        "data_wait_fraction": (total_wait - first) / (span - first),
-        "data_wait_fraction_incl_first_batch": total_wait / span,
-        "data_wait_fraction_within_epochs": (total_wait - first - boundary) / (span - first),
-        "loss": metrics.get("loss"),
-    }
+    return {"steps": steps, "data_cache_mb": trainer_cfg.data_cache_mb, "train_dpo_wall_s": wall,
+            **{k: metrics[k] for k in ("data_wait_fraction", "data_wait_s", "first_batch_wait_s", "loss")}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,9 +294,11 @@ def main() -> None:
     pair_files = make_pair_shards(cfg, store, prompts, ray1.pop("materialized"))
     ray2.pop("materialized")
     log(f"pair shards: {len(pair_files)} file(s)")
-    train = run_trainer(cfg, pair_files, workdir, steps)
-    log(f"trainer: {steps} steps, step {train['step_time_s']:.3f}s, data wait {train['data_wait_s']:.3f}s "
-        f"({100 * train['data_wait_fraction']:.1f}%), first batch {train['first_batch_wait_s']:.2f}s")
+    train = run_trainer(cfg, pair_files, workdir, steps, cache_mb=None)
+    train_stream = run_trainer(cfg, pair_files, workdir, steps, cache_mb=0)
+    for label, t in (("epochs from memory (default)", train), ("every epoch streamed", train_stream)):
+        log(f"trainer, {label}: {steps} steps in {t['train_dpo_wall_s']:.1f}s, data wait {t['data_wait_s']:.2f}s "
+            f"({100 * t['data_wait_fraction']:.1f}%), first batch {t['first_batch_wait_s']:.2f}s")
     loads["end"] = load_average()
     ray.shutdown()
 
@@ -404,6 +315,7 @@ def main() -> None:
         "overhead_ratio": steady1 / loop["run_s"],
         "speedup_2_actors": steady1 / steady2,
         "data_wait_fraction": train["data_wait_fraction"],
+        "data_wait_fraction_streaming_every_epoch": train_stream["data_wait_fraction"],
         "candidates_per_s_ray_incl_startup": rate(ray1["total_s"]),
         "candidates_per_s_loop_incl_build": rate(loop["build_s"] + loop["run_s"]),
         "overhead_ratio_incl_startup": ray1["total_s"] / (loop["build_s"] + loop["run_s"]),
@@ -418,6 +330,7 @@ def main() -> None:
         "ray_2_actors": {k_: v for k_, v in ray2.items()},
         "loop": loop,
         "trainer": train,
+        "trainer_streaming_every_epoch": train_stream,
         "load_average_1min": loads,
         "wall_s": time.perf_counter() - t_start,
     }
