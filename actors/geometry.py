@@ -193,11 +193,13 @@ def unproject(geometry: Geometry, frames: Tensor, conf_threshold: float = 0.0) -
 
 def project(points: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Project ``[N,3]`` world points into all T cameras: pixel ``u, v`` and depth ``z``, each ``[T,N]``."""
-    cam = torch.einsum("tij,nj->tni", extrinsics[:, :, :3], points) + extrinsics[:, None, :, 3]
-    z = cam[..., 2]
-    pix = torch.einsum("tij,tnj->tni", intrinsics, cam)
+    # One matmul with the composed K [R|t] (3x4 per frame) gives u*z, v*z, z: no [T,N,3]
+    # camera-space intermediate. K's last row is (0,0,1), so z is the camera z.
+    dtype = torch.promote_types(points.dtype, torch.float32)
+    proj = (intrinsics.to(dtype) @ extrinsics.to(dtype)).transpose(0, 1).reshape(-1, 4)  # [3T,4]
+    uz, vz, z = torch.addmm(proj[:, 3:], proj[:, :3], points.to(dtype).T).view(3, intrinsics.shape[0], -1)
     safe_z = torch.where(z > NEAR, z, torch.ones_like(z))
-    return pix[..., 0] / safe_z, pix[..., 1] / safe_z, z
+    return uz / safe_z, vz / safe_z, z
 
 
 def splat(
@@ -211,37 +213,61 @@ def splat(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Render a coloured point cloud into T cameras at once: ``[T,3,H,W]``.
 
-    Each point goes to its rounded pixel in every frame and the nearest depth wins:
-    one ``scatter_reduce(amin)`` over flattened (frame, pixel) indices of a 64-bit key
-    ``float32 depth bits << 32 | point index`` (positive floats order like their bit
-    patterns), so depth decides and exact ties go to the lowest point index -
-    deterministic on every device, with no boolean compaction of the T x N candidates.
-    Points behind a camera or outside its image go to a dump slot. Pixels no point
-    reaches stay black. With ``return_mask`` also returns the coverage mask ``[T,H,W]``.
+    Each point goes to its rounded pixel in every frame and the nearest depth wins, exact
+    depth ties to the lowest point index - deterministic on every device. Two scatters per
+    group of frames: ``amin`` of the float32 depth bits (positive floats order like their
+    int32 patterns) into a per-pixel z-buffer, then ``amin`` of the point index over the
+    few candidates whose depth equals their pixel's minimum. Points behind a camera or
+    outside its image go to a dump slot. Pixels no point reaches stay black. With
+    ``return_mask`` also returns the coverage mask ``[T,H,W]``.
     """
     num_t, n = intrinsics.shape[0], points.shape[0]
     device = points.device
-    u, v, z = project(points, intrinsics, extrinsics)
-    ui, vi = torch.floor(u + 0.5), torch.floor(v + 0.5)  # round half up: pixel centres are integers
-    valid = (z > NEAR) & (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
-    num_px = num_t * height * width
-    frame_offset = torch.arange(num_t, device=device)[:, None] * (height * width)
-    pixel = vi.clamp(0, height - 1).long() * width + ui.clamp(0, width - 1).long()
-    flat = torch.where(valid, frame_offset + pixel, num_px)
+    hw = height * width
+    # Flat pixel indices are built in the projection's float dtype: float32 holds integers
+    # exactly only below 2**24, so a group of frames stays under that (float64 beyond).
+    dtype = torch.promote_types(points.dtype, torch.float32)
+    max_frames = (2**24 - 1) // max(hw, 1) if dtype == torch.float32 else num_t
+    if max_frames == 0:
+        dtype, max_frames = torch.float64, num_t
+    # ~4M (frame, point) candidates a group: bounds the ~25 bytes/candidate of temporaries
+    # and keeps them nearer the cache; passes that size still fill a GPU.
+    group = max(1, min(num_t, max_frames, (1 << 22) // max(n, 1)))
+    proj = (intrinsics.to(dtype) @ extrinsics.to(dtype)).transpose(0, 1)  # K [R|t]: [3,T,4]
+    points_t = points.to(dtype).T
+    winners = []
+    for t0 in range(0, num_t, group):
+        p = proj[:, t0 : t0 + group].reshape(-1, 4)
+        num_f = p.shape[0] // 3
+        num_px = num_f * hw
+        # One matmul gives u*z, v*z, z; everything after is in place on it (fresh
+        # frames x points buffers cost page faults on CPU).
+        u, v, z = torch.addmm(p[:, 3:], p[:, :3], points_t).view(3, num_f, n)
+        u.div_(z).add_(0.5).floor_()  # round half up: pixel centres are integers
+        v.div_(z).add_(0.5).floor_()
+        valid = z > NEAR  # a NaN fails every test
+        valid &= u >= 0
+        valid &= u < width
+        valid &= v >= 0
+        valid &= v < height
+        u.add_(v, alpha=width).add_(torch.arange(num_f, device=device, dtype=dtype)[:, None] * hw)
+        flat = u.masked_fill_(valid.logical_not_(), num_px).view(-1).long()  # dump slot: num_px
 
-    depth_bits = z.float().view(torch.int32).long()  # z > 0 wherever it matters
-    key = (depth_bits << 32) | torch.arange(n, device=device)
-    empty = torch.iinfo(torch.int64).max
-    best = torch.full((num_px + 1,), empty, device=device, dtype=torch.long)
-    best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
-    best = best[:num_px]
+        depth = z.reshape(-1).float().view(torch.int32)  # z > 0 wherever it matters
+        zbuf = torch.full((num_px + 1,), torch.iinfo(torch.int32).max, device=device, dtype=torch.int32)
+        zbuf.scatter_reduce_(0, flat, depth, reduce="amin")
+        # Candidates at their pixel's minimum depth: ~one per covered pixel. All of a
+        # pixel's candidates share its frame, so the lowest flat index is the lowest point.
+        hit = (zbuf.index_select(0, flat) == depth).nonzero().squeeze(1)
+        best = torch.full((num_px + 1,), n, device=device, dtype=torch.long)
+        best.scatter_reduce_(0, flat[hit], hit % n, reduce="amin")
+        winners.append(best[:num_px])
 
-    covered = best != empty
-    image = torch.zeros(num_px, 3, device=device, dtype=colors.dtype)
-    image[covered] = colors[best[covered] & 0xFFFFFFFF]
-    image = image.view(num_t, height, width, 3).permute(0, 3, 1, 2).contiguous()
+    best = torch.cat(winners) if len(winners) > 1 else winners[0]  # point per pixel, n = none
+    palette = torch.cat([colors, colors.new_zeros(1, colors.shape[1])])  # row n: black
+    image = palette[best].view(num_t, height, width, -1).permute(0, 3, 1, 2).contiguous()
     if return_mask:
-        return image, covered.view(num_t, height, width)
+        return image, (best != n).view(num_t, height, width)
     return image
 
 

@@ -12,6 +12,7 @@ from actors.geometry import (
     Geometry,
     confidence_mask,
     patch_transform,
+    project,
     reproject_frames,
     sample_frame_indices,
     splat,
@@ -110,6 +111,53 @@ def test_vectorized_splat_matches_per_frame_reference():
     fast = splat(points, colors, g.intrinsics, g.extrinsics, 40, 40)
     slow = splat_per_frame(points, colors, g.intrinsics, g.extrinsics, 40, 40)
     torch.testing.assert_close(fast, slow)
+
+
+def splat_brute_force(points, colors, intrinsics, extrinsics, h, w):
+    """One candidate at a time: per pixel keep the smallest (depth, point index).
+    Uses ``project`` and torch rounding so only the z-buffer logic is under test."""
+    u, v, z = project(points, intrinsics, extrinsics)
+    ui, vi = torch.floor(u + 0.5).long().tolist(), torch.floor(v + 0.5).long().tolist()
+    image, mask = torch.zeros(len(intrinsics), 3, h, w), torch.zeros(len(intrinsics), h, w, dtype=torch.bool)
+    stats = {"ties": 0, "behind_in_view": 0, "off_image": 0}
+    for t in range(len(intrinsics)):
+        best = {}
+        for i, d in enumerate(z[t].tolist()):
+            x, y = ui[t][i], vi[t][i]
+            inside = 0 <= x < w and 0 <= y < h
+            if d <= 1e-6:
+                stats["behind_in_view"] += inside
+                continue
+            if not inside:
+                stats["off_image"] += 1
+                continue
+            if (x, y) in best and best[x, y][0] == d:
+                stats["ties"] += 1
+            best[x, y] = min(best.get((x, y), (math.inf, -1)), (d, i))
+        for (x, y), (_, i) in best.items():
+            image[t, :, y, x], mask[t, y, x] = colors[i], True
+    return image, mask, stats
+
+
+def test_splat_matches_brute_force_with_exact_ties_and_culling():
+    g = torch.Generator().manual_seed(3)
+    # coarse grid: many points share a depth and a pixel exactly; z in [-1, 3] puts some
+    # behind or on the first camera's image plane, x, y in [-2, 2] some off the image
+    points = torch.randint(-4, 5, (400, 3), generator=g).float() * torch.tensor([0.5, 0.5, 0.5]) + torch.tensor([0, 0, 1.0])
+    points = torch.cat([points, points[:50]])[torch.randperm(450, generator=g)]  # exact duplicates, either order
+    colors = torch.rand(450, 3, generator=g)
+    k = torch.tensor([[4.0, 0, 3.5], [0, 4.0, 2.5], [0, 0, 1]]).expand(3, 3, 3).clone()
+    c, s = math.cos(0.3), math.sin(0.3)
+    ext = torch.tensor([
+        [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]],
+        [[c, 0, s, 0.2], [0, 1, 0, -0.1], [-s, 0, c, 0.5]],
+        [[1.0, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, -1.5]],
+    ])  # fmt: skip
+    img, mask = splat(points, colors, k, ext, 6, 8, return_mask=True)
+    ref_img, ref_mask, stats = splat_brute_force(points, colors, k, ext, 6, 8)
+    assert stats["ties"] > 20 and stats["behind_in_view"] > 20 and stats["off_image"] > 20, stats
+    assert torch.equal(mask, ref_mask) and torch.equal(img, ref_img)
+    assert img.dtype == colors.dtype and img[~mask[:, None].expand_as(img)].eq(0).all()
 
 
 def test_consistent_clip_re_renders_itself():
