@@ -32,7 +32,7 @@ from pipelines.stages import (
     build_pairs_dataset,
     build_rescoring_dataset,
 )
-from pipelines.storage import RunStore, StorageSpec
+from pipelines.storage import TEMP_MARK, RunStore, StorageSpec
 from trainers.schema import SCHEMA_VERSION
 from trainers.train import train_dpo
 
@@ -140,7 +140,18 @@ def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt
     ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, paths.videos, lora_rel,
                                   cfg.generation_pool, cfg.scoring_pool)
     ds.write_parquet(store.path(paths.candidates), filesystem=store.fs)
+    _remove_torn_writes(store, paths.videos)
     return _file_listing(store, paths.candidates)
+
+
+def _remove_torn_writes(store: RunStore, rel: str) -> None:
+    """Temporary files of video writes cut short by a killed actor (its retry wrote the video again):
+    every writer is done once the candidates are written, so nothing live can own them."""
+    torn = [f for f in store.list_files(rel) if TEMP_MARK in f.rsplit("/", 1)[-1]]
+    for f in torn:
+        store.delete_file(f)
+    if torn:
+        log.info("removed %d temporary file(s) of interrupted video writes", len(torn))
 
 
 def _read_candidates(store: RunStore, paths: RoundPaths) -> list[dict[str, Any]]:

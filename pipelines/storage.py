@@ -167,13 +167,16 @@ def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = 5) -> bytes:
     raise AssertionError("unreachable")
 
 
+TEMP_MARK = ".tmp-"  # in the names of local files being written (renamed into place when complete)
+
+
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write so that a reader sees either the old file or the whole new one, never a torn one."""
     parent = path.rsplit("/", 1)[0]
     try:
         if isinstance(fs, pafs.LocalFileSystem):
             os.makedirs(parent, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            tmp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as out:
                 out.write(data)
                 out.flush()

@@ -42,3 +42,14 @@ def test_unreachable_endpoint_is_one_clear_line():
 def test_bad_uri():
     with pytest.raises(InputError, match="only local paths and s3://"):
         RunStore(StorageSpec("gs://bucket/x"), "run")
+
+
+def test_temporary_files_of_interrupted_writes_are_removed(tmp_path):
+    from pipelines.rounds import _remove_torn_writes
+
+    store = RunStore(StorageSpec(str(tmp_path)), "run")
+    store.write_bytes("videos/a.mp4", b"whole")
+    torn = tmp_path / "run" / "videos" / "b.mp4.tmp-1a2b3c4d"  # what a SIGKILL mid-write leaves
+    torn.write_bytes(b"half")
+    _remove_torn_writes(store, "videos")
+    assert store.list_files("videos") == ["videos/a.mp4"] and store.read_bytes("videos/a.mp4") == b"whole"
