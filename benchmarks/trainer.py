@@ -8,7 +8,12 @@ and training add on top of the interpreter and its imports (~0.5 GiB of Python, 
 diffusers that no GPU figure would count); the whole-process peak is reported beside it.
 Last line of output: one JSON object with the figures.
 
-    python benchmarks/trainer.py [--layers 10] [--steps 3] [--device cpu|cuda]
+    python benchmarks/trainer.py [--layers 20] [--steps 3] [--rounds 2] [--threads 1] [--device cpu|cuda]
+
+Both variants use the trainer's defaults (LoRA r=64, gradient checkpointing on). 20 layers of the
+5B block layout at 1024 width = 381M parameters; the more the weights dominate (5B: ~10 GiB in
+bf16), the closer the memory ratio gets to 1/2. CPU timings run single-threaded by default: on a
+shared 2-core machine two threads per process made step times swing by 2x between runs.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ def _current_rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def run_variant(variant: str, layers: int, steps: int, device: str) -> dict:
+def run_variant(variant: str, layers: int, steps: int, device: str, threads: int) -> dict:
     import torch
 
+    torch.set_num_threads(threads)
     from actors.families import get_family
     from actors.models import ModelConfig, build_transformer_and_scheduler
     from trainers.config import TrainerConfig
@@ -66,8 +72,10 @@ def run_variant(variant: str, layers: int, steps: int, device: str) -> dict:
     reference = None
     if variant == "copy":  # the conventional setup: a second, frozen network
         reference = copy.deepcopy(transformer).eval().requires_grad_(False)
-    cfg = TrainerConfig(lora_rank=64, lora_alpha=128)
+    cfg = TrainerConfig(lora_rank=64, lora_alpha=128)  # the trainer's defaults: gradient checkpointing on
     params = add_lora(transformer, cfg, family.lora_target_modules)
+    if cfg.gradient_checkpointing:  # as trainers.worker does
+        transformer.enable_gradient_checkpointing()
     transformer.train()
     opt = torch.optim.AdamW(params, lr=5e-6)
     g = torch.Generator().manual_seed(0)
@@ -110,7 +118,8 @@ def run_variant(variant: str, layers: int, steps: int, device: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=10)
+    ap.add_argument("--layers", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per variant process")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2,
                     help="alternate adapter/copy subprocesses this many times; step time = median per variant")
@@ -118,13 +127,13 @@ def main() -> None:
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     a = ap.parse_args()
     if a.variant:
-        print(json.dumps(run_variant(a.variant, a.layers, a.steps, a.device)))
+        print(json.dumps(run_variant(a.variant, a.layers, a.steps, a.device, a.threads)))
         return
     runs: dict[str, list[dict]] = {"adapter": [], "copy": []}
     for _ in range(a.rounds):  # interleaved, so a burst of background load hits both variants
         for v in ("adapter", "copy"):
             out = subprocess.run([sys.executable, __file__, "--variant", v, "--layers", str(a.layers),
-                                  "--steps", str(a.steps), "--device", a.device],
+                                  "--steps", str(a.steps), "--device", a.device, "--threads", str(a.threads)],
                                  check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             runs[v].append(r)
@@ -142,7 +151,7 @@ def main() -> None:
         "step_time_s_adapter": ad["step_time_s"], "step_time_s_copy": cp["step_time_s"],
         "peak_mem_ratio_adapter_vs_copy": ad["peak_mem_mb"] / cp["peak_mem_mb"],
         "step_time_ratio_adapter_vs_copy": ad["step_time_s"] / cp["step_time_s"],
-        "rounds": a.rounds, "steps_per_round": a.steps,
+        "rounds": a.rounds, "steps_per_round": a.steps, "layers": a.layers, "threads": a.threads,
     }))
 
 
