@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 MARKER_VAR = "VIDEOGPA_TEST_PROCESS_GROUP"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -46,3 +51,29 @@ def kill_marked(marker: str, grace_s: float = 10.0) -> list[int]:
         if not pids:
             return []
     return marked_pids(marker)
+
+
+def start_cli(args: list[str], marker: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """`python -m pipelines.cli ARGS` in the repo, marked, output to ``log``: a file, not a pipe
+    (nobody reads a pipe while a test waits, and a full one would block the driver)."""
+    full_env = {**os.environ, **(env or {}), MARKER_VAR: marker}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO_ROOT, env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def kill_driver_when(proc: subprocess.Popen, ready: Callable[[], bool], log: Path, timeout_s: float, what: str) -> None:
+    """SIGKILL the driver the moment ``ready()`` holds, as a lost head node would (the caller then
+    stops the rest of its cluster with ``kill_marked``)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its mtime: what a resumed run must leave untouched."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}

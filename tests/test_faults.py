@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,19 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flaky_s3_proxy import FlakyS3Proxy
-from tests.processes import MARKER_VAR, kill_marked, marked_pids
+from tests.processes import kill_driver_when, kill_marked, marked_pids, snapshot, start_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 BASE_ARGS = ["align", "--config", "configs/quickstart.yaml", "prompts.limit=2", "trainer.log_every=1"]
-
-
-def _start(args: list[str], marker: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, **(env or {}), MARKER_VAR: marker}
-    with open(log, "w") as out:  # a file, not a pipe: a full pipe would block the driver
-        return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=full_env, stdout=out,
-                                stderr=subprocess.STDOUT)
 
 
 def _cmdline(pid: int) -> str:
@@ -53,10 +43,6 @@ def _kill_one(marker: str, title: str) -> int | None:
             os.kill(pid, signal.SIGKILL)
             return pid
     return None
-
-
-def _snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
 def _candidate_keys(read_table, manifest: dict) -> list[tuple[str, int]]:
@@ -86,7 +72,7 @@ def test_pool_actors_and_trainer_worker_killed_mid_round(tmp_path):
     marker, log = uuid.uuid4().hex, tmp_path / "align.log"
     run = tmp_path / "faults" / "round-000"
     start = time.monotonic()
-    proc = _start([*BASE_ARGS, "run_name=faults", f"output_uri={tmp_path}"], marker, log,
+    proc = start_cli([*BASE_ARGS, "run_name=faults", f"output_uri={tmp_path}"], marker, log,
                   env={"AWS_SECRET_ACCESS_KEY": secret})
     killed: dict[str, dict] = {}
 
@@ -155,24 +141,18 @@ def test_driver_killed_between_stages_resumes(tmp_path):
             f"output_uri={tmp_path}"]
     run = tmp_path / "between" / "round-000"
     marker = uuid.uuid4().hex
-    proc = _start(args, marker, tmp_path / "first.log")
+    proc = start_cli(args, marker, tmp_path / "first.log")
     try:
-        deadline = time.monotonic() + 600
-        while not (run / "pairs.done.json").exists():
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the pairs stage never finished"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_driver_when(proc, (run / "pairs.done.json").exists, tmp_path / "first.log", 600, "the pairs stage ending")
     finally:
         assert kill_marked(marker) == []
     assert not (run / "train.done.json").exists() and not (run / "manifest.json").exists()
-    kept = {k: v for k, v in _snapshot(run).items() if k.split("/")[0] in ("videos", "candidates", "pairs")
+    kept = {k: v for k, v in snapshot(run).items() if k.split("/")[0] in ("videos", "candidates", "pairs")
             or k in ("candidates.done.json", "pairs.done.json")}
 
     marker = uuid.uuid4().hex
     start = time.monotonic()
-    resumed = _start(args, marker, tmp_path / "resume.log")
+    resumed = start_cli(args, marker, tmp_path / "resume.log")
     try:
         resumed.wait(timeout=600)
     finally:
@@ -181,7 +161,7 @@ def test_driver_killed_between_stages_resumes(tmp_path):
     text = (tmp_path / "resume.log").read_text(errors="replace")
     assert resumed.returncode == 0, text[-4000:]
     assert "stage 1/3 candidates: already done" in text and "stage 2/3 pairs: already done" in text
-    after = _snapshot(run)
+    after = snapshot(run)
     assert {k: after.get(k) for k in kept} == kept, "nothing done before the kill was rewritten"
     manifest = json.loads((run / "manifest.json").read_text())
     shards = {f["path"].split("/", 1)[1] for f in manifest["pairs"]["files"]}
@@ -211,7 +191,7 @@ def test_flaky_s3_run_completes_and_dead_s3_stops_cleanly(tmp_path, s3_server, s
                 f"output_uri=s3://{s3_bucket}/runs", f"storage.endpoint_url={proxy.endpoint_url}",
                 "storage.region=us-east-1", "storage.max_attempts=5"]
         marker, start = uuid.uuid4().hex, time.monotonic()
-        proc = _start(args, marker, log, env=env)
+        proc = start_cli(args, marker, log, env=env)
         try:
             proc.wait(timeout=timeout)
         finally:

@@ -4,18 +4,15 @@ run the same command again, and check nothing was lost, duplicated or rewritten.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.processes import MARKER_VAR, kill_marked
+from tests.processes import kill_driver_when, kill_marked, snapshot, start_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -24,37 +21,19 @@ ARGS = ["align", "--config", "configs/quickstart.yaml", "run_name=online", "roun
         "trainer.reference=previous_round"]
 
 
-def _start(output: Path, marker: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, MARKER_VAR: marker}
-    # A file, not a pipe: nobody reads a pipe while we wait, and a full one would block the driver.
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *ARGS, f"output_uri={output}"], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
-
-
 def test_driver_killed_inside_round_one_resumes(tmp_path):
     run = tmp_path / "online"
     marker = uuid.uuid4().hex
     log = tmp_path / "first-attempt.log"
-    proc = _start(tmp_path, marker, log)
+    proc = start_cli([*ARGS, f"output_uri={tmp_path}"], marker, log)
     try:
-        # Wait until round 1 is inside its candidates stage (its first video is on disk), then kill
-        # the driver and everything Ray started for it, as a lost head node would.
-        deadline = time.monotonic() + 480
-        while not list((run / "round-001" / "videos").glob("*.mp4")):
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "round 1 never started"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        # Once round 1 is inside its candidates stage (its first video is on disk).
+        kill_driver_when(proc, lambda: bool(list((run / "round-001" / "videos").glob("*.mp4"))), log, 480,
+                         "round 1 starting")
     finally:
         assert kill_marked(marker) == []
     assert not (run / "round-001" / "manifest.json").exists()
-    round0 = _snapshot(run / "round-000")
+    round0 = snapshot(run / "round-000")
 
     resumed = subprocess.run([sys.executable, "-m", "pipelines.cli", *ARGS, f"output_uri={tmp_path}"], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
@@ -62,7 +41,7 @@ def test_driver_killed_inside_round_one_resumes(tmp_path):
     assert "round 1/2 already complete" in resumed.stderr and "round 2/2 already complete" not in resumed.stderr
 
     # Round 0 was complete: not one of its files was touched.
-    assert _snapshot(run / "round-000") == round0
+    assert snapshot(run / "round-000") == round0
     for index in (0, 1):
         folder = run / f"round-{index:03d}"
         manifest = json.loads((folder / "manifest.json").read_text())
