@@ -173,3 +173,22 @@ def test_previous_round_lora_as_frozen_reference_adapter(tmp_path):
     # vs the base as reference the previous LoRA already makes a difference
     loss_base, _ = dpo_micro_batch(family, sched, t2, PolicyCall(t2), batch, 1.0, 0, 0, has_reference_adapter=False)
     assert abs(loss_base.item() - math.log(2)) > 1e-6
+
+
+def test_sft_objective_is_the_winners_denoising_error_and_keeps_the_dpo_metrics():
+    from trainers.dpo import per_sample_error
+    from trainers.step import PolicyCall, dpo_micro_batch, shared_noise_and_timesteps
+
+    cfg = TrainerConfig(lora_rank=4, lora_alpha=8)
+    family, t, sched, _ = _tiny(cfg)
+    batch = _tiny_batch()
+    loss, m = dpo_micro_batch(family, sched, t, PolicyCall(t), batch, beta=1.0, seed=0, epoch=0,
+                              has_reference_adapter=False, objective="sft")
+    noise, ts = shared_noise_and_timesteps(family, sched, batch, 0, 0, torch.device("cpu"))
+    noisy, target = family.noisy_and_target(sched, batch.winner, noise, ts)
+    with torch.no_grad():
+        expected = per_sample_error(family.predict(PolicyCall(t), noisy, ts, batch.prompt_embeds, None), target).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and m["loss"] == pytest.approx(loss.item())
+    assert m["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6) and "reward_accuracy" in m
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.parameters() if p.requires_grad)

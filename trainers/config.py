@@ -43,6 +43,9 @@ class TrainerConfig(BaseModel):
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
 
     # --- DPO ---
+    # "dpo": Diffusion-DPO on (winner, loser). "sft": the winners' denoising loss only, the
+    # supervised baseline; its reward metrics are still reported.
+    objective: Literal["dpo", "sft"] = "dpo"
     beta: float = Field(1.0, gt=0)  # see trainers.dpo for the convention
     # "base": reference = the base network (adapter disabled). "previous_round": reference =
     # base + the previous round's LoRA, held as a frozen second adapter.

@@ -52,11 +52,14 @@ def dpo_micro_batch(
     seed: int,
     epoch: int,
     has_reference_adapter: bool,
+    objective: str = "dpo",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss (with graph through the policy's LoRA) and metrics of one micro-batch of pairs.
 
     Winner and loser are concatenated into one batch of 2B so the policy runs one forward and
-    the reference one no-grad forward (adapter disabled / reference adapter active)."""
+    the reference one no-grad forward (adapter disabled / reference adapter active).
+    ``objective="sft"``: the loss is the winners' denoising error alone (the SFT-on-winners
+    baseline); the DPO metrics are still computed, so both objectives are watched alike."""
     device = next(module.parameters()).device
     b = len(batch.pair_ids)
     noise, t = shared_noise_and_timesteps(family, scheduler, batch, seed, epoch, device)
@@ -72,4 +75,8 @@ def dpo_micro_batch(
         ref_err = per_sample_error(ref_pred, target)
     pred = family.predict(policy, noisy, t2, prompt, image)
     err = per_sample_error(pred, target)
-    return dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)
+    loss, metrics = dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)
+    if objective == "sft":
+        loss = err[:b].mean()
+        metrics = {**metrics, "dpo_loss": metrics["loss"], "loss": float(loss.detach())}
+    return loss, metrics

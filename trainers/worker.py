@@ -205,7 +205,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
             ms = []
             for mb in group:
                 loss, m = dpo_micro_batch(family, scheduler, transformer, policy, mb, cfg.beta,
-                                          cfg.seed, epoch, has_ref_adapter)
+                                          cfg.seed, epoch, has_ref_adapter, cfg.objective)
                 engine.backward(loss)
                 engine.step()
                 ms.append(m)
