@@ -230,9 +230,10 @@ def splat(
     max_frames = (2**24 - 1) // max(hw, 1) if dtype == torch.float32 else num_t
     if max_frames == 0:
         dtype, max_frames = torch.float64, num_t
-    # ~4M (frame, point) candidates a group: bounds the ~25 bytes/candidate of temporaries
-    # and keeps them nearer the cache; passes that size still fill a GPU.
-    group = max(1, min(num_t, max_frames, (1 << 22) // max(n, 1)))
+    # Up to ~8M (frame, point) candidates a group bounds the temporaries (~25 bytes each).
+    # Smaller groups gain little on an idle CPU and lose a lot when its cores are shared
+    # (twice the passes, each a thread barrier); a GPU wants big passes anyway.
+    group = max(1, min(num_t, max_frames, (1 << 23) // max(n, 1)))
     proj = (intrinsics.to(dtype) @ extrinsics.to(dtype)).transpose(0, 1)  # K [R|t]: [3,T,4]
     points_t = points.to(dtype).T
     winners = []
@@ -263,9 +264,10 @@ def splat(
         best.scatter_reduce_(0, flat[hit], hit % n, reduce="amin")
         winners.append(best[:num_px])
 
-    best = torch.cat(winners) if len(winners) > 1 else winners[0]  # point per pixel, n = none
+    # point per pixel, n = none (T = 0: an empty image)
+    best = winners[0] if len(winners) == 1 else torch.cat([torch.zeros(0, dtype=torch.long, device=device), *winners])
     palette = torch.cat([colors, colors.new_zeros(1, colors.shape[1])])  # row n: black
-    image = palette[best].view(num_t, height, width, -1).permute(0, 3, 1, 2).contiguous()
+    image = palette[best].view(num_t, height, width, colors.shape[1]).permute(0, 3, 1, 2).contiguous()
     if return_mask:
         return image, (best != n).view(num_t, height, width)
     return image

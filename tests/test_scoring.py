@@ -160,6 +160,20 @@ def test_splat_matches_brute_force_with_exact_ties_and_culling():
     assert img.dtype == colors.dtype and img[~mask[:, None].expand_as(img)].eq(0).all()
 
 
+def test_splat_in_several_frame_groups_matches_frame_by_frame():
+    # enough points that splat works through the frames in groups (of one frame here)
+    g = torch.Generator().manual_seed(5)
+    points = torch.rand((1 << 22) + 1, 3, generator=g) * torch.tensor([4.0, 3.0, 4.0]) - torch.tensor([2.0, 1.5, 0.5])
+    colors = torch.rand(points.shape[0], 3, generator=g)
+    k, ext = eye_camera(3, f=8.0, c=7.5)
+    ext[1, 0, 3], ext[2, 2, 3] = 0.3, -0.7
+    img, mask = splat(points, colors, k, ext, 12, 16, return_mask=True)
+    for t in range(3):
+        one, one_mask = splat(points, colors, k[t : t + 1], ext[t : t + 1], 12, 16, return_mask=True)
+        assert torch.equal(img[t : t + 1], one) and torch.equal(mask[t : t + 1], one_mask)
+    assert mask.all() and not torch.equal(img[0], img[1])
+
+
 def test_consistent_clip_re_renders_itself():
     for trajectory in TRAJECTORIES:
         clip = render_clip(8, trajectory, num_frames=10, size=64)
