@@ -48,6 +48,9 @@ class ScoringConfig(BaseModel):
     lpips_weight: float = Field(1.0, ge=0.0)
     lpips_backbone: Literal["auto", "pretrained", "random"] = "auto"
     resolution: int = Field(518, gt=0, multiple_of=14)
+    # Epipolar: frames whose shorter side is below this are upscaled (bicubic) to it before SIFT,
+    # which finds too few keypoints on tiny frames (32 px) to fit F; 0 = native size.
+    epipolar_min_size: int = Field(0, ge=0)
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -262,16 +265,21 @@ def _pair_epipolar_error(sift: cv2.SIFT, matcher: cv2.BFMatcher, feats: list, i:
     return float(sampson_distance(fmat, x1, x2).mean())
 
 
-def epipolar_score(frames: Tensor | np.ndarray) -> float:
+def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0) -> float:
     """Mean Sampson distance of SIFT matches under a fundamental matrix per consecutive frame pair.
 
     SIFT, ratio test 0.75; a pair with fewer than 20 matches (or no F) is skipped; F is fitted
     by OpenCV's FM_RANSAC (normalized 8-point inside RANSAC, 1 px threshold) and the error is
     averaged over *all* ratio-test matches (non-rigid motion shows up as matches no single F
     explains). Returns the mean over scored pairs, NaN if no pair could be scored
-    (textureless or too small frames): callers treat NaN as "unscorable".
+    (textureless or too small frames): callers treat NaN as "unscorable". ``min_size``: frames
+    with a shorter side below it are upscaled to it first (distances are then in its pixels).
     """
     gray = _to_gray_u8(frames)
+    short = min(gray[0].shape) if gray else 0
+    if 0 < short < min_size:
+        f = min_size / short
+        gray = [cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC) for g in gray]
     sift = cv2.SIFT_create()
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     feats = [sift.detectAndCompute(g, None) for g in gray]
@@ -339,7 +347,7 @@ class VideoScorer:
         result["mvcs"] = mvcs(geom)
         result["motion"] = motion_score(geom.extrinsics)
         want_epi = self.cfg.scorer == "epipolar" if with_epipolar is None else with_epipolar
-        result["epipolar"] = epipolar_score(frames) if want_epi else float("nan")
+        result["epipolar"] = epipolar_score(frames, self.cfg.epipolar_min_size) if want_epi else float("nan")
         result["score"] = result["epipolar"] if self.cfg.scorer == "epipolar" else result["3dcs"]
         return result
 

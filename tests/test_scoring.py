@@ -414,3 +414,15 @@ def test_da3_adapter_with_random_model():
     frames = backend.prepare(torch.rand(3, 3, 40, 60))
     geometry = backend.predict(frames)
     assert geometry.hw == tuple(frames.shape[-2:]) and geometry.extrinsics.shape == (3, 3, 4)
+
+
+def test_epipolar_upscales_tiny_frames_so_sift_can_score_them():
+    from actors.scoring import epipolar_score
+
+    clean = [render_clip(s, ("orbit", "dolly", "pan")[s % 3], None, 9, 32).frames for s in range(6)]
+    native = [epipolar_score(f) for f in clean]
+    upscaled = [epipolar_score(f, min_size=128) for f in clean]
+    assert all(np.isfinite(upscaled)) and not all(np.isfinite(native))  # 32 px: too few SIFT matches
+    assert np.array_equal([epipolar_score(f, min_size=32) for f in clean], native, equal_nan=True)  # big enough
+    warped = [epipolar_score(render_clip(s, "pan", "warp", 9, 32).frames, min_size=128) for s in range(6)]
+    assert np.nanmean(warped) > np.mean(upscaled)
