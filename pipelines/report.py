@@ -1,0 +1,213 @@
+"""A self-contained HTML report of a miniature experiment (``benchmarks/miniature.py``).
+
+One file written next to the results JSON: a table of base vs each arm (3DCS, Epipolar, motion,
+paired 95% CIs), plots of the DPO reward accuracy / train loss and the candidates' score
+statistics per round (matplotlib PNGs inlined as base64; inline SVG when matplotlib is missing),
+and the side-by-side videos (base | aligned, same seeds) that ``run_evaluate`` wrote, embedded by
+paths relative to the report so the run folder can be moved or served as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from typing import Any
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if value == 0 or abs(value) >= 1e-2 else f"{value:.3g}"
+    return html.escape(str(value))
+
+
+def _ci(ci: list | None) -> str:
+    if not ci or ci[0] is None:
+        return "–"
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def _n(row: dict, key: str) -> str:
+    count = row.get(f"{key}_pairs")
+    return f" n={count}" if count is not None else ""
+
+
+def _rows(arms: dict[str, dict]) -> list[tuple[str, int, dict]]:
+    return [(name, r["round"], r) for name, arm in arms.items() for r in arm["rounds"]]
+
+
+def table_html(arms: dict[str, dict]) -> str:
+    head = ("<tr><th>arm</th><th>round</th><th>3DCS base ↓</th><th>3DCS aligned</th><th>Δ 3DCS (95% CI)</th>"
+            "<th>Epipolar base ↓</th><th>Epipolar aligned</th><th>Δ Epipolar (95% CI)</th>"
+            "<th>motion base</th><th>motion aligned</th><th>motion ratio</th><th>success</th></tr>")
+    body = []
+    for name, index, r in _rows(arms):
+        ok = "yes" if r.get("success") else "no"
+        body.append(
+            f"<tr><td>{html.escape(name)}</td><td>{index}</td><td>{_fmt(r['3dcs_base'])}</td>"
+            f"<td>{_fmt(r['3dcs_aligned'])}</td><td>{_fmt(r['3dcs_delta'], 5)} {_ci(r['3dcs_delta_ci95'])}{_n(r, '3dcs')}</td>"
+            f"<td>{_fmt(r['epipolar_base'])}</td><td>{_fmt(r['epipolar_aligned'])}</td>"
+            f"<td>{_fmt(r['epipolar_delta'], 5)} {_ci(r['epipolar_delta_ci95'])}{_n(r, 'epipolar')}</td>"
+            f"<td>{_fmt(r['motion_base'])}</td><td>{_fmt(r['motion_aligned'])}</td>"
+            f"<td>{_fmt(r['motion_ratio'], 3)}</td><td class='{ok}'>{ok}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _series(arms: dict[str, dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per plotted quantity: arm -> [(round, value)]."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+
+    def add(metric: str, arm: str, index: int, value: Any) -> None:
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out.setdefault(metric, {}).setdefault(arm, []).append((index, float(value)))
+
+    for name, index, r in _rows(arms):
+        train = r.get("train") or {}
+        tm = train.get("train") or {}
+        add("DPO reward accuracy (final)", name, index, tm.get("reward_accuracy"))
+        add("DPO train loss (final)", name, index, tm.get("loss"))
+        add("DPO reward margin (final)", name, index, tm.get("reward_margin"))
+        scores = train.get("scores") or {}
+        for key in ("score", "3dcs", "motion"):
+            stats = scores.get(key)
+            if stats:
+                add(f"candidates: mean {key} (training reward GFM)", name, index, stats.get("mean"))
+        add("pairs kept", name, index, train.get("pairs_kept"))
+    return out
+
+
+def _step_series(arms: dict[str, dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per-step curves from the trainer's history (x = optimizer step), one line per arm and round;
+    reward accuracy is a running mean over 5 steps (each step sees only a few pairs)."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for name, index, r in _rows(arms):
+        history = r.get("train_history") or []
+        label = f"{name} r{index}"
+        for key, title, window in (("loss", "DPO train loss per step", 1),
+                                   ("reward_accuracy", "reward accuracy per step (running mean of 5)", 5)):
+            values = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float))]
+            smoothed = [(s, sum(v for _, v in values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]))
+                        for i, (s, _) in enumerate(values)]
+            if smoothed:
+                out.setdefault(title, {})[label] = smoothed
+    return out
+
+
+def _plots_matplotlib(series: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = []
+    for title, arms in series.items():
+        fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=90)
+        for arm, points in arms.items():
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, label=arm)
+        ax.set_title(title, fontsize=9)
+        per_step = "per step" in title
+        ax.set_xlabel("step" if per_step else "round")
+        if not per_step:
+            ax.set_xticks(sorted({x for pts in arms.values() for x, _ in pts}))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        images.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,"
+                      f"{base64.b64encode(buf.getvalue()).decode()}'>")
+    return images
+
+
+def _plots_svg(series: dict) -> list[str]:
+    """Fallback without matplotlib: one small inline SVG line chart per quantity."""
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+    w, h, m = 360, 200, 30
+    images = []
+    for title, arms in series.items():
+        values = [y for pts in arms.values() for _, y in pts]
+        rounds = [x for pts in arms.values() for x, _ in pts]
+        lo, hi = min(values), max(values)
+        hi = hi if hi > lo else lo + 1.0
+        xmax = max(max(rounds), 1)
+
+        def xy(x: float, y: float, lo: float = lo, hi: float = hi, xmax: float = xmax) -> tuple[float, float]:
+            return m + (w - 2 * m) * x / xmax, h - m - (h - 2 * m) * (y - lo) / (hi - lo)
+
+        parts = [f"<text x='{w / 2}' y='14' text-anchor='middle' font-size='11'>{html.escape(title)}</text>",
+                 f"<text x='2' y='{m}' font-size='9'>{hi:.4g}</text><text x='2' y='{h - m}' font-size='9'>{lo:.4g}</text>"]
+        for i, (arm, points) in enumerate(arms.items()):
+            pts = [xy(x, y) for x, y in sorted(points)]
+            c = colors[i % len(colors)]
+            parts.append(f"<polyline fill='none' stroke='{c}' points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}'/>")
+            parts += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3' fill='{c}'/>" for a, b in pts]
+            parts.append(f"<text x='{w - m}' y='{30 + 12 * i}' font-size='9' fill='{c}'>{html.escape(arm)}</text>")
+        images.append(f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>{''.join(parts)}</svg>")
+    return images
+
+
+def plots_html(arms: dict[str, dict]) -> str:
+    series = {**_step_series(arms), **_series(arms)}
+    if not series:
+        return "<p>no training metrics</p>"
+    try:
+        images = _plots_matplotlib(series)
+    except ImportError:
+        images = _plots_svg(series)
+    return "<div class='plots'>" + "".join(images) + "</div>"
+
+
+def videos_html(results: dict[str, dict], out_dir: str) -> str:
+    """base | aligned side-by-sides per arm and round, by paths relative to ``out_dir``."""
+    seen: set[str] = set()
+    blocks = []
+    for name, arm in results.items():
+        for r in arm["rounds"]:
+            clips = [f"{arm['run_name']}/{rel}" for rel in r.get("side_by_side", [])]
+            if not clips or clips[0] in seen:  # arms sharing a run (offline/online round 0) show it once
+                continue
+            seen.update(clips)
+            items = "".join(
+                f"<figure><video src='{html.escape(rel)}' controls loop muted autoplay playsinline width='260'></video>"
+                f"<figcaption>{html.escape(os.path.basename(rel))}</figcaption></figure>" for rel in clips)
+            blocks.append(f"<h3>{html.escape(name)} · round {r['round']} (left: base, right: aligned)</h3>"
+                          f"<div class='videos'>{items}</div>")
+    return "".join(blocks) or "<p>no videos</p>"
+
+
+STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1200px}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}td.yes{color:#080;font-weight:bold}
+td.no{color:#a00}.plots img,.plots svg{margin:4px}.videos{display:flex;flex-wrap:wrap}figure{margin:4px;font-size:10px}
+video{image-rendering:pixelated}pre{background:#f6f6f6;padding:6px;font-size:11px;overflow:auto}"""
+
+
+def render_report(figures: dict, results: dict[str, dict], out_dir: str) -> str:
+    import json
+
+    settings = json.dumps({k: figures.get(k) for k in ("mode", "ci_method", "success_criterion", "seconds")},
+                          indent=1, default=str)
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>VideoGPA in miniature</title>"
+        f"<style>{STYLE}</style></head><body><h1>VideoGPA in miniature</h1>"
+        f"<p>Held-out seeds, scored with the <b>evaluation</b> GFM (not the training reward). "
+        f"Headline arm <b>{html.escape(str(figures.get('headline_arm')))}</b>: success = "
+        f"<b>{'yes' if figures.get('success') else 'no'}</b> ({html.escape(str(figures.get('success_criterion')))}).</p>"
+        f"<h2>Results</h2>{table_html(figures['arms'])}"
+        f"<h2>Training per round</h2>{plots_html(figures['arms'])}"
+        f"<h2>Side-by-side samples</h2>{videos_html(results, out_dir)}"
+        f"<h2>Settings and timings</h2><pre>{html.escape(settings)}</pre></body></html>")
+
+
+def write_report(figures: dict, results: dict[str, dict], out_dir: str, name: str = "report.html") -> str:
+    """Write the report into ``out_dir`` (temp name, then rename); returns its path."""
+    path = os.path.join(out_dir, name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(render_report(figures, results, out_dir))
+    os.replace(tmp, path)
+    return path

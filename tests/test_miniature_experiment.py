@@ -1,0 +1,83 @@
+"""benchmarks/miniature.py (VideoGPA in miniature, issue 6) runs end to end in its --smoke mode:
+its last line is the JSON figures, the CIs are ordered, and the HTML report embeds the videos."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_paired_bootstrap_ci_is_paired_and_seeded():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.miniature import paired_ci
+
+    base = [{"prompt_id": "p", "seed": s, "3dcs": 1.0 + s} for s in range(6)]
+    aligned = [{"prompt_id": "p", "seed": s, "3dcs": 0.9 + s + 0.01 * (s % 2)} for s in reversed(range(6))]
+    aligned.append({"prompt_id": "q", "seed": 0, "3dcs": 5.0})  # no base partner: left out
+    ci = paired_ci(base, aligned, "3dcs")
+    assert ci["count"] == 6 and ci["mean"] == pytest.approx(-0.095)
+    assert ci["ci95"][0] <= ci["mean"] <= ci["ci95"][1] < 0
+    assert paired_ci(base, aligned, "3dcs") == ci
+    nan = [{**r, "3dcs": float("nan")} for r in base]
+    assert paired_ci(nan, aligned, "3dcs")["count"] == 0
+
+
+def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
+    from pipelines import report
+
+    row = {"round": 0, "3dcs_base": 0.1, "3dcs_aligned": 0.09, "3dcs_delta": -0.01, "3dcs_delta_ci95": [-0.02, 0.0],
+           "epipolar_base": None, "epipolar_aligned": None, "epipolar_delta": None, "epipolar_delta_ci95": [None, None],
+           "motion_base": 0.2, "motion_aligned": 0.19, "motion_ratio": 0.95, "success": False,
+           "train": {"train": {"loss": 0.69, "reward_accuracy": 0.5}, "scores": {"3dcs": {"mean": 0.1}}},
+           "train_history": [{"step": s, "loss": 0.69 - 0.01 * s, "reward_accuracy": s % 2, "reward_margin": 0.0}
+                             for s in range(1, 8)]}
+    results = {"offline": {"run_name": "r", "rounds": [{**row, "side_by_side": ["evaluation/round-000/side_by_side/a.mp4"]}]}}
+    monkeypatch.setattr(report, "_plots_matplotlib", lambda series: (_ for _ in ()).throw(ImportError()))
+    path = report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results, str(tmp_path))
+    text = Path(path).read_text()
+    assert text.count("<svg") == 5 and "src='r/evaluation/round-000/side_by_side/a.mp4'" in text
+    assert "reward accuracy per step" in text and "–" in text  # undefined epipolar shown as a dash
+    monkeypatch.undo()
+    pytest.importorskip("matplotlib")
+    text = Path(report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results,
+                                    str(tmp_path))).read_text()
+    assert text.count("data:image/png;base64,") == 5 and "<svg" not in text
+
+
+@pytest.mark.slow
+def test_miniature_smoke_end_to_end(tmp_path):
+    # Own process: the experiment starts (and shuts down) its own local Ray runtime.
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "miniature.py"), "--smoke",
+                           "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for metric in ("3dcs", "epipolar"):
+        for key in (f"{metric}_base", f"{metric}_aligned", f"{metric}_delta_ci95"):
+            assert key in result, key
+        low, high = result[f"{metric}_delta_ci95"]
+        if low is not None:  # epipolar can be undefined (too few matches) on every 32 px sample
+            assert math.isfinite(low) and math.isfinite(high) and low <= high
+    assert result["3dcs_delta_ci95"][0] is not None, "3DCS must be defined for every sample"
+    assert result["motion_ratio"] is None or result["motion_ratio"] > 0
+    assert isinstance(result["success"], bool) and result["mode"] == "smoke"
+    assert result["seconds"]["total"] > 0 and result["settings"]["config"]["scoring"]["scorer"] == "3dcs"
+    assert result["models"]["reward_gfm"]["path"] != result["models"]["eval_gfm"]["path"]
+
+    report = Path(result["report"])
+    assert report.is_file() and report.parent == Path(result["output"])
+    assert (report.parent / "miniature-results.json").is_file()
+    html = report.read_text()
+    videos = re.findall(r"<video src='([^']+)'", html)
+    assert videos, "the report embeds the side-by-side videos"
+    for rel in videos:
+        assert not os.path.isabs(rel) and (report.parent / rel).is_file(), rel
