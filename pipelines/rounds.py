@@ -194,7 +194,9 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
     candidates = _read_candidates(store, paths)
     report = make_pairs(candidates, paths.index, cfg.pairing.min_gap, cfg.pairing.motion_threshold)
     summary = report.summary()
-    log.info("pairing: %d pairs kept from %d candidates; dropped %s", len(report.pairs), len(candidates), summary)
+    log.info("pairing: %d pairs kept from %d candidates; candidates dropped %s, prompts dropped %s",
+             len(report.pairs), len(candidates), summary["candidates_dropped"] or "none",
+             summary["prompts_dropped"] or "none")
     if not report.pairs:
         raise InputError(
             f"round {paths.index}: no preference pairs (prompts dropped: {summary['prompts_dropped']}, "
