@@ -169,6 +169,17 @@ def _to_vae(videos: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(videos).float().permute(0, 4, 1, 2, 3) / 127.5 - 1.0  # [N,3,F,H,W] in [-1,1]
 
 
+def _optimizer_step(loss: torch.Tensor, module: torch.nn.Module, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler) -> float:
+    """Backward, clip the gradient norm to 1, step optimizer and schedule; the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def train_vae(vae, videos: np.ndarray, steps: int, seed: int, lr: float = 1e-2, kl_weight: float = 1e-6) -> dict:
     """Autoencoder training of ``vae`` on ``videos`` (batch 1, MSE + ``kl_weight`` KL), then sets
     ``scaling_factor = 1 / std(latents)``. Returns figures (loss start/end, recon MSE)."""
@@ -184,12 +195,7 @@ def train_vae(vae, videos: np.ndarray, steps: int, seed: int, lr: float = 1e-2, 
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.mode()).sample
         loss = ((rec - x) ** 2).mean() + kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_optimizer_step(loss, vae, opt, sched))
     vae.eval().requires_grad_(False)
     recon_after = _recon_mse(vae, x_all)
     with torch.no_grad():
@@ -282,9 +288,11 @@ def train_tiny_base_model(
     cache_dir: str | None = None,
     use_cache: bool = True,
     num_threads: int | None = 1,
-) -> dict:
+    train_if_missing: bool = True,
+) -> dict | None:
     """Train (or fetch from the cache) the miniature base model; returns its figures, with
-    ``path`` = the diffusers directory (``out_dir`` if given, else the cache entry) and ``cached``."""
+    ``path`` = the diffusers directory (``out_dir`` if given, else the cache entry) and ``cached``.
+    ``train_if_missing=False``: None instead of training when the cache has no such entry."""
     if family not in SUPPORTED_FAMILIES:
         raise InputError(f"family: the miniature base model supports {', '.join(SUPPORTED_FAMILIES)}, got {family!r}")
     if (num_frames - 1) % VAE_TEMPORAL_RATIO or size % 8:
@@ -300,6 +308,8 @@ def train_tiny_base_model(
         with open(done) as f:
             figures = json.load(f)
         figures["cached"] = True
+    elif not train_if_missing:
+        return None
     else:
         with torch_threads(num_threads):
             figures = _train(settings, entry if use_cache else (out_dir or entry))
@@ -345,12 +355,7 @@ def _train(settings: dict, target: str, return_pipe: bool = False):
         drop = torch.from_numpy(rng.uniform(size=len(idx)) < 0.1)
         cond[drop] = empty[0]
         loss = diffusion_loss(family, transformer, scheduler, latents[idx], cond, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_optimizer_step(loss, transformer, opt, sched))
         if len(losses) % 250 == 0:
             logger.info("step %d/%d: loss %.4f (last 250 steps)", len(losses), steps, np.mean(losses[-250:]))
     transformer.eval().requires_grad_(False)

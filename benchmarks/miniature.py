@@ -56,8 +56,9 @@ def cache_dir() -> str:
     return default_cache_dir()
 
 
-def fetch_gfm(**settings: Any) -> dict:
-    """Train (or fetch from the cache) a tiny GFM; returns {"path", "cached", "seconds", "settings"}.
+def fetch_gfm(train_if_missing: bool = True, **settings: Any) -> dict | None:
+    """Train (or fetch from the cache) a tiny GFM; returns {"path", "cached", "seconds", "settings"}
+    (None when it is not cached and ``train_if_missing`` is False).
 
     The cache entry is keyed by a hash of the settings and written under a temporary name, then
     renamed, so a killed run never leaves a half-written entry."""
@@ -67,6 +68,8 @@ def fetch_gfm(**settings: Any) -> dict:
     path = os.path.join(cache_dir(), f"gfm-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors")
     if os.path.isfile(path) and os.path.isfile(figures_path(path)):
         return {"path": path, "cached": True, "seconds": 0.0, "settings": settings}
+    if not train_if_missing:
+        return None
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path[:-len('.safetensors')]}.tmp-{os.getpid()}.safetensors"
     start = time.perf_counter()
@@ -105,45 +108,21 @@ SMOKE = {
 }
 
 
-def _base_settings_cached(kwargs: dict) -> bool:
-    """Whether train_tiny_base_model(**kwargs) would return from the cache (same key as it computes)."""
-    import inspect
-
-    from actors.base_model_training import (
-        SPEED_RANGE,
-        settings_hash,
-        train_tiny_base_model,
-    )
-
-    params = {k: p.default for k, p in inspect.signature(train_tiny_base_model).parameters.items()}
-    params.update(kwargs)
-    keys = ("family", "steps", "size", "num_frames", "mix_corrupted", "seed", "vae_steps", "num_clips", "num_scenes",
-            "batch_size", "lr")
-    settings = {k: params[k] for k in keys} | {"speed_range": list(SPEED_RANGE)}
-    entry = os.path.join(params["cache_dir"] or cache_dir(), f"base-{settings_hash(settings)}")
-    return os.path.isfile(os.path.join(entry, "miniature.json"))
-
-
-def _gfm_cached(settings: dict) -> bool:
-    blob = json.dumps({"version": GFM_CACHE_VERSION, **settings}, sort_keys=True).encode()
-    return os.path.isfile(os.path.join(cache_dir(), f"gfm-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"))
-
-
 def build_models(plan: dict) -> dict:
     """The base model and the two GFMs (cached; smoke mode trains minimal ones when the full ones are missing)."""
     from actors.base_model_training import train_tiny_base_model
 
     start = time.perf_counter()
     base_kwargs = plan["base"]
-    if "base_if_missing" in plan and not _base_settings_cached(base_kwargs):
+    base = train_tiny_base_model(**base_kwargs, train_if_missing="base_if_missing" not in plan)
+    if base is None:  # smoke mode without the full model cached: a minimal one
         base_kwargs = plan["base_if_missing"]
-    base = train_tiny_base_model(**base_kwargs)
+        base = train_tiny_base_model(**base_kwargs)
     gfms = {}
     for role in ("reward", "eval"):
-        settings = dict(plan["gfm"], seed=plan[f"{role}_gfm_seed"])
-        if "gfm_if_missing" in plan and not _gfm_cached(settings):
-            settings = dict(plan["gfm_if_missing"], seed=plan[f"{role}_gfm_seed"])
-        gfms[role] = fetch_gfm(**settings)
+        seed = plan[f"{role}_gfm_seed"]
+        gfms[role] = (fetch_gfm(train_if_missing="gfm_if_missing" not in plan, **plan["gfm"], seed=seed)
+                      or fetch_gfm(**plan["gfm_if_missing"], seed=seed))
     return {"base": {"path": base["path"], "cached": base["cached"], "settings": base_kwargs},
             "reward_gfm": gfms["reward"], "eval_gfm": gfms["eval"],
             "seconds": round(time.perf_counter() - start, 1)}
