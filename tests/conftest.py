@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.processes import free_port
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def s3_server():
     """A real S3 API endpoint; credentials go through the environment as they would in production."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

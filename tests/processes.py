@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,3 +78,10 @@ def kill_driver_when(proc: subprocess.Popen, ready: Callable[[], bool], log: Pat
 def snapshot(folder: Path) -> dict[str, int]:
     """Every file under ``folder`` with its mtime: what a resumed run must leave untouched."""
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -26,6 +26,7 @@ from actors.synthetic import render_clip
 from actors.video_io import encode_mp4
 from pipelines.pairing import make_pairs
 from pipelines.stages import CANDIDATE_META_COLUMNS, ScoreCandidates
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
@@ -285,16 +286,10 @@ def test_train_refuses_a_shard_of_another_schema_version(tmp_path, ray_address):
 # ----------------------------------------------------------------------------- S3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_with_auth():
     """A separate S3 API server (its own process) that checks credentials on every request."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -330,7 +325,7 @@ def test_s3_credentials_refused_clearly(tmp_path, ray_address, s3_with_auth, cre
 
 
 def test_unreachable_s3_endpoint(tmp_path, ray_address):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     start = time.monotonic()
     result = run_cli("align", "--config", "configs/quickstart.yaml", "output_uri=s3://bucket/runs",
                      f"storage.endpoint_url=http://127.0.0.1:{port}", "storage.max_attempts=2",
