@@ -62,16 +62,16 @@ class EpochFeed:
         if epoch > 0 and not self._cache_complete and self._rows is not None:
             # resumed past epoch 0: one pass fills the cache (or finds the shard too big for it)
             t0 = time.perf_counter()
-            for _ in self._stream(epoch, keep=True):
+            for _ in self._stream(epoch):
                 pass
             self._settle_cache()
             self.wait_s += time.perf_counter() - t0
-        source = self._from_cache(epoch) if self._cache_complete else self._stream(epoch, keep=True)
+        source = self._from_cache(epoch) if self._cache_complete else self._stream(epoch)
         yield from self._timed(source)
         if not self._cache_complete:
             self._settle_cache()
 
-    def _stream(self, epoch: int, keep: bool) -> Iterator[Batch]:
+    def _stream(self, epoch: int) -> Iterator[Batch]:
         it = self._shard.iter_batches(
             batch_size=self._micro,
             batch_format="numpy",
@@ -80,7 +80,7 @@ class EpochFeed:
             local_shuffle_seed=(self._seed * 100_003 + epoch) if self._shuffle else None,
         )
         for batch in it:
-            if keep and self._rows is not None:
+            if self._rows is not None:  # still caching (else over budget, or cache off)
                 self._keep(batch)
             if len(batch["pair_id"]) == self._micro:
                 yield batch
