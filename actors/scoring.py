@@ -223,6 +223,39 @@ def motion_score(extrinsics: Tensor | np.ndarray) -> float:
     return float(step + 0.1 * torch.arccos(cos).mean())
 
 
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def _gray(frames: Tensor) -> Tensor:
+    """Float ``[T,3,H,W]`` -> ``[T,1,H,W]`` luma (BT.601 weights, as OpenCV's RGB2GRAY)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=frames.dtype, device=frames.device)
+    return (frames * weights[None, :, None, None]).sum(1, keepdim=True)
+
+
+def sharpness(frames: Tensor) -> float:
+    """Mean absolute Laplacian of the luma of float ``[T,3,H,W]`` frames in [0,1].
+
+    Not a consistency metric: a guard. Blurry frames are easy to re-render from a point cloud
+    (lower 3DCS) and give SIFT few, stable matches (lower Epipolar), so a model could "improve"
+    both by blurring; comparing sharpness before and after alignment shows whether it did.
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise InputError(f"frames: expected [T,3,H,W], got shape {tuple(frames.shape)}")
+    kernel = _LAPLACIAN.to(frames)[None, None]
+    return float(torch.nn.functional.conv2d(_gray(frames.float()), kernel.float()).abs().mean())
+
+
+def frame_change(frames: Tensor) -> float:
+    """Mean absolute luma change between consecutive float ``[T,3,H,W]`` frames: image motion,
+    which needs no GFM (a frozen video scores 0)."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise InputError(f"frames: expected [T,3,H,W], got shape {tuple(frames.shape)}")
+    if frames.shape[0] < 2:
+        return 0.0
+    gray = _gray(frames.float())
+    return float((gray[1:] - gray[:-1]).abs().mean())
+
+
 def _to_gray_u8(frames: Tensor | np.ndarray) -> list[np.ndarray]:
     if isinstance(frames, Tensor):  # float [T,3,H,W] in [0,1]
         frames = (frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -310,7 +343,7 @@ class VideoScorer:
     ``score`` samples ``cfg.num_frames`` frames uniformly, runs the GFM at its working
     resolution and returns floats: ``score`` (the reward, lower is better: 3DCS or epipolar
     per ``cfg.scorer``), ``3dcs``, ``mse``, ``lpips``, ``psnr``, ``ssim``, ``mvcs``, ``motion``,
-    ``epipolar``. Epipolar (SIFT on CPU) is computed when it is the reward or when asked
+    ``epipolar``, and the image-only guards ``sharpness`` and ``frame_change``. Epipolar (SIFT on CPU) is computed when it is the reward or when asked
     (``with_epipolar=True``), NaN otherwise.
     """
 
@@ -346,6 +379,8 @@ class VideoScorer:
         result = reprojection_score(x, geom, self.cfg.conf_threshold, self.cfg.lpips_weight, self.lpips_model)
         result["mvcs"] = mvcs(geom)
         result["motion"] = motion_score(geom.extrinsics)
+        result["sharpness"] = sharpness(frames)
+        result["frame_change"] = frame_change(frames)
         want_epi = self.cfg.scorer == "epipolar" if with_epipolar is None else with_epipolar
         result["epipolar"] = epipolar_score(frames, self.cfg.epipolar_min_size) if want_epi else float("nan")
         result["score"] = result["epipolar"] if self.cfg.scorer == "epipolar" else result["3dcs"]
@@ -357,9 +392,11 @@ __all__ = [
     "VideoScorer",
     "build_lpips",
     "epipolar_score",
+    "frame_change",
     "motion_score",
     "mvcs",
     "reprojection_score",
     "sampson_distance",
+    "sharpness",
     "ssim",
 ]

@@ -2,8 +2,9 @@
 
 Both arms sample the same prompts with the same seeds through the same Ray Data graph as
 training candidates, and are scored with the paper's evaluation metrics on reprojected vs
-original frames (PSNR, SSIM, LPIPS, MVCS, 3DCS, Epipolar) plus the motion score, so a model
-cannot look consistent by freezing its camera.
+original frames (PSNR, SSIM, LPIPS, MVCS, 3DCS, Epipolar) plus guards against winning without
+being consistent: camera motion (GFM) and frame change (pixels), so a model cannot look
+consistent by freezing its camera, and sharpness, so it cannot by blurring.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # metric, direction shown in the table (↑ higher is better, ↓ lower is better)
 METRICS = (("psnr", "↑"), ("ssim", "↑"), ("lpips", "↓"), ("mvcs", "↑"), ("3dcs", "↓"), ("epipolar", "↓"),
-           ("motion", ""))
+           ("motion", ""), ("frame_change", ""), ("sharpness", ""))
 
 
 def last_complete_round(store: RunStore, rounds: int) -> int:

@@ -38,7 +38,7 @@ from trainers.schema import PAIR_SCHEMA, SCHEMA_VERSION, tensor_to_bytes
 
 log = logging.getLogger(__name__)
 
-SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar")
+SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar", "sharpness", "frame_change")
 CANDIDATE_META_COLUMNS = ["round", "prompt_id", "prompt", "image", "seed", "video_uri", "scorer", *SCORE_KEYS]
 
 

@@ -26,6 +26,7 @@ from actors.scoring import (
     VideoScorer,
     build_lpips,
     epipolar_score,
+    frame_change,
     motion_score,
     mvcs,
     reprojection_score,
@@ -285,6 +286,27 @@ def test_motion_score_static_and_proportional_to_speed():
     assert motion_score(ext.numpy()) == pytest.approx(0.1 * angle, rel=1e-5)
 
 
+def test_sharpness_falls_with_blur_and_frame_change_with_a_static_camera():
+    from actors.scoring import sharpness
+
+    clip = torch.from_numpy(render_clip(3, "orbit", num_frames=6, size=32).frames).permute(0, 3, 1, 2).float() / 255
+    blurred = torch.nn.functional.avg_pool2d(clip, 3, stride=1, padding=1, count_include_pad=False)
+    assert sharpness(blurred) < 0.6 * sharpness(clip)
+    flat = torch.full((2, 3, 8, 8), 0.5)
+    assert sharpness(flat) == 0.0
+    # a vertical step edge of height 1 in luma: |laplacian| 1 on the two columns beside it
+    edge = torch.zeros(1, 3, 6, 6)
+    edge[..., 3:] = 1.0
+    assert sharpness(edge) == pytest.approx(2 * 4 / 16, rel=1e-5)  # valid conv: 4x4 outputs, 8 of them 1
+
+    static = render_clip(3, "orbit", num_frames=6, size=32, speed=0.0).frames
+    assert frame_change(torch.from_numpy(static).permute(0, 3, 1, 2).float() / 255) == 0.0
+    assert frame_change(clip) > 0.01
+    assert frame_change(clip[:1]) == 0.0
+    with pytest.raises(InputError, match="frames"):
+        sharpness(clip[:, :1])
+
+
 def test_mvcs_is_one_for_exact_geometry_and_drops_with_depth_noise():
     g = render_clip(6, "orbit", num_frames=6, size=48).geometry
     exact = mvcs(g)
@@ -337,7 +359,7 @@ def test_video_scorer_tiny_and_oracle():
     tiny = VideoScorer(ScoringConfig(backend="tiny", resolution=56, num_frames=6))
     assert tiny.lpips_backbone_used in ("pretrained", "random")
     out = tiny.score(clip.frames)
-    keys = {"score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar"}
+    keys = {"score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar", "sharpness", "frame_change"}
     assert set(out) == keys and all(isinstance(v, float) for v in out.values())
     assert out["score"] == out["3dcs"] and math.isnan(out["epipolar"])
     again = tiny.score(clip.frames)
