@@ -110,7 +110,8 @@ def test_base_model_dir_reloads_through_build_pipeline_with_identical_outputs(sm
 def test_base_model_cache_returns_at_once(tmp_path):
     cache = str(tmp_path / "cache")
     settings = dict(family="cogvideox-t2v", mix_corrupted=0.5, seed=0, lr=1.5e-3, speed_range=[0.05, 0.25],
-                    steps=1, vae_steps=1, num_clips=3, num_scenes=6, batch_size=1, size=32, num_frames=9)
+                    steps=1, vae_steps=1, num_clips=3, num_scenes=3, batch_size=1, size=32, num_frames=9,
+                    corruptions=["warp", "drift", "deform"], patch_size=2)
     # a finished cache entry is recognised by its miniature.json: plant one (training is tested above)
     entry = os.path.join(cache, f"base-{settings_hash(settings)}")
     os.makedirs(entry)
@@ -129,6 +130,9 @@ def test_training_world_repeats_scenes():
     videos, trajs, corrs = render_training_videos(4, 16, 3, 0.0, 0, num_scenes=2)
     assert corrs == [None] * 4 and trajs[0] == trajs[2] and trajs[0] != trajs[1]
     assert np.array_equal(videos[0], videos[2]) and not np.array_equal(videos[0], videos[1])
+    # corruptions are drawn from the given set only
+    _, _, corrs = render_training_videos(12, 16, 3, 1.0, 0, num_scenes=3, corruptions=("warp",))
+    assert corrs == ["warp"] * 12
 
 
 def test_base_model_bad_input():
@@ -138,3 +142,9 @@ def test_base_model_bad_input():
         train_tiny_base_model(num_frames=8)
     with pytest.raises(InputError, match="mix_corrupted"):
         train_tiny_base_model(mix_corrupted=1.5)
+    with pytest.raises(InputError, match="corruptions.*'melt'"):
+        train_tiny_base_model(corruptions=("warp", "melt"))
+    with pytest.raises(InputError, match="corruptions"):
+        train_tiny_base_model(corruptions=())
+    with pytest.raises(InputError, match="patch_size"):
+        train_tiny_base_model(size=32, patch_size=3)
