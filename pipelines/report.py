@@ -43,7 +43,8 @@ def _rows(arms: dict[str, dict]) -> list[tuple[str, int, dict]]:
 def table_html(arms: dict[str, dict]) -> str:
     head = ("<tr><th>arm</th><th>round</th><th>3DCS base ↓</th><th>3DCS aligned</th><th>Δ 3DCS (95% CI)</th>"
             "<th>Epipolar base ↓</th><th>Epipolar aligned</th><th>Δ Epipolar (95% CI)</th>"
-            "<th>motion base</th><th>motion aligned</th><th>motion ratio</th><th>success</th></tr>")
+            "<th>motion base</th><th>motion aligned</th><th>motion ratio</th><th>frame-change ratio</th>"
+            "<th>sharpness ratio</th><th>success</th></tr>")
     body = []
     for name, index, r in _rows(arms):
         ok = "yes" if r.get("success") else "no"
@@ -53,7 +54,8 @@ def table_html(arms: dict[str, dict]) -> str:
             f"<td>{_fmt(r['epipolar_base'])}</td><td>{_fmt(r['epipolar_aligned'])}</td>"
             f"<td>{_fmt(r['epipolar_delta'], 5)} {_ci(r['epipolar_delta_ci95'])}{_n(r, 'epipolar')}</td>"
             f"<td>{_fmt(r['motion_base'])}</td><td>{_fmt(r['motion_aligned'])}</td>"
-            f"<td>{_fmt(r['motion_ratio'], 3)}</td><td class='{ok}'>{ok}</td></tr>")
+            f"<td>{_fmt(r['motion_ratio'], 3)}</td><td>{_fmt(r.get('frame_change_ratio'), 3)}</td>"
+            f"<td>{_fmt(r.get('sharpness_ratio'), 3)}</td><td class='{ok}'>{ok}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 

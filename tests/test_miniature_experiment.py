@@ -31,6 +31,21 @@ def test_paired_bootstrap_ci_is_paired_and_seeded():
     assert paired_ci(nan, aligned, "3dcs")["count"] == 0
 
 
+def test_success_needs_both_cis_below_zero_and_moving_pixels():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.miniature import judge
+
+    good = {"3dcs_delta_ci95": [-0.2, -0.1], "epipolar_delta_ci95": [-0.3, -0.01], "3dcs_pairs": 48,
+            "epipolar_pairs": 48, "motion_ratio": 0.9, "frame_change_ratio": 0.95}
+    assert judge(dict(good))["success"] is True
+    for change in ({"epipolar_delta_ci95": [-0.3, 0.01]}, {"3dcs_delta_ci95": [None, None]}, {"motion_ratio": 0.7},
+                   {"frame_change_ratio": 0.5}, {"frame_change_ratio": None}, {"epipolar_pairs": 6}):
+        assert judge({**good, **change})["success"] is False, change
+    # a frozen video: the CIs alone would pass (success_ci_only), the pixel-motion guard does not
+    frozen = judge({**good, "frame_change_ratio": 0.1})
+    assert frozen["success_ci_only"] is True and frozen["success"] is False
+
+
 def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
     from pipelines import report
 
@@ -69,6 +84,7 @@ def test_miniature_smoke_end_to_end(tmp_path):
             assert math.isfinite(low) and math.isfinite(high) and low <= high
     assert result["3dcs_delta_ci95"][0] is not None, "3DCS must be defined for every sample"
     assert result["motion_ratio"] is None or result["motion_ratio"] > 0
+    assert result["frame_change_ratio"] > 0 and result["sharpness_ratio"] > 0
     assert isinstance(result["success"], bool) and result["mode"] == "smoke"
     assert result["seconds"]["total"] > 0 and result["settings"]["config"]["scoring"]["scorer"] == "3dcs"
     assert result["models"]["reward_gfm"]["path"] != result["models"]["eval_gfm"]["path"]
