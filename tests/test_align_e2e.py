@@ -107,7 +107,8 @@ def test_align_local_then_resume(tmp_path):
                  "evaluation.prompts.limit=2", "evaluation.seeds_per_prompt=1")
     assert ev.returncode == 0, ev.stderr[-4000:]
     table = ev.stdout.strip().splitlines()
-    assert [line.split()[0] for line in table[1:]] == ["psnr", "ssim", "lpips", "mvcs", "3dcs", "epipolar", "motion"]
+    assert [line.split()[0] for line in table[1:]] == ["psnr", "ssim", "lpips", "mvcs", "3dcs", "epipolar", "motion",
+                                                      "frame_change", "sharpness"]
     results = json.loads(Path(root, "evaluation/round-000/results.json").read_text())
     assert results["samples"] == 2 and all(math.isfinite(results[arm]["epipolar"]["mean"]) or
                                            results[arm]["epipolar"]["count"] == 0 for arm in ("base", "aligned"))
