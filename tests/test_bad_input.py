@@ -25,7 +25,7 @@ import yaml
 from actors.synthetic import render_clip
 from actors.video_io import encode_mp4
 from pipelines.pairing import make_pairs
-from pipelines.stages import CANDIDATE_META_COLUMNS, ScoreCandidates
+from pipelines.stages import CANDIDATE_META_COLUMNS, SCORE_KEYS, ScoreCandidates
 from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def _prepared_round(tmp_path: Path, candidates: list[dict]) -> tuple[Path, Path]
         uri = f"round-000/videos/{c['prompt_id']}-s{c['seed']}.mp4"
         (run / uri).write_bytes(encode_mp4(render_clip(c["seed"], "orbit", num_frames=9, size=64).frames))
         row = {"round": 0, "prompt": f"prompt {c['prompt_id']}", "image": "", "video_uri": uri, "scorer": "3dcs:tiny",
-               **{k: float("nan") for k in ("3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "epipolar")}, **c}
+               **{k: float("nan") for k in SCORE_KEYS}, **c}
         rows.append({k: row[k] for k in CANDIDATE_META_COLUMNS})
     pq.write_table(pa.Table.from_pylist(rows), rnd / "candidates" / "part-0.parquet")
     (rnd / "candidates.done.json").write_text(json.dumps(
