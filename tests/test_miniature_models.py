@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from actors.base_model_training import (
+    GEOMETRIC_CORRUPTIONS,
     MINIATURE_PROMPTS,
     _train,
     render_training_videos,
@@ -72,7 +73,8 @@ def test_trained_gfm_beats_random_on_held_out_clips(tmp_path):
 def small_base(tmp_path_factory):
     """A few real training steps; returns (in-memory pipeline, figures)."""
     out = str(tmp_path_factory.mktemp("base"))
-    settings = dict(family="cogvideox-t2v", mix_corrupted=0.5, seed=0, lr=1e-3, speed_range=[0.05, 0.25], **BASE_SMALL)
+    settings = dict(family="cogvideox-t2v", mix_corrupted=0.5, seed=0, lr=1e-3, speed_range=[0.05, 0.25],
+                    corruptions=list(GEOMETRIC_CORRUPTIONS), patch_size=2, **BASE_SMALL)
     with torch_threads(1):
         pipe, figures = _train(settings, out, return_pipe=True)
     return pipe, figures
