@@ -44,8 +44,10 @@ def test_help_lists_every_command():
 @pytest.mark.slow
 def test_stages_one_by_one_with_rescoring(tmp_path):
     """generate → score (again, with the epipolar scorer) → pairs → train: the round completes as with align."""
+    # Epipolar on upscaled frames: at the tiny model's 64 px, SIFT finds fewer than 20 matches on
+    # most candidates (NaN, no pair), and whether two per prompt pass was down to float noise.
     common = ["--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=stages", "prompts.limit=2",
-              "trainer.effective_batch_size=1"]
+              "trainer.effective_batch_size=1", "scoring.epipolar_min_size=256"]
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True,
@@ -63,7 +65,8 @@ def test_stages_one_by_one_with_rescoring(tmp_path):
     assert {p.name for p in (run / "candidates").iterdir()} == {Path(f["path"]).name for f in after["files"]}
     scores = pq.ParquetDataset([str(tmp_path / "stages" / f["path"]) for f in after["files"]]).read()
     assert set(scores["scorer"].to_pylist()) == {"epipolar:tiny"}
-    np.testing.assert_array_equal(scores["score"].to_numpy(), scores["epipolar"].to_numpy())  # NaN: too few matches
+    np.testing.assert_array_equal(scores["score"].to_numpy(), scores["epipolar"].to_numpy())
+    assert np.isfinite(scores["score"].to_numpy()).sum() >= 4, scores["score"]  # two per prompt: pairs possible
 
     for stage in ("pairs", "train"):
         out = cli(stage, *common, "scoring.scorer=epipolar")
