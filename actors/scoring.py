@@ -227,9 +227,11 @@ _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def _gray(frames: Tensor) -> Tensor:
-    """Float ``[T,3,H,W]`` -> ``[T,1,H,W]`` luma (BT.601 weights, as OpenCV's RGB2GRAY)."""
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=frames.dtype, device=frames.device)
-    return (frames * weights[None, :, None, None]).sum(1, keepdim=True)
+    """Float ``[T,3,H,W]`` -> float32 ``[T,1,H,W]`` luma (BT.601 weights, as OpenCV's RGB2GRAY)."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise InputError(f"frames: expected [T,3,H,W], got shape {tuple(frames.shape)}")
+    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device)
+    return (frames.float() * weights[None, :, None, None]).sum(1, keepdim=True)
 
 
 def sharpness(frames: Tensor) -> float:
@@ -239,21 +241,15 @@ def sharpness(frames: Tensor) -> float:
     (lower 3DCS) and give SIFT few, stable matches (lower Epipolar), so a model could "improve"
     both by blurring; comparing sharpness before and after alignment shows whether it did.
     """
-    if frames.ndim != 4 or frames.shape[1] != 3:
-        raise InputError(f"frames: expected [T,3,H,W], got shape {tuple(frames.shape)}")
-    kernel = _LAPLACIAN.to(frames)[None, None]
-    return float(torch.nn.functional.conv2d(_gray(frames.float()), kernel.float()).abs().mean())
+    gray = _gray(frames)
+    return float(torch.nn.functional.conv2d(gray, _LAPLACIAN.to(gray.device)[None, None]).abs().mean())
 
 
 def frame_change(frames: Tensor) -> float:
     """Mean absolute luma change between consecutive float ``[T,3,H,W]`` frames: image motion,
     which needs no GFM (a frozen video scores 0)."""
-    if frames.ndim != 4 or frames.shape[1] != 3:
-        raise InputError(f"frames: expected [T,3,H,W], got shape {tuple(frames.shape)}")
-    if frames.shape[0] < 2:
-        return 0.0
-    gray = _gray(frames.float())
-    return float((gray[1:] - gray[:-1]).abs().mean())
+    gray = _gray(frames)
+    return float((gray[1:] - gray[:-1]).abs().mean()) if gray.shape[0] > 1 else 0.0
 
 
 def _to_gray_u8(frames: Tensor | np.ndarray) -> list[np.ndarray]:
@@ -343,8 +339,8 @@ class VideoScorer:
     ``score`` samples ``cfg.num_frames`` frames uniformly, runs the GFM at its working
     resolution and returns floats: ``score`` (the reward, lower is better: 3DCS or epipolar
     per ``cfg.scorer``), ``3dcs``, ``mse``, ``lpips``, ``psnr``, ``ssim``, ``mvcs``, ``motion``,
-    ``epipolar``, and the image-only guards ``sharpness`` and ``frame_change``. Epipolar (SIFT on CPU) is computed when it is the reward or when asked
-    (``with_epipolar=True``), NaN otherwise.
+    ``epipolar``, and the image-only guards ``sharpness`` and ``frame_change``. Epipolar (SIFT
+    on CPU) is computed when it is the reward or when asked (``with_epipolar=True``), NaN otherwise.
     """
 
     def __init__(self, cfg: ScoringConfig, device: torch.device | str = "cpu") -> None:
