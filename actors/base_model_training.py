@@ -67,6 +67,7 @@ import logging
 import os
 import shutil
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ def build_miniature_pipeline(family: str = "cogvideox-t2v", size: int = 32, num_
 
 def render_training_videos(
     num_clips: int, size: int, num_frames: int, mix_corrupted: float, seed: int, num_scenes: int | None = None,
-    corruptions: tuple[str, ...] = CORRUPTIONS,
+    corruptions: tuple[str, ...] = GEOMETRIC_CORRUPTIONS,
 ) -> tuple[np.ndarray, list[str], list[str | None]]:
     """uint8 ``[N,F,H,W,3]`` clips, their trajectory and corruption (None = consistent).
 
@@ -281,29 +282,23 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def train_tiny_base_model(
+def base_model_settings(
     family: str = "cogvideox-t2v",
     steps: int = 3000,
     size: int = 32,
     num_frames: int = 9,
     mix_corrupted: float = 0.5,
     seed: int = 0,
-    out_dir: str | None = None,
     vae_steps: int = 1000,
     num_clips: int = 24,
     num_scenes: int | None = 3,
     batch_size: int = 4,
     lr: float = 1.5e-3,
-    cache_dir: str | None = None,
-    use_cache: bool = True,
-    num_threads: int | None = 1,
-    train_if_missing: bool = True,
     corruptions: tuple[str, ...] = GEOMETRIC_CORRUPTIONS,
     patch_size: int = 2,
-) -> dict | None:
-    """Train (or fetch from the cache) the miniature base model; returns its figures, with
-    ``path`` = the diffusers directory (``out_dir`` if given, else the cache entry) and ``cached``.
-    ``train_if_missing=False``: None instead of training when the cache has no such entry."""
+) -> dict:
+    """The checked settings of a miniature base model: what ``_train`` reads and what the cache
+    key hashes. The one place they are built, so the cache key and the tests cannot drift apart."""
     if family not in SUPPORTED_FAMILIES:
         raise InputError(f"family: the miniature base model supports {', '.join(SUPPORTED_FAMILIES)}, got {family!r}")
     if (num_frames - 1) % VAE_TEMPORAL_RATIO or size % 8:
@@ -315,9 +310,24 @@ def train_tiny_base_model(
         raise InputError(f"corruptions: expected a non-empty subset of {CORRUPTIONS}, got {tuple(corruptions)!r}")
     if size // 2 % patch_size:
         raise InputError(f"patch_size: must divide the latent size {size // 2}, got {patch_size}")
-    settings = dict(family=family, steps=steps, size=size, num_frames=num_frames, mix_corrupted=mix_corrupted, seed=seed,
-                    vae_steps=vae_steps, num_clips=num_clips, num_scenes=num_scenes, batch_size=batch_size, lr=lr,
-                    speed_range=list(SPEED_RANGE), corruptions=list(corruptions), patch_size=patch_size)
+    return dict(family=family, steps=steps, size=size, num_frames=num_frames, mix_corrupted=mix_corrupted, seed=seed,
+                vae_steps=vae_steps, num_clips=num_clips, num_scenes=num_scenes, batch_size=batch_size, lr=lr,
+                speed_range=list(SPEED_RANGE), corruptions=list(corruptions), patch_size=patch_size)
+
+
+def train_tiny_base_model(
+    out_dir: str | None = None,
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+    num_threads: int | None = 1,
+    train_if_missing: bool = True,
+    **settings: Any,
+) -> dict | None:
+    """Train (or fetch from the cache) the miniature base model described by ``settings``
+    (``base_model_settings`` arguments); returns its figures, with ``path`` = the diffusers
+    directory (``out_dir`` if given, else the cache entry) and ``cached``.
+    ``train_if_missing=False``: None instead of training when the cache has no such entry."""
+    settings = base_model_settings(**settings)
     entry = os.path.join(cache_dir or default_cache_dir(), f"base-{settings_hash(settings)}")
     done = os.path.join(entry, "miniature.json")  # written last: an entry without it is incomplete
     if use_cache and os.path.isfile(done):
@@ -425,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         figures = train_tiny_base_model(
-            args.family, args.steps, args.size, args.num_frames, args.mix_corrupted, args.seed, args.out,
-            vae_steps=args.vae_steps, num_clips=args.num_clips, num_scenes=args.num_scenes or None,
+            args.out, family=args.family, steps=args.steps, size=args.size, num_frames=args.num_frames,
+            mix_corrupted=args.mix_corrupted, seed=args.seed, vae_steps=args.vae_steps, num_clips=args.num_clips, num_scenes=args.num_scenes or None,
             use_cache=not args.no_cache, corruptions=tuple(args.corruptions.split(",")), patch_size=args.patch_size,
         )
     except InputError as err:
