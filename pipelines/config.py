@@ -61,6 +61,9 @@ class EvaluationConfig(_Section):
     prompts: PromptsConfig = PromptsConfig()  # path null: the built-in held-out prompts
     seeds_per_prompt: int = Field(2, ge=1)
     seed: int = 1_000_003  # a different seed stream from training candidates
+    # A run in the same output_uri whose base-model samples to reuse (made there if missing); null: this run.
+    # Runs compared on the same held-out set then sample the base model once.
+    base_run: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class StorageConfig(_Section):

@@ -5,10 +5,18 @@ training candidates, and are scored with the paper's evaluation metrics on repro
 original frames (PSNR, SSIM, LPIPS, MVCS, 3DCS, Epipolar) plus guards against winning without
 being consistent: camera motion (GFM) and frame change (pixels), so a model cannot look
 consistent by freezing its camera, and sharpness, so it cannot by blurring.
+
+The base model's samples do not depend on the round, so they are made once per settings and
+reused: ``evaluation/base-<key>/`` of the run (or of ``evaluation.base_run``, to share them
+between runs in one ``output_uri``), keyed by the model, sampling and scoring settings and the
+held-out prompts and seeds. The key covers configuration, not file contents: a model or weights
+file replaced in place under the same path is not noticed (write it under a new path).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import statistics
@@ -40,10 +48,12 @@ def last_complete_round(store: RunStore, rounds: int) -> int:
 
 
 @ray.remote(num_cpus=1)
-def _side_by_side(spec: StorageSpec, run_name: str, left_rel: str, right_rel: str, out_rel: str, fps: int) -> str:
+def _side_by_side(spec: StorageSpec, base_run: str, left_rel: str, run_name: str, right_rel: str, out_rel: str,
+                  fps: int) -> str:
     """base | aligned for one prompt and seed, written next to the results (runs on a worker, not the driver)."""
     store = RunStore(spec, run_name)
-    left, right = (decode_video(store.read_bytes(rel)) for rel in (left_rel, right_rel))
+    left = decode_video(RunStore(spec, base_run).read_bytes(left_rel))
+    right = decode_video(store.read_bytes(right_rel))
     gap = np.full((*left.shape[:2], 2, 3), 255, dtype=np.uint8)  # a white bar between the two
     store.write_bytes(out_rel, encode_mp4(np.concatenate([left, gap, right], axis=2), fps=fps))
     return out_rel
@@ -68,6 +78,36 @@ def format_table(base: dict, aligned: dict, round_index: int) -> str:
     return "\n".join(lines)
 
 
+def base_samples_key(cfg: VideoGPAConfig, rows: list[dict[str, Any]]) -> str:
+    """What the base model's held-out samples depend on: model, sampling, scoring, prompts and seeds."""
+    # Not the reward (scoring.scorer): every evaluation metric is computed whatever the reward.
+    scoring = {k: v for k, v in cfg.scoring.model_dump(mode="json").items() if k != "scorer"}
+    ident = {"model": cfg.model.model_dump(mode="json"), "sampling": cfg.sampling.model_dump(mode="json"),
+             "scoring": scoring,
+             "rows": [[r["prompt_id"], r["prompt"], r["image"], r["seed"]] for r in rows]}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sample(cfg: VideoGPAConfig, store: RunStore, rows: list[dict[str, Any]], out: str,
+            lora_rel: str | None) -> list[dict[str, Any]]:
+    ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, f"{out}/videos", lora_rel,
+                                  cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
+    return sorted(ds.take_all(), key=lambda r: (r["prompt_id"], r["seed"]))
+
+
+def _base_samples(cfg: VideoGPAConfig, base_store: RunStore, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The base model's scored samples: read back when made before with the same settings, else made now
+    (their rows file is written after the videos, so a half-made set is never reused)."""
+    out = f"evaluation/base-{base_samples_key(cfg, rows)}"
+    saved = base_store.read_json(f"{out}/rows.json")
+    if saved is not None:
+        log.info("base samples: reusing %s", base_store.uri(out))
+        return saved
+    samples = [{k: r[k] for k in ("prompt_id", "seed", "video_uri", *dict(METRICS))} for r in _sample(cfg, base_store, rows, out, None)]
+    base_store.write_json(f"{out}/rows.json", samples)
+    return samples
+
+
 def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None) -> dict[str, Any]:
     store = open_run(cfg)
     index = last_complete_round(store, cfg.rounds) if round_index is None else round_index
@@ -80,12 +120,9 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None) -> dict[st
              "seed": candidate_seed(ev.seed, 0, p.prompt_id, k)}
             for p in prompts for k in range(ev.seeds_per_prompt)]
     log.info("evaluating round %d: %d prompts × %d seeds, base vs LoRA", index, len(prompts), ev.seeds_per_prompt)
-    arms = {}
-    for arm, lora_rel in (("base", None), ("aligned", lora)):
-        ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store,
-                                      f"evaluation/round-{index:03d}/{arm}/videos", lora_rel,
-                                      cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
-        arms[arm] = sorted(ds.take_all(), key=lambda r: (r["prompt_id"], r["seed"]))
+    out = f"evaluation/round-{index:03d}"
+    base_store = RunStore(store.spec, ev.base_run) if ev.base_run else store
+    arms = {"base": _base_samples(cfg, base_store, rows), "aligned": _sample(cfg, store, rows, f"{out}/aligned", lora)}
     result = {
         "round": index,
         "samples": len(rows),
@@ -93,10 +130,10 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None) -> dict[st
         "aligned": _summary(arms["aligned"]),
         "per_sample": {arm: [{k: r[k] for k in ("prompt_id", "seed", "video_uri", *dict(METRICS))} for r in v]
                        for arm, v in arms.items()},
+        "base_run": base_store.run_name,  # the base videos' video_uri are relative to this run
     }
-    out = f"evaluation/round-{index:03d}"
     result["side_by_side"] = ray.get([
-        _side_by_side.remote(store.spec, store.run_name, b["video_uri"], a["video_uri"],
+        _side_by_side.remote(store.spec, base_store.run_name, b["video_uri"], store.run_name, a["video_uri"],
                              f"{out}/side_by_side/{b['prompt_id']}-s{b['seed']}.mp4", cfg.sampling.fps)
         for b, a in zip(arms["base"], arms["aligned"])
     ])

@@ -103,15 +103,32 @@ def test_align_local_then_resume(tmp_path):
     assert json.loads(Path(root, "round-000/manifest.json").read_text()) == manifest
 
     # Held-out evaluation of the round's LoRA against the base model, through the CLI.
-    ev = run_cli("evaluate", "--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=e2e",
-                 "evaluation.prompts.limit=2", "evaluation.seeds_per_prompt=1")
-    assert ev.returncode == 0, ev.stderr[-4000:]
+    def evaluate(*extra: str) -> subprocess.CompletedProcess:
+        ev = run_cli("evaluate", "--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=e2e",
+                     "evaluation.prompts.limit=2", "evaluation.seeds_per_prompt=1", *extra)
+        assert ev.returncode == 0, ev.stderr[-4000:]
+        return ev
+
+    ev = evaluate()
     table = ev.stdout.strip().splitlines()
     assert [line.split()[0] for line in table[1:]] == ["psnr", "ssim", "lpips", "mvcs", "3dcs", "epipolar", "motion",
                                                       "frame_change", "sharpness"]
     results = json.loads(Path(root, "evaluation/round-000/results.json").read_text())
     assert results["samples"] == 2 and all(math.isfinite(results[arm]["epipolar"]["mean"]) or
                                            results[arm]["epipolar"]["count"] == 0 for arm in ("base", "aligned"))
+    assert len(list(Path(root, "evaluation/round-000/side_by_side").glob("*.mp4"))) == 2
+
+    # The base samples do not depend on the round: a second evaluation reuses them untouched, and
+    # evaluation.base_run makes (then reuses) them in another run of the same output_uri.
+    base_files = {p: p.stat().st_mtime_ns for p in Path(root, "evaluation").glob("base-*/**/*") if p.is_file()}
+    assert len([p for p in base_files if p.suffix == ".mp4"]) == 2
+    assert "reusing" in evaluate().stderr
+    assert base_files == {p: p.stat().st_mtime_ns for p in Path(root, "evaluation").glob("base-*/**/*") if p.is_file()}
+    assert json.loads(Path(root, "evaluation/round-000/results.json").read_text())["per_sample"]["base"] == \
+        results["per_sample"]["base"]
+    assert "reusing" not in evaluate("evaluation.base_run=shared-base").stderr
+    shared = list(Path(tmp_path, "shared-base", "evaluation").glob("base-*/videos/*.mp4"))
+    assert len(shared) == 2 and "reusing" in evaluate("evaluation.base_run=shared-base").stderr
     assert len(list(Path(root, "evaluation/round-000/side_by_side").glob("*.mp4"))) == 2
 
 
