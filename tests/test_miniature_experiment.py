@@ -46,6 +46,16 @@ def test_success_needs_both_cis_below_zero_and_moving_pixels():
     assert frozen["success_ci_only"] is True and frozen["success"] is False
 
 
+def test_headline_is_the_online_loop_then_offline():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import miniature
+
+    arms = {name: {"arm": name} for name in ("sft", "offline", "online", "epipolar")}
+    assert miniature.headline_arm(arms)["arm"] == "online"
+    assert miniature.headline_arm({k: v for k, v in arms.items() if k != "online"})["arm"] == "offline"
+    assert miniature.headline_arm({"sft": arms["sft"]})["arm"] == "sft"
+
+
 def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
     from pipelines import report
 
