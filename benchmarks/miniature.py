@@ -21,9 +21,10 @@ bootstrap (10,000 resamples, seed 0). The headline is the online arm's last roun
 loop delivers; the offline arm when online is not run). Success (per the issue): its 3DCS and Epipolar
 CI highs are both below 0 and its motion_ratio >= 0.8; ``success`` also needs each CI over >= 10 held-out
 pairs where the metric is defined (``success_ci_only`` without it: Epipolar is NaN when SIFT finds too few
-matches) and frame_change_ratio >= 0.8: the tiny GFM's camera motion is small (~1e-4) on every
-video, so pixel motion is checked as well. ``sharpness_ratio`` is reported beside them: blurrier samples
-are easier to re-render and to match, so a model could lower both metrics by blurring.
+matches), frame_change_ratio >= 0.8 (the tiny GFM's camera motion is small, ~1e-4, on every video,
+so pixel motion is checked as well) and sharpness_ratio >= 0.8 (blurrier samples are easier to
+re-render and to match, so a model could lower both metrics by blurring). The guards share the
+issue's 0.8 for motion.
 
 Every arm is evaluated on the same 3 x 48 held-out (prompt, seed) pairs; the base model's samples are
 made once and shared (``evaluation.base_run``). The Epipolar score of one 32 px sample is noisy (the
@@ -197,18 +198,19 @@ def summarize_evaluation(ev: dict) -> dict:
 
 SUMMARY_VERSION = 2  # 2: frame_change and sharpness guards
 MIN_PAIRS = 10  # a CI over fewer defined (base, aligned) pairs is reported but cannot count as a success
+GUARD_MIN = 0.8  # aligned / base floor of the image-only guards, the issue's motion_ratio floor
 
 
 def judge(out: dict) -> dict:
     """The issue's criterion: both CI highs below 0 and motion_ratio >= 0.8 (``success_ci_only``);
     ``success`` also needs each CI over at least MIN_PAIRS held-out pairs where the metric is defined
-    (the Epipolar score is NaN when SIFT finds too few matches) and frame_change_ratio >= 0.8 (pixel
-    motion: the GFM's camera motion alone is a weak guard, see the module docstring)."""
+    (the Epipolar score is NaN when SIFT finds too few matches), and frame_change_ratio and
+    sharpness_ratio >= GUARD_MIN (no winning by freezing pixels or by blurring, see the module docstring)."""
     below = {k: out[f"{k}_delta_ci95"][1] is not None and out[f"{k}_delta_ci95"][1] < 0 for k in ("3dcs", "epipolar")}
     motion_ok = out["motion_ratio"] is not None and out["motion_ratio"] >= 0.8
-    pixels_move = out.get("frame_change_ratio") is not None and out["frame_change_ratio"] >= 0.8
+    guards = all(out.get(f"{k}_ratio") is not None and out[f"{k}_ratio"] >= GUARD_MIN for k in ("frame_change", "sharpness"))
     out["success_ci_only"] = bool(all(below.values()) and motion_ok)
-    out["success"] = bool(out["success_ci_only"] and pixels_move and all(out[f"{k}_pairs"] >= MIN_PAIRS for k in below))
+    out["success"] = bool(out["success_ci_only"] and guards and all(out[f"{k}_pairs"] >= MIN_PAIRS for k in below))
     return out
 
 
@@ -376,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "ci_method": "seeded percentile bootstrap (10000 resamples, seed 0) of mean(aligned - base), paired by (prompt, seed)",
         "success_criterion": ("3dcs and epipolar CI highs < 0 and motion_ratio >= 0.8 (held-out seeds, evaluation GFM); "
                               f"success also needs >= {MIN_PAIRS} paired samples where each metric is defined "
-                              "and frame_change_ratio >= 0.8 (success_ci_only: without those)"),
+                              f"and frame_change_ratio, sharpness_ratio >= {GUARD_MIN} (success_ci_only: without those)"),
         "success_by_arm": {a: [r["success"] for r in res["rounds"]] for a, res in results.items()},
         "arms": {name: {**r, "rounds": [{k: v for k, v in rr.items() if k != "side_by_side"} for rr in r["rounds"]]}
                  for name, r in results.items()},

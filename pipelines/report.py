@@ -164,8 +164,10 @@ def plots_html(arms: dict[str, dict]) -> str:
     return "<div class='plots'>" + "".join(images) + "</div>"
 
 
-def videos_html(results: dict[str, dict], out_dir: str) -> str:
-    """base | aligned side-by-sides per arm and round, by paths relative to ``out_dir``."""
+def videos_html(results: dict[str, dict], out_dir: str, per_round: int = 6) -> str:
+    """base | aligned side-by-sides per arm and round, by paths relative to ``out_dir``: ``per_round``
+    of them, evenly spaced over the (prompt, seed)-sorted list so every prompt shows (a page of
+    hundreds of autoplaying videos does not play); the folder holds them all."""
     seen: set[str] = set()
     blocks = []
     for name, arm in results.items():
@@ -173,11 +175,13 @@ def videos_html(results: dict[str, dict], out_dir: str) -> str:
             clips = [f"{arm['run_name']}/{rel}" for rel in r.get("side_by_side", [])]
             if not clips or clips[0] in seen:  # arms sharing a run (offline/online round 0) show it once
                 continue
-            seen.update(clips)
+            seen.add(clips[0])
+            shown = clips[:: -(-len(clips) // per_round)]
             items = "".join(
                 f"<figure><video src='{html.escape(rel)}' controls loop muted autoplay playsinline width='260'></video>"
-                f"<figcaption>{html.escape(os.path.basename(rel))}</figcaption></figure>" for rel in clips)
-            blocks.append(f"<h3>{html.escape(name)} · round {r['round']} (left: base, right: aligned)</h3>"
+                f"<figcaption>{html.escape(os.path.basename(rel))}</figcaption></figure>" for rel in shown)
+            blocks.append(f"<h3>{html.escape(name)} · round {r['round']} (left: base, right: aligned; {len(shown)} of "
+                          f"{len(clips)}, all in {html.escape(os.path.dirname(clips[0]))}/)</h3>"
                           f"<div class='videos'>{items}</div>")
     return "".join(blocks) or "<p>no videos</p>"
 

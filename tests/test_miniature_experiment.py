@@ -31,15 +31,16 @@ def test_paired_bootstrap_ci_is_paired_and_seeded():
     assert paired_ci(nan, aligned, "3dcs")["count"] == 0
 
 
-def test_success_needs_both_cis_below_zero_and_moving_pixels():
+def test_success_needs_both_cis_below_zero_moving_pixels_and_no_blur():
     sys.path.insert(0, str(ROOT))
     from benchmarks.miniature import judge
 
     good = {"3dcs_delta_ci95": [-0.2, -0.1], "epipolar_delta_ci95": [-0.3, -0.01], "3dcs_pairs": 48,
-            "epipolar_pairs": 48, "motion_ratio": 0.9, "frame_change_ratio": 0.95}
+            "epipolar_pairs": 48, "motion_ratio": 0.9, "frame_change_ratio": 0.95, "sharpness_ratio": 0.92}
     assert judge(dict(good))["success"] is True
     for change in ({"epipolar_delta_ci95": [-0.3, 0.01]}, {"3dcs_delta_ci95": [None, None]}, {"motion_ratio": 0.7},
-                   {"frame_change_ratio": 0.5}, {"frame_change_ratio": None}, {"epipolar_pairs": 6}):
+                   {"frame_change_ratio": 0.5}, {"frame_change_ratio": None}, {"epipolar_pairs": 6},
+                   {"sharpness_ratio": 0.6}, {"sharpness_ratio": None}):
         assert judge({**good, **change})["success"] is False, change
     # a frozen video: the CIs alone would pass (success_ci_only), the pixel-motion guard does not
     frozen = judge({**good, "frame_change_ratio": 0.1})
@@ -71,6 +72,11 @@ def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
     text = Path(path).read_text()
     assert text.count("<svg") == 5 and "src='r/evaluation/round-000/side_by_side/a.mp4'" in text
     assert "reward accuracy per step" in text and "–" in text  # undefined epipolar shown as a dash
+    # many side-by-sides: a few, spread over the prompts, are embedded
+    many = [f"evaluation/round-000/side_by_side/{p}-s{k}.mp4" for p in ("dolly", "orbit", "pan") for k in range(48)]
+    shown = re.findall(r"<video src='([^']+)'", report.videos_html({"a": {"run_name": "r", "rounds": [
+        {"round": 0, "side_by_side": many}]}}, str(tmp_path)))
+    assert len(shown) == 6 and {s.split("/")[-1].split("-")[0] for s in shown} == {"dolly", "orbit", "pan"}
     monkeypatch.undo()
     pytest.importorskip("matplotlib")
     text = Path(report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results,
