@@ -1,10 +1,11 @@
 """A self-contained HTML report of a miniature experiment (``benchmarks/miniature.py``).
 
 One file written next to the results JSON: a table of base vs each arm (3DCS, Epipolar, motion,
-paired 95% CIs), plots of the DPO reward accuracy / train loss and the candidates' score
-statistics per round (matplotlib PNGs inlined as base64; inline SVG when matplotlib is missing),
-and the side-by-side videos (base | aligned, same seeds) that ``run_evaluate`` wrote, embedded by
-paths relative to the report so the run folder can be moved or served as is.
+paired 95% CIs); plots, one color per arm throughout, of the held-out deltas with their CIs, the DPO
+reward accuracy / train loss and the candidates' score statistics per round (matplotlib PNGs inlined
+as base64; inline SVG when matplotlib is missing); and the side-by-side videos (base | aligned,
+same seeds) that ``run_evaluate`` wrote, embedded by paths relative to the report so the run folder
+can be moved or served as is.
 """
 
 from __future__ import annotations
@@ -59,63 +60,106 @@ def table_html(arms: dict[str, dict]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _series(arms: dict[str, dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Per plotted quantity: arm -> [(round, value)]."""
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+Series = dict[str, dict[tuple[str, int | None], list[tuple]]]
+"""Per plotted quantity: (arm, round or None for a per-round line) -> points (x, y) or (x, y, low, high)."""
 
-    def add(metric: str, arm: str, index: int, value: Any) -> None:
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            out.setdefault(metric, {}).setdefault(arm, []).append((index, float(value)))
 
+def _add(out: Series, metric: str, arm: str, index: int, value: Any, ci: list | None = None) -> None:
+    """One per-round point of ``arm`` (with its CI when given), if the value is a finite number."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        point = (index, float(value), *ci) if ci and ci[0] is not None else (index, float(value))
+        out.setdefault(metric, {}).setdefault((arm, None), []).append(point)
+
+
+def _delta_series(arms: dict[str, dict]) -> Series:
+    """The held-out effect per arm and round: mean(aligned − base) with its paired 95% CI."""
+    out: Series = {}
+    for name, index, r in _rows(arms):
+        for key, label in (("3dcs", "3DCS"), ("epipolar", "Epipolar")):
+            _add(out, f"held-out Δ {label}, aligned − base (95% CI)", name, index, r.get(f"{key}_delta"),
+                 r.get(f"{key}_delta_ci95"))
+    return out
+
+
+def _series(arms: dict[str, dict]) -> Series:
+    """The training figures per round: final DPO metrics and the candidates' reward statistics."""
+    out: Series = {}
     for name, index, r in _rows(arms):
         train = r.get("train") or {}
         tm = train.get("train") or {}
-        add("DPO reward accuracy (final)", name, index, tm.get("reward_accuracy"))
-        add("DPO train loss (final)", name, index, tm.get("loss"))
-        add("DPO reward margin (final)", name, index, tm.get("reward_margin"))
+        _add(out, "DPO reward accuracy (final)", name, index, tm.get("reward_accuracy"))
+        _add(out, "DPO train loss (final)", name, index, tm.get("loss"))
+        _add(out, "DPO reward margin (final)", name, index, tm.get("reward_margin"))
         scores = train.get("scores") or {}
         for key in ("score", "3dcs", "motion"):
             stats = scores.get(key)
             if stats:
-                add(f"candidates: mean {key} (training reward GFM)", name, index, stats.get("mean"))
-        add("pairs kept", name, index, train.get("pairs_kept"))
+                _add(out, f"candidates: mean {key} (training reward GFM)", name, index, stats.get("mean"))
+        _add(out, "pairs kept", name, index, train.get("pairs_kept"))
     return out
 
 
-def _step_series(arms: dict[str, dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def _step_series(arms: dict[str, dict]) -> Series:
     """Per-step curves from the trainer's history (x = optimizer step), one line per arm and round;
     reward accuracy is a running mean over 5 steps (each step sees only a few pairs)."""
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    out: Series = {}
     for name, index, r in _rows(arms):
         history = r.get("train_history") or []
-        label = f"{name} r{index}"
         for key, title, window in (("loss", "DPO train loss per step", 1),
                                    ("reward_accuracy", "reward accuracy per step (running mean of 5)", 5)):
             values = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float))]
             smoothed = [(s, sum(v for _, v in values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]))
                         for i, (s, _) in enumerate(values)]
             if smoothed:
-                out.setdefault(title, {})[label] = smoothed
+                out.setdefault(title, {})[(name, index)] = smoothed
     return out
 
 
-def _plots_matplotlib(series: dict) -> list[str]:
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+DASHES = ("-", "--", ":", "-.")  # per-step lines: one dash pattern per round
+
+
+def _arm_colors(series: Series) -> dict[str, str]:
+    """One color per arm on every plot, in the order the arms first appear."""
+    arms = dict.fromkeys(arm for lines in series.values() for arm, _ in lines)
+    return {arm: COLORS[i % len(COLORS)] for i, arm in enumerate(arms)}
+
+
+def _label(key: tuple[str, int | None]) -> str:
+    arm, index = key
+    return arm if index is None else f"{arm} r{index}"
+
+
+def _plots_matplotlib(series: Series) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = _arm_colors(series)
     images = []
-    for title, arms in series.items():
+    for title, lines in series.items():
         fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=90)
-        for arm, points in arms.items():
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, label=arm)
+        for offset, (key, points) in enumerate(lines.items()):
+            points = sorted(points)
+            style = {"color": colors[key[0]], "label": _label(key)}
+            if key[1] is not None:
+                style["linestyle"] = DASHES[key[1] % len(DASHES)]
+            if len(points[0]) == 4:  # a mean with its CI; arms side by side so equal rounds do not hide each other
+                xs = [p[0] + 0.06 * (offset - (len(lines) - 1) / 2) for p in points]
+                ys = [p[1] for p in points]
+                err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, **style)
+            else:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, **style)
         ax.set_title(title, fontsize=9)
         per_step = "per step" in title
         ax.set_xlabel("step" if per_step else "round")
         if not per_step:
-            ax.set_xticks(sorted({x for pts in arms.values() for x, _ in pts}))
+            ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
+        if "95% CI" in title:
+            ax.axhline(0.0, color="#888", linewidth=0.8)
         ax.legend(fontsize=7)
         fig.tight_layout()
         buf = io.BytesIO()
@@ -126,14 +170,14 @@ def _plots_matplotlib(series: dict) -> list[str]:
     return images
 
 
-def _plots_svg(series: dict) -> list[str]:
-    """Fallback without matplotlib: one small inline SVG line chart per quantity."""
-    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+def _plots_svg(series: Series) -> list[str]:
+    """Fallback without matplotlib: one small inline SVG line chart per quantity (CIs as vertical bars)."""
+    colors = _arm_colors(series)
     w, h, m = 360, 200, 30
     images = []
-    for title, arms in series.items():
-        values = [y for pts in arms.values() for _, y in pts]
-        rounds = [x for pts in arms.values() for x, _ in pts]
+    for title, lines in series.items():
+        values = [y for pts in lines.values() for p in pts for y in p[1:]]
+        rounds = [p[0] for pts in lines.values() for p in pts]
         lo, hi = min(values), max(values)
         hi = hi if hi > lo else lo + 1.0
         xmax = max(max(rounds), 1)
@@ -143,18 +187,22 @@ def _plots_svg(series: dict) -> list[str]:
 
         parts = [f"<text x='{w / 2}' y='14' text-anchor='middle' font-size='11'>{html.escape(title)}</text>",
                  f"<text x='2' y='{m}' font-size='9'>{hi:.4g}</text><text x='2' y='{h - m}' font-size='9'>{lo:.4g}</text>"]
-        for i, (arm, points) in enumerate(arms.items()):
-            pts = [xy(x, y) for x, y in sorted(points)]
-            c = colors[i % len(colors)]
+        for i, (key, points) in enumerate(lines.items()):
+            points = sorted(points)
+            pts = [xy(p[0], p[1]) for p in points]
+            c = colors[key[0]]
             parts.append(f"<polyline fill='none' stroke='{c}' points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}'/>")
             parts += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3' fill='{c}'/>" for a, b in pts]
-            parts.append(f"<text x='{w - m}' y='{30 + 12 * i}' font-size='9' fill='{c}'>{html.escape(arm)}</text>")
+            for p in (p for p in points if len(p) == 4):
+                (x, y_low), (_, y_high) = xy(p[0], p[2]), xy(p[0], p[3])
+                parts.append(f"<line x1='{x:.1f}' y1='{y_low:.1f}' x2='{x:.1f}' y2='{y_high:.1f}' stroke='{c}'/>")
+            parts.append(f"<text x='{w - m}' y='{30 + 12 * i}' font-size='9' fill='{c}'>{html.escape(_label(key))}</text>")
         images.append(f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>{''.join(parts)}</svg>")
     return images
 
 
 def plots_html(arms: dict[str, dict]) -> str:
-    series = {**_step_series(arms), **_series(arms)}
+    series = {**_delta_series(arms), **_step_series(arms), **_series(arms)}
     if not series:
         return "<p>no training metrics</p>"
     try:
@@ -204,7 +252,7 @@ def render_report(figures: dict, results: dict[str, dict], out_dir: str) -> str:
         f"Headline arm <b>{html.escape(str(figures.get('headline_arm')))}</b>: success = "
         f"<b>{'yes' if figures.get('success') else 'no'}</b> ({html.escape(str(figures.get('success_criterion')))}).</p>"
         f"<h2>Results</h2>{table_html(figures['arms'])}"
-        f"<h2>Training per round</h2>{plots_html(figures['arms'])}"
+        f"<h2>Held-out effect and training per round</h2>{plots_html(figures['arms'])}"
         f"<h2>Side-by-side samples</h2>{videos_html(results, out_dir)}"
         f"<h2>Settings and timings</h2><pre>{html.escape(settings)}</pre></body></html>")
 

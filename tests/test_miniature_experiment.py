@@ -70,8 +70,10 @@ def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "_plots_matplotlib", lambda series: (_ for _ in ()).throw(ImportError()))
     path = report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results, str(tmp_path))
     text = Path(path).read_text()
-    assert text.count("<svg") == 5 and "src='r/evaluation/round-000/side_by_side/a.mp4'" in text
+    assert text.count("<svg") == 6 and "src='r/evaluation/round-000/side_by_side/a.mp4'" in text
     assert "reward accuracy per step" in text and "–" in text  # undefined epipolar shown as a dash
+    # the held-out effect is plotted with its CI bar; an undefined metric gets no plot
+    assert "held-out Δ 3DCS" in text and "held-out Δ Epipolar" not in text and "<line x1=" in text
     # many side-by-sides: a few, spread over the prompts, are embedded
     many = [f"evaluation/round-000/side_by_side/{p}-s{k}.mp4" for p in ("dolly", "orbit", "pan") for k in range(48)]
     shown = re.findall(r"<video src='([^']+)'", report.videos_html({"a": {"run_name": "r", "rounds": [
@@ -81,7 +83,7 @@ def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     text = Path(report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results,
                                     str(tmp_path))).read_text()
-    assert text.count("data:image/png;base64,") == 5 and "<svg" not in text
+    assert text.count("data:image/png;base64,") == 6 and "<svg" not in text
 
 
 @pytest.mark.slow
