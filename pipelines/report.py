@@ -243,7 +243,8 @@ video{image-rendering:pixelated}pre{background:#f6f6f6;padding:6px;font-size:11p
 def render_report(figures: dict, results: dict[str, dict], out_dir: str) -> str:
     import json
 
-    settings = json.dumps({k: figures.get(k) for k in ("mode", "ci_method", "success_criterion", "seconds")},
+    settings = json.dumps({k: figures.get(k) for k in ("mode", "ci_method", "success_criterion", "eval_gfm_checks",
+                                                    "seconds")},
                           indent=1, default=str)
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>VideoGPA in miniature</title>"

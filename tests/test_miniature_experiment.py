@@ -106,6 +106,8 @@ def test_miniature_smoke_end_to_end(tmp_path):
     assert isinstance(result["success"], bool) and result["mode"] == "smoke"
     assert result["seconds"]["total"] > 0 and result["settings"]["config"]["scoring"]["scorer"] == "3dcs"
     assert result["models"]["reward_gfm"]["path"] != result["models"]["eval_gfm"]["path"]
+    checks = result["eval_gfm_checks"]
+    assert 0.0 <= checks["auroc_mean"] <= 1.0 and -1.0 <= checks["motion_spearman_vs_true_motion"] <= 1.0
 
     report = Path(result["report"])
     assert report.is_file() and report.parent == Path(result["output"])
