@@ -22,8 +22,8 @@ loop delivers; the offline arm when online is not run). Success (per the issue):
 CI highs are both below 0 and its motion_ratio >= 0.8; ``success`` also needs each CI over >= 10 held-out
 pairs where the metric is defined (``success_ci_only`` without it: Epipolar is NaN when SIFT finds too few
 matches), frame_change_ratio >= 0.8 (the GFM's motion reads the camera; pixel motion is checked
-as well) and sharpness_ratio >= 0.8 (blurrier samples are easier to
-re-render and to match, so a model could lower both metrics by blurring). The guards share the
+as well) and sharpness_ratio >= 0.8 (blurrier samples are easier to re-render and to match, so a
+model could lower both metrics by blurring). The guards share the
 issue's 0.8 for motion.
 
 Every arm is evaluated on the same 3 x 48 held-out (prompt, seed) pairs; the base model's samples are
@@ -31,7 +31,7 @@ made once and shared (``evaluation.base_run``). The Epipolar score of one 32 px 
 paired difference has a standard deviation of ~0.11 against effects of ~0.02-0.04), so fewer pairs
 leave a real effect undetected in about half the training seeds.
 
-    python benchmarks/miniature.py            # full experiment (< 30 min on 2 cores)
+    python benchmarks/miniature.py            # full experiment (~23 min on 2 cores with the base model cached)
     python benchmarks/miniature.py --smoke    # CI smoke mode (< 3 min with cached models)
 
 ``eval_gfm_checks`` says how far the evaluation GFM can be trusted: its 3DCS AUROC on corrupted vs
