@@ -53,6 +53,9 @@ class PairingConfig(_Section):
     candidates_per_prompt: int = Field(4, ge=2)
     min_gap: float = Field(0.05, ge=0)
     motion_threshold: float = Field(0.001, ge=0)
+    # Where the reward also falls with camera speed, best-vs-worst pairs teach "slow the camera down":
+    # true takes per prompt the widest-gap pair whose winner moves at least as much as its loser.
+    motion_matched: bool = False
 
 
 class EvaluationConfig(_Section):

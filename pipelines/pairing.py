@@ -1,4 +1,5 @@
-"""Preference pairs from scored candidates: per prompt, best (lowest score) against worst.
+"""Preference pairs from scored candidates: per prompt, best (lowest score) against worst, or, with
+``motion_matched``, the widest-gap pair whose winner moves at least as much as its loser.
 
 Pure functions over small metadata rows; the videos themselves never pass through here.
 """
@@ -43,8 +44,19 @@ def pair_id(prompt_id: str, round_index: int, winner_seed: int, loser_seed: int)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
+def _best_and_worst(rows: list[dict[str, Any]], motion_matched: bool) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``rows`` sorted by (score, seed). Plain: the first against the last. Motion-matched: the pair
+    with the largest score gap whose winner moves at least as much as its loser (None if no pair does),
+    so that no pair can teach the policy to slow its camera down."""
+    if not motion_matched:
+        return rows[0], rows[-1]
+    pairs = [(w, l) for i, w in enumerate(rows) for l in rows[i + 1:] if w["motion"] >= l["motion"]]
+    return max(pairs, key=lambda p: p[1]["score"] - p[0]["score"], default=None)
+
+
 def make_pairs(
-    candidates: Iterable[dict[str, Any]], round_index: int, min_gap: float, motion_threshold: float
+    candidates: Iterable[dict[str, Any]], round_index: int, min_gap: float, motion_threshold: float,
+    motion_matched: bool = False,
 ) -> PairingReport:
     """Rows need prompt_id, prompt, image, seed, score, motion. Lower score is better."""
     report = PairingReport()
@@ -64,7 +76,11 @@ def make_pairs(
         if len(rows) < 2:
             report.dropped_prompts["fewer_than_two_moving_candidates"] += 1
             continue
-        best, worst = rows[0], rows[-1]
+        chosen = _best_and_worst(rows, motion_matched)
+        if chosen is None:
+            report.dropped_prompts["no_winner_moving_as_much_as_a_loser"] += 1
+            continue
+        best, worst = chosen
         if worst["score"] - best["score"] < min_gap:
             report.dropped_prompts["gap_below_min_gap"] += 1
             continue

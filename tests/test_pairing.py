@@ -45,3 +45,19 @@ def test_non_finite_scores_are_dropped():
 def test_pair_id_is_deterministic_and_distinct():
     assert pair_id("a", 0, 1, 2) == pair_id("a", 0, 1, 2)
     assert len({pair_id("a", 0, 1, 2), pair_id("a", 1, 1, 2), pair_id("a", 0, 2, 1), pair_id("b", 0, 1, 2)}) == 4
+
+
+def test_motion_matched_pairs_never_prefer_the_slower_camera():
+    # best-vs-worst would pair seed 1 (slow, low score) against seed 4 (fast, high score)
+    rows = [_row("a", 1, 0.10, motion=0.1), _row("a", 2, 0.20, motion=0.6), _row("a", 3, 0.35, motion=0.5),
+            _row("a", 4, 0.90, motion=0.9), _row("b", 5, 0.1, motion=0.2), _row("b", 6, 0.8, motion=0.7)]
+    plain = {p.prompt_id: p for p in make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001).pairs}
+    assert (plain["a"].winner["seed"], plain["a"].loser["seed"]) == (1, 4)
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, motion_matched=True)
+    pairs = {p.prompt_id: p for p in report.pairs}
+    assert (pairs["a"].winner["seed"], pairs["a"].loser["seed"]) == (2, 3)  # widest gap with winner motion >= loser's
+    assert all(p.winner["motion"] >= p.loser["motion"] for p in report.pairs)
+    assert "b" not in pairs and report.dropped_prompts["no_winner_moving_as_much_as_a_loser"] == 1
+    # the chosen pair still has to clear min_gap
+    gap = make_pairs(rows[:4], 0, min_gap=0.2, motion_threshold=0.001, motion_matched=True)
+    assert gap.pairs == [] and gap.dropped_prompts["gap_below_min_gap"] == 1
