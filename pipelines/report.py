@@ -158,7 +158,7 @@ def _plots_matplotlib(series: Series) -> list[str]:
         ax.set_xlabel("step" if per_step else "round")
         if not per_step:
             ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
-        if "95% CI" in title:
+        if any(len(p) == 4 for pts in lines.values() for p in pts):  # deltas with CIs: where "no effect" is
             ax.axhline(0.0, color="#888", linewidth=0.8)
         ax.legend(fontsize=7)
         fig.tight_layout()
