@@ -144,16 +144,32 @@ def build_models(plan: dict) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+EVAL_GFM_CHECKS_SCENES = 6
+
+
 def eval_gfm_checks(gfm: dict) -> dict:
     """What the evaluation GFM can tell on held-out synthetic clips at the experiment's size: AUROC of
     corrupted vs clean 3DCS, and the Spearman correlation of its motion score with the true camera
     motion. The motion guard means something only where the latter is high (300 training steps
-    gave 0.06: the guard was blind; 1500 give 0.85)."""
+    gave 0.06: the guard was blind; 1500 give 0.85).
+
+    Deterministic for given weights, so cached beside them (temp name, then rename); the key holds
+    the number of scenes, so a change to the check does not read a stale file."""
     from actors.gfm_training import evaluate_gfm
 
+    path = f"{gfm['path'][:-len('.safetensors')]}.checks-{EVAL_GFM_CHECKS_SCENES}scenes.json"
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
     s = gfm["settings"]
-    checks = evaluate_gfm(gfm["path"], num_scenes=6, size=s["size"], num_frames=s["num_frames"], resolution=s["resolution"])
-    return {k: checks[k] for k in ("auroc_mean", "motion_spearman_vs_true_motion", "motion_spearman_vs_speed")}
+    checks = evaluate_gfm(gfm["path"], num_scenes=EVAL_GFM_CHECKS_SCENES, size=s["size"],
+                          num_frames=s["num_frames"], resolution=s["resolution"])
+    checks = {k: checks[k] for k in ("auroc_mean", "motion_spearman_vs_true_motion", "motion_spearman_vs_speed")}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(checks, f)
+    os.replace(tmp, path)
+    return checks
 
 
 def write_prompts(out_dir: str, repeats: int, prefix: str, limit: int | None = None) -> str:

@@ -108,6 +108,8 @@ def test_miniature_smoke_end_to_end(tmp_path):
     assert result["models"]["reward_gfm"]["path"] != result["models"]["eval_gfm"]["path"]
     checks = result["eval_gfm_checks"]
     assert 0.0 <= checks["auroc_mean"] <= 1.0 and -1.0 <= checks["motion_spearman_vs_true_motion"] <= 1.0
+    weights = Path(result["models"]["eval_gfm"]["path"])  # the checks are cached beside the weights
+    assert json.loads(weights.with_name(weights.stem + ".checks-6scenes.json").read_text()) == checks
 
     report = Path(result["report"])
     assert report.is_file() and report.parent == Path(result["output"])
