@@ -12,7 +12,7 @@ Arms (each a full ``pipelines.rounds.run_align`` run: Ray Data generation + scor
 Ray Train + DeepSpeed Diffusion-DPO), all evaluated by ``pipelines.evaluate.run_evaluate`` on the
 same held-out prompts and seeds (base vs base+LoRA):
   * ``offline``   rounds=1, 3DCS reward;
-  * ``online``    rounds=2 (round 1 samples from base + round-0 LoRA), results per round;
+  * ``online``    rounds=2 (round 1 samples from base + round-0 LoRA and anchors DPO to it), results per round;
   * ``epipolar``  rounds=1, Epipolar reward (Epipolar-DPO, the paper's baseline);
   * ``sft``       rounds=1, 3DCS pairs, trainer.objective=sft (fine-tune on the winners only).
 
