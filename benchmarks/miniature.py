@@ -31,7 +31,7 @@ made once and shared (``evaluation.base_run``). The Epipolar score of one 32 px 
 paired difference has a standard deviation of ~0.11 against effects of ~0.02-0.04), so fewer pairs
 leave a real effect undetected in about half the training seeds.
 
-    python benchmarks/miniature.py            # full experiment (~23 min on 2 cores with the base model cached)
+    python benchmarks/miniature.py            # full experiment (2 cores: 18 min with the models cached, 29 from empty)
     python benchmarks/miniature.py --smoke    # CI smoke mode (< 3 min with cached models)
 
 ``eval_gfm_checks`` says how far the evaluation GFM can be trusted: its 3DCS AUROC on corrupted vs
