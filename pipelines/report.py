@@ -91,10 +91,13 @@ def _series(arms: dict[str, dict]) -> Series:
         _add(out, "DPO train loss (final)", name, index, tm.get("loss"))
         _add(out, "DPO reward margin (final)", name, index, tm.get("reward_margin"))
         scores = train.get("scores") or {}
-        for key in ("score", "3dcs", "motion"):
+        # One plot per metric, never "score": that is 3DCS for one arm and Epipolar for another,
+        # whose scales differ twentyfold.
+        for key, label in (("3dcs", "3DCS (training reward GFM)"), ("epipolar", "Epipolar"),
+                           ("motion", "motion (training reward GFM)")):
             stats = scores.get(key)
             if stats:
-                _add(out, f"candidates: mean {key} (training reward GFM)", name, index, stats.get("mean"))
+                _add(out, f"candidates: mean {label}", name, index, stats.get("mean"))
         _add(out, "pairs kept", name, index, train.get("pairs_kept"))
     return out
 

@@ -86,6 +86,19 @@ def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
     assert text.count("data:image/png;base64,") == 6 and "<svg" not in text
 
 
+def test_report_plots_each_candidate_metric_on_its_own_axis():
+    from pipelines import report
+
+    def arm(reward: float, epipolar: dict | None) -> dict:
+        scores = {"score": {"mean": reward}, "3dcs": {"mean": 0.019}, "motion": {"mean": 0.004}, "epipolar": epipolar}
+        return {"rounds": [{"round": 0, "train": {"scores": scores}}]}
+
+    series = report._series({"offline": arm(0.019, None), "epipolar": arm(0.37, {"mean": 0.37})})
+    assert not any("mean score" in title for title in series)  # 3DCS and Epipolar rewards differ ~20x in scale
+    assert series["candidates: mean Epipolar"] == {("epipolar", None): [(0, 0.37)]}
+    assert set(series["candidates: mean 3DCS (training reward GFM)"]) == {("offline", None), ("epipolar", None)}
+
+
 @pytest.mark.slow
 def test_miniature_smoke_end_to_end(tmp_path):
     # Own process: the experiment starts (and shuts down) its own local Ray runtime.
