@@ -206,6 +206,8 @@ def train_vae(vae, videos: np.ndarray, steps: int, seed: int, lr: float = 1e-2, 
         rec = vae.decode(post.mode()).sample
         loss = ((rec - x) ** 2).mean() + kl_weight * post.kl().mean()
         losses.append(_optimizer_step(loss, vae, opt, sched))
+        if len(losses) % 250 == 0:
+            logger.info("VAE step %d/%d: loss %.4f (last 250 steps)", len(losses), steps, np.mean(losses[-250:]))
     vae.eval().requires_grad_(False)
     recon_after = _recon_mse(vae, x_all)
     with torch.no_grad():
@@ -352,6 +354,8 @@ def _train(settings: dict, target: str, return_pipe: bool = False):
 
     t0 = time.perf_counter()
     family_name, seed = settings["family"], settings["seed"]
+    logger.info("training the miniature base model into %s: %d clips, %d VAE steps, %d transformer steps",
+                target, settings["num_clips"], settings["vae_steps"], settings["steps"])
     torch.manual_seed(seed)
     videos, trajs, corrs = render_training_videos(
         settings["num_clips"], settings["size"], settings["num_frames"], settings["mix_corrupted"], seed, settings["num_scenes"],
@@ -384,7 +388,7 @@ def _train(settings: dict, target: str, return_pipe: bool = False):
         loss = diffusion_loss(family, transformer, scheduler, latents[idx], cond, gen)
         losses.append(_optimizer_step(loss, transformer, opt, sched))
         if len(losses) % 250 == 0:
-            logger.info("step %d/%d: loss %.4f (last 250 steps)", len(losses), steps, np.mean(losses[-250:]))
+            logger.info("transformer step %d/%d: loss %.4f (last 250 steps)", len(losses), steps, np.mean(losses[-250:]))
     transformer.eval().requires_grad_(False)
     loss_after = fixed_eval_loss(family, transformer, scheduler, latents[eval_idx], embeds[eval_idx], seed)
     t_dit = time.perf_counter() - t0 - t_render - t_vae

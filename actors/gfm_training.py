@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import time
@@ -49,6 +50,8 @@ SPEED_RANGE = (0.05, 0.25)
 EVAL_SPEED = 0.15
 HELD_OUT_SEED = 1_000_000  # training seeds are below this, evaluation seeds at or above it
 ALPHA_CONF = 0.05
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -236,6 +239,8 @@ def fit_tiny_gfm(
         count += 1
         if (step + 1) % log_every == 0 or step == 0 or step == steps - 1:
             curve.append({"step": step + 1, **{k: round(v / count, 6) for k, v in running.items()}})
+            if (step + 1) % 250 == 0 or step == steps - 1:
+                logger.info("tiny GFM step %d/%d: loss %.4f", step + 1, steps, curve[-1]["loss"])
             running, count = {}, 0
     model.eval().requires_grad_(False)
     after = fixed_loss(model, held_out, num_frames)
