@@ -323,19 +323,25 @@ def train_tiny_base_model(
     use_cache: bool = True,
     num_threads: int | None = 1,
     train_if_missing: bool = True,
+    read_only_dirs: tuple[str, ...] = (),
     **settings: Any,
 ) -> dict | None:
     """Train (or fetch from the cache) the miniature base model described by ``settings``
     (``base_model_settings`` arguments); returns its figures, with ``path`` = the diffusers
     directory (``out_dir`` if given, else the cache entry) and ``cached``.
-    ``train_if_missing=False``: None instead of training when the cache has no such entry."""
+    ``read_only_dirs``: more caches searched after ``cache_dir`` (e.g. entries committed with the
+    project), never written. ``train_if_missing=False``: None instead of training when no cache
+    has such an entry."""
     settings = base_model_settings(**settings)
-    entry = os.path.join(cache_dir or default_cache_dir(), f"base-{settings_hash(settings)}")
-    done = os.path.join(entry, "miniature.json")  # written last: an entry without it is incomplete
-    if use_cache and os.path.isfile(done):
-        with open(done) as f:
+    name = f"base-{settings_hash(settings)}"
+    entry = os.path.join(cache_dir or default_cache_dir(), name)
+    # miniature.json is written last: an entry without it is incomplete
+    found = next((d for d in (entry, *(os.path.join(r, name) for r in read_only_dirs))
+                  if os.path.isfile(os.path.join(d, "miniature.json"))), None)
+    if use_cache and found:
+        with open(os.path.join(found, "miniature.json")) as f:
             figures = json.load(f)
-        figures["cached"] = True
+        figures["path"], figures["cached"] = found, True
     elif not train_if_missing:
         return None
     else:

@@ -1,7 +1,8 @@
 """VideoGPA in miniature (issue 6): the project's own pipeline improves the 3D consistency of a
 video model's samples, on a CPU, with nothing downloaded.
 
-Ingredients (all trained here, cached under ~/.cache/videogpa/miniature):
+Ingredients (trained by this project's scripts; the default ones are committed in
+benchmarks/miniature_models, others are trained on first use and cached under ~/.cache/videogpa/miniature):
   * the miniature CogVideoX base model (``actors.base_model_training.train_tiny_base_model``):
     32x32 px, 9 frames, trained on the synthetic world with half of its clips corrupted;
   * two tiny GFMs trained with different seeds on different synthetic scenes: the *reward* GFM
@@ -14,7 +15,7 @@ same held-out prompts and seeds (base vs base+LoRA):
   * ``offline``   rounds=1, 3DCS reward;
   * ``online``    rounds=2 (round 1 samples from base + round-0 LoRA and anchors DPO to it), results per round;
   * ``epipolar``  rounds=1, Epipolar reward (Epipolar-DPO, the paper's baseline);
-  * ``sft``       rounds=1, 3DCS pairs, trainer.objective=sft (fine-tune on the winners only).
+  * ``sft``       rounds=1, the offline arm's 3DCS pairs, trainer.objective=sft (fine-tune on the winners only).
 
 The confidence interval of mean(aligned - base), paired by (prompt, seed), is a seeded percentile
 bootstrap (10,000 resamples, seed 0). The headline is the online arm's last round (the LoRA the full
@@ -51,6 +52,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -65,6 +67,11 @@ log = logging.getLogger("miniature")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 GFM_CACHE_VERSION = 1
+# The default base model and both GFMs (4.6 MB), as this script trains them: every machine starts
+# from the same weights (retrained ones can differ in the last bits between CPUs, and the whole
+# experiment with them), and a first run skips ~10-24 min of training. Found by the same cache
+# keys as the cache, after it; never written.
+COMMITTED_MODELS = REPO / "benchmarks" / "miniature_models"
 
 
 def cache_dir() -> str:
@@ -73,18 +80,20 @@ def cache_dir() -> str:
     return default_cache_dir()
 
 
-def fetch_gfm(train_if_missing: bool = True, **settings: Any) -> dict | None:
-    """Train (or fetch from the cache) a tiny GFM; returns {"path", "cached", "seconds", "settings"}
-    (None when it is not cached and ``train_if_missing`` is False).
+def fetch_gfm(train_if_missing: bool = True, read_only_dirs: tuple[str, ...] = (), **settings: Any) -> dict | None:
+    """Train (or fetch from the cache, then from ``read_only_dirs``) a tiny GFM; returns {"path",
+    "cached", "seconds", "settings"} (None when it is not cached and ``train_if_missing`` is False).
 
     The cache entry is keyed by a hash of the settings and written under a temporary name, then
     renamed, so a killed run never leaves a half-written entry."""
     from actors.gfm_training import figures_path, train_tiny_gfm
 
     blob = json.dumps({"version": GFM_CACHE_VERSION, **settings}, sort_keys=True).encode()
-    path = os.path.join(cache_dir(), f"gfm-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors")
-    if os.path.isfile(path) and os.path.isfile(figures_path(path)):
-        return {"path": path, "cached": True, "seconds": 0.0, "settings": settings}
+    name = f"gfm-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
+    path = os.path.join(cache_dir(), name)
+    for found in (path, *(os.path.join(d, name) for d in read_only_dirs)):
+        if os.path.isfile(found) and os.path.isfile(figures_path(found)):
+            return {"path": found, "cached": True, "seconds": 0.0, "settings": settings}
     if not train_if_missing:
         return None
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -145,7 +154,8 @@ def build_models(plan: dict) -> dict:
             pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
             gfms_future = pool.submit(build_gfms, plan)
         base_kwargs = plan["base"]
-        base = train_tiny_base_model(**base_kwargs, train_if_missing="base_if_missing" not in plan)
+        base = train_tiny_base_model(**base_kwargs, train_if_missing="base_if_missing" not in plan,
+                                     read_only_dirs=plan["read_only_dirs"])
         if base is None:  # smoke mode without the full model cached: a minimal one
             base_kwargs = plan["base_if_missing"]
             base = train_tiny_base_model(**base_kwargs)
@@ -157,7 +167,8 @@ def build_models(plan: dict) -> dict:
 
 def _gfm_cached(plan: dict, role: str) -> bool:
     settings = [plan["gfm"], *([plan["gfm_if_missing"]] if "gfm_if_missing" in plan else [])]
-    return any(fetch_gfm(train_if_missing=False, **s, seed=plan[f"{role}_gfm_seed"]) for s in settings)
+    return any(fetch_gfm(train_if_missing=False, read_only_dirs=plan["read_only_dirs"], **s, seed=plan[f"{role}_gfm_seed"])
+               for s in settings)
 
 
 def build_gfms(plan: dict) -> dict:
@@ -166,7 +177,8 @@ def build_gfms(plan: dict) -> dict:
     gfms = {}
     for role in ("reward", "eval"):
         seed = plan[f"{role}_gfm_seed"]
-        gfms[role] = (fetch_gfm(train_if_missing="gfm_if_missing" not in plan, **plan["gfm"], seed=seed)
+        gfms[role] = (fetch_gfm(train_if_missing="gfm_if_missing" not in plan, read_only_dirs=plan["read_only_dirs"],
+                                **plan["gfm"], seed=seed)
                       or fetch_gfm(**plan["gfm_if_missing"], seed=seed))
     gfms["eval"]["checks"] = eval_gfm_checks(gfms["eval"])
     return gfms
@@ -315,13 +327,15 @@ _EVALUATED: dict[tuple[str, str, int], dict] = {}  # (output, run_name, round) -
 
 
 def run_arm(name: str, config: str, common: list[str], arm_overrides: list[str], eval_overrides: list[str],
-            rounds: int) -> dict:
-    """run_align then run_evaluate for every round (evaluation scored with the evaluation GFM)."""
+            rounds: int, reuse: tuple[str, ...] = ()) -> dict:
+    """run_align then run_evaluate for every round (evaluation scored with the evaluation GFM);
+    ``reuse``: round-0 stages taken from the offline run when it has them (``reuse_round0``)."""
     from pipelines.evaluate import run_evaluate
     from pipelines.rounds import run_align
 
     cfg = _cfg(config, [*common, *arm_overrides, f"rounds={rounds}"])
     t0 = time.perf_counter()
+    reused = reuse_round0(cfg.output_uri, cfg.run_name, reuse)
     train_metrics = run_align(cfg)
     align_s = time.perf_counter() - t0
     eval_cfg = _cfg(config, [*common, *arm_overrides, f"rounds={rounds}", *eval_overrides])
@@ -346,20 +360,44 @@ def run_arm(name: str, config: str, common: list[str], arm_overrides: list[str],
             os.replace(f"{sidecar}.tmp", sidecar)
         per_round.append({**_EVALUATED[key], "train": train_metrics[index],
                           "train_history": _train_history(train_metrics[index])})
-    return {"arm": name, "run_name": cfg.run_name, "rounds": per_round,
+    return {"arm": name, "run_name": cfg.run_name, "rounds": per_round, "round0_from_offline": list(reuse) if reused else [],
             "seconds": {"align": round(align_s, 1), "evaluate": round(eval_s, 1)}}
 
 
 ARM_SPECS = {
-    # name: (run_name suffix, overrides, rounds). The online arm resumes the offline run: its round 0
-    # is the offline arm's (same config and seeds) and only round 1 is new.
-    "offline": ("videogpa", [], 1),
-    "online": ("videogpa", [], 2),
-    "epipolar": ("epipolar-dpo", ["scoring.scorer=epipolar"], 1),
-    # SFT on the winners of the same kind of 3DCS pairs (trainer.objective=sft): the baseline that
-    # tells preference learning apart from "fine-tune on good samples".
-    "sft": ("sft-winners", ["trainer.objective=sft"], 1),
+    # name: (run_name suffix, overrides, rounds, stages of round 0 taken from the offline run). The
+    # online arm resumes the offline run: its round 0 is the offline arm's and only round 1 is new.
+    "offline": ("videogpa", [], 1, ()),
+    "online": ("videogpa", [], 2, ()),
+    # Epipolar-DPO generates its own candidates, though they are the offline arm's videos: scored from
+    # the stored mp4s instead of the frames in memory, a 32 px video's Epipolar score changes a lot
+    # (rank correlation 0.52 over 144 candidates), so rescoring would not be the same baseline.
+    "epipolar": ("epipolar-dpo", ["scoring.scorer=epipolar"], 1, ()),
+    # SFT on the winners of the offline arm's own 3DCS pairs (trainer.objective=sft): the baseline
+    # that tells preference learning apart from "fine-tune on good samples".
+    "sft": ("sft-winners", ["trainer.objective=sft"], 1, ("candidates", "pairs")),
 }
+OFFLINE_RUN = f"miniature-{ARM_SPECS['offline'][0]}"
+STAGE_DIRS = {"candidates": ("videos", "candidates"), "pairs": ("pairs",)}
+
+
+def reuse_round0(out_dir: str, run_name: str, stages: tuple[str, ...]) -> bool:
+    """Copy ``stages`` of the offline run's round 0 into ``run_name`` so the arm does not generate
+    the same candidates again. Markers are copied last, so a copy cut short is redone on the next
+    run, as an unfinished stage would be. False (nothing copied) when the offline run lacks them."""
+    src, dst = Path(out_dir, OFFLINE_RUN, "round-000"), Path(out_dir, run_name, "round-000")
+    if not stages or not all((src / f"{stage}.done.json").is_file() for stage in stages):
+        return False
+    if all((dst / f"{stage}.done.json").is_file() for stage in stages):
+        return True
+    for stage in stages:
+        for sub in STAGE_DIRS[stage]:
+            shutil.rmtree(dst / sub, ignore_errors=True)
+            shutil.copytree(src / sub, dst / sub)
+    for stage in stages:
+        shutil.copy2(src / f"{stage}.done.json", dst / f"{stage}.done.json")
+    log.info("%s: round 0 %s taken from %s", run_name, " and ".join(stages), OFFLINE_RUN)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default=None, type=json.loads,
                    help='base-model settings as JSON, e.g. \'{"size": 64}\' (train_tiny_base_model arguments; '
                         "default: its defaults)")
+    p.add_argument("--train-models", action="store_true",
+                   help=f"train the base model and GFMs (or take them from the cache) instead of using the ones "
+                        f"committed in {COMMITTED_MODELS.relative_to(REPO)}")
     p.add_argument("--eval-seeds", type=int, default=None, help="held-out seeds per held-out prompt")
     p.add_argument("--train-repeats", type=int, default=None,
                    help="ids per miniature prompt in each round's training prompts (one preference pair per id)")
@@ -381,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("ray", "ray.data", "ray.train", "deepspeed", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     plan = dict(SMOKE if args.smoke else FULL)
+    plan["read_only_dirs"] = () if args.train_models else (str(COMMITTED_MODELS),)
     if args.base is not None:
         plan["base"] = args.base
     if args.eval_seeds is not None:
@@ -416,11 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     failed: dict[str, str] = {}
     try:
         for arm in arms:
-            suffix, arm_overrides, rounds = ARM_SPECS[arm]
+            suffix, arm_overrides, rounds, reuse = ARM_SPECS[arm]
             log.info("arm %s: %d round(s)", arm, rounds)
             try:
                 results[arm] = run_arm(arm, args.config, common, [f"run_name=miniature-{suffix}", *arm_overrides],
-                                       eval_overrides, rounds)
+                                       eval_overrides, rounds, reuse)
             except Exception as err:  # one failed arm (e.g. no pairs) must not lose the others
                 if arm == arms[0]:
                     raise

@@ -57,6 +57,50 @@ def test_headline_is_the_online_loop_then_offline():
     assert miniature.headline_arm({"sft": arms["sft"]})["arm"] == "sft"
 
 
+def test_committed_models_are_the_defaults(tmp_path, monkeypatch):
+    # The full experiment finds its base model and both GFMs among the committed ones, by the cache
+    # keys of its current default settings: a settings change without recommitted weights fails here.
+    monkeypatch.setenv("VIDEOGPA_MINIATURE_CACHE", str(tmp_path))  # an empty cache
+    sys.path.insert(0, str(ROOT))
+    from actors.base_model_training import train_tiny_base_model
+    from benchmarks.miniature import COMMITTED_MODELS, FULL, fetch_gfm
+
+    dirs = (str(COMMITTED_MODELS),)
+    base = train_tiny_base_model(**FULL["base"], train_if_missing=False, read_only_dirs=dirs)
+    assert base is not None and base["cached"] and Path(base["path"]).parent == COMMITTED_MODELS
+    assert (Path(base["path"]) / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    for role in ("reward", "eval"):
+        gfm = fetch_gfm(train_if_missing=False, read_only_dirs=dirs, **FULL["gfm"], seed=FULL[f"{role}_gfm_seed"])
+        assert gfm is not None and Path(gfm["path"]).parent == COMMITTED_MODELS, role
+    assert train_tiny_base_model(**FULL["base"], train_if_missing=False) is None  # not without the committed dir
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_arms_take_round0_stages_from_the_offline_run(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.miniature import OFFLINE_RUN, reuse_round0
+
+    assert reuse_round0(str(tmp_path), "miniature-sft-winners", ("candidates", "pairs")) is False  # no offline run yet
+    src = tmp_path / OFFLINE_RUN / "round-000"
+    for sub in ("videos", "candidates", "pairs"):
+        (src / sub).mkdir(parents=True)
+        (src / sub / f"{sub}.bin").write_text(sub)
+    (src / "candidates.done.json").write_text('{"files": []}')
+    assert reuse_round0(str(tmp_path), "miniature-sft-winners", ("candidates", "pairs")) is False  # pairs unfinished
+    (src / "pairs.done.json").write_text('{"files": [], "pairing": {}}')
+
+    dst = tmp_path / "miniature-sft-winners" / "round-000"
+    (dst / "pairs").mkdir(parents=True)
+    (dst / "pairs" / "torn.parquet").write_text("left by a copy cut short")  # no marker: copied again
+    assert reuse_round0(str(tmp_path), "miniature-sft-winners", ("candidates", "pairs")) is True
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
+        "candidates.done.json", "candidates/candidates.bin", "pairs.done.json", "pairs/pairs.bin", "videos/videos.bin"]
+    (dst / "pairs" / "trained-on.txt").write_text("x")  # a finished copy is never redone
+    assert reuse_round0(str(tmp_path), "miniature-sft-winners", ("candidates", "pairs")) is True
+    assert (dst / "pairs" / "trained-on.txt").is_file()
+    assert reuse_round0(str(tmp_path), "miniature-videogpa-x", ()) is False
+
+
 def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
     from pipelines import report
 
