@@ -32,7 +32,8 @@ made once and shared (``evaluation.base_run``). The Epipolar score of one 32 px 
 paired difference has a standard deviation of ~0.11 against effects of ~0.02-0.04), so fewer pairs
 leave a real effect undetected in about half the training seeds.
 
-    python benchmarks/miniature.py            # full experiment (2 cores: 18 min with the models cached, 29 from empty)
+    python benchmarks/miniature.py            # full experiment (2 cores, committed models: 34.5 min measured;
+                                              # 18.0 min on an earlier machine twice as fast per core)
     python benchmarks/miniature.py --smoke    # CI smoke mode (< 3 min with cached models)
 
 ``eval_gfm_checks`` says how far the evaluation GFM can be trusted: its 3DCS AUROC on corrupted vs
