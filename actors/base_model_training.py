@@ -329,14 +329,14 @@ def train_tiny_base_model(
     """Train (or fetch from the cache) the miniature base model described by ``settings``
     (``base_model_settings`` arguments); returns its figures, with ``path`` = the diffusers
     directory (``out_dir`` if given, else the cache entry) and ``cached``.
-    ``read_only_dirs``: more caches searched after ``cache_dir`` (e.g. entries committed with the
+    ``read_only_dirs``: caches searched before ``cache_dir`` (e.g. entries committed with the
     project), never written. ``train_if_missing=False``: None instead of training when no cache
     has such an entry."""
     settings = base_model_settings(**settings)
     name = f"base-{settings_hash(settings)}"
     entry = os.path.join(cache_dir or default_cache_dir(), name)
     # miniature.json is written last: an entry without it is incomplete
-    found = next((d for d in (entry, *(os.path.join(r, name) for r in read_only_dirs))
+    found = next((d for d in (*(os.path.join(r, name) for r in read_only_dirs), entry)
                   if os.path.isfile(os.path.join(d, "miniature.json"))), None)
     if use_cache and found:
         with open(os.path.join(found, "miniature.json")) as f:

@@ -70,8 +70,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 GFM_CACHE_VERSION = 1
 # The default base model and both GFMs (4.6 MB), as this script trains them: every machine starts
 # from the same weights (retrained ones can differ in the last bits between CPUs, and the whole
-# experiment with them), and a first run skips ~10-24 min of training. Found by the same cache
-# keys as the cache, after it; never written.
+# experiment with them), and a first run skips ~10-24 min of training. Found by the same keys as
+# the cache, before it; never written. --train-models leaves them out.
 COMMITTED_MODELS = REPO / "benchmarks" / "miniature_models"
 
 
@@ -82,7 +82,7 @@ def cache_dir() -> str:
 
 
 def fetch_gfm(train_if_missing: bool = True, read_only_dirs: tuple[str, ...] = (), **settings: Any) -> dict | None:
-    """Train (or fetch from the cache, then from ``read_only_dirs``) a tiny GFM; returns {"path",
+    """Train (or fetch from ``read_only_dirs``, then from the cache) a tiny GFM; returns {"path",
     "cached", "seconds", "settings"} (None when it is not cached and ``train_if_missing`` is False).
 
     The cache entry is keyed by a hash of the settings and written under a temporary name, then
@@ -92,7 +92,7 @@ def fetch_gfm(train_if_missing: bool = True, read_only_dirs: tuple[str, ...] = (
     blob = json.dumps({"version": GFM_CACHE_VERSION, **settings}, sort_keys=True).encode()
     name = f"gfm-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
     path = os.path.join(cache_dir(), name)
-    for found in (path, *(os.path.join(d, name) for d in read_only_dirs)):
+    for found in (*(os.path.join(d, name) for d in read_only_dirs), path):
         if os.path.isfile(found) and os.path.isfile(figures_path(found)):
             return {"path": found, "cached": True, "seconds": 0.0, "settings": settings}
     if not train_if_missing:

@@ -74,6 +74,12 @@ def test_committed_models_are_the_defaults(tmp_path, monkeypatch):
         assert gfm is not None and Path(gfm["path"]).parent == COMMITTED_MODELS, role
     assert train_tiny_base_model(**FULL["base"], train_if_missing=False) is None  # not without the committed dir
     assert list(tmp_path.iterdir()) == []  # nothing written
+    # A user's cache entry under the same key (e.g. retrained on this CPU) does not replace the committed one.
+    local = tmp_path / Path(base["path"]).name
+    local.mkdir()
+    (local / "miniature.json").write_text(json.dumps({"size": 32}))
+    assert Path(train_tiny_base_model(**FULL["base"], train_if_missing=False, read_only_dirs=dirs)["path"]) == Path(base["path"])
+    assert Path(train_tiny_base_model(**FULL["base"], train_if_missing=False)["path"]) == local
 
 
 def test_arms_take_round0_stages_from_the_offline_run(tmp_path):
