@@ -119,6 +119,7 @@ FULL = {
     "overrides": [],
     "eval_seeds_per_prompt": 48,
     "arms": ("offline", "online", "epipolar", "sft"),
+    "read_only_dirs": (str(COMMITTED_MODELS),),  # () with --train-models
 }
 SMOKE = {
     "base": {},
@@ -135,6 +136,7 @@ SMOKE = {
     "eval_seeds_per_prompt": 1,
     "eval_prompts": 2,
     "arms": ("offline",),
+    "read_only_dirs": FULL["read_only_dirs"],
 }
 
 
@@ -423,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("ray", "ray.data", "ray.train", "deepspeed", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     plan = dict(SMOKE if args.smoke else FULL)
-    plan["read_only_dirs"] = () if args.train_models else (str(COMMITTED_MODELS),)
+    if args.train_models:
+        plan["read_only_dirs"] = ()
     if args.base is not None:
         plan["base"] = args.base
     if args.eval_seeds is not None:
