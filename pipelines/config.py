@@ -56,6 +56,9 @@ class PairingConfig(_Section):
     # Where the reward also falls with camera speed, best-vs-worst pairs teach "slow the camera down":
     # true takes per prompt the widest-gap pair whose winner moves at least as much as its loser.
     motion_matched: bool = False
+    # Where the reward also falls as videos blur (a blurry frame re-renders well), they teach "blur":
+    # true requires each pair's winner to be at least as sharp as its loser (with motion_matched, both).
+    sharpness_matched: bool = False
 
 
 class EvaluationConfig(_Section):

@@ -1,5 +1,6 @@
 """Preference pairs from scored candidates: per prompt, best (lowest score) against worst, or, with
-``motion_matched``, the widest-gap pair whose winner moves at least as much as its loser.
+``motion_matched`` / ``sharpness_matched``, the widest-gap pair whose winner moves at least as much
+as its loser / is at least as sharp.
 
 Pure functions over small metadata rows; the videos themselves never pass through here.
 """
@@ -44,26 +45,28 @@ def pair_id(prompt_id: str, round_index: int, winner_seed: int, loser_seed: int)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
-def _best_and_worst(rows: list[dict[str, Any]], motion_matched: bool) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``rows`` sorted by (score, seed). Plain: the first against the last. Motion-matched: the pair
-    with the largest score gap whose winner moves at least as much as its loser (None if no pair does),
-    so that no pair can teach the policy to slow its camera down."""
-    if not motion_matched:
+def _best_and_worst(rows: list[dict[str, Any]], matched_on: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``rows`` sorted by (score, seed). Plain: the first against the last. Matched: the pair with the
+    largest score gap whose winner is at least its loser's on every key of ``matched_on`` (None if no
+    pair is), so that no pair can teach the policy to slow its camera down or to blur."""
+    if not matched_on:
         return rows[0], rows[-1]
-    pairs = [(w, l) for i, w in enumerate(rows) for l in rows[i + 1:] if w["motion"] >= l["motion"]]
+    pairs = [(w, l) for i, w in enumerate(rows) for l in rows[i + 1:] if all(w[k] >= l[k] for k in matched_on)]
     return max(pairs, key=lambda p: p[1]["score"] - p[0]["score"], default=None)
 
 
 def make_pairs(
     candidates: Iterable[dict[str, Any]], round_index: int, min_gap: float, motion_threshold: float,
-    motion_matched: bool = False,
+    motion_matched: bool = False, sharpness_matched: bool = False,
 ) -> PairingReport:
-    """Rows need prompt_id, prompt, image, seed, score, motion. Lower score is better."""
+    """Rows need prompt_id, prompt, image, seed, score, motion (and sharpness when ``sharpness_matched``).
+    Lower score is better."""
     report = PairingReport()
+    matched_on = (*(("motion",) if motion_matched else ()), *(("sharpness",) if sharpness_matched else ()))
     by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in candidates:
         by_prompt[row["prompt_id"]]  # every prompt is accounted for, even one whose candidates all drop
-        if not (math.isfinite(row["score"]) and math.isfinite(row["motion"])):
+        if not all(math.isfinite(row[k]) for k in ("score", "motion", *matched_on)):
             report.dropped_candidates["non_finite_score"] += 1
         elif row["motion"] < motion_threshold:
             # A static video re-renders itself trivially well: it must not win on stillness.
@@ -76,9 +79,9 @@ def make_pairs(
         if len(rows) < 2:
             report.dropped_prompts["fewer_than_two_moving_candidates"] += 1
             continue
-        chosen = _best_and_worst(rows, motion_matched)
+        chosen = _best_and_worst(rows, matched_on)
         if chosen is None:
-            report.dropped_prompts["no_winner_moving_as_much_as_a_loser"] += 1
+            report.dropped_prompts[f"no_winner_matching_a_loser_on_{'_and_'.join(matched_on)}"] += 1
             continue
         best, worst = chosen
         if worst["score"] - best["score"] < min_gap:

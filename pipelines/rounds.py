@@ -193,7 +193,7 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
     store.delete_dir(paths.pairs)
     candidates = _read_candidates(store, paths)
     report = make_pairs(candidates, paths.index, cfg.pairing.min_gap, cfg.pairing.motion_threshold,
-                         cfg.pairing.motion_matched)
+                         cfg.pairing.motion_matched, cfg.pairing.sharpness_matched)
     summary = report.summary()
     log.info("pairing: %d pairs kept from %d candidates; candidates dropped %s, prompts dropped %s",
              len(report.pairs), len(candidates), summary["candidates_dropped"] or "none",

@@ -57,7 +57,26 @@ def test_motion_matched_pairs_never_prefer_the_slower_camera():
     pairs = {p.prompt_id: p for p in report.pairs}
     assert (pairs["a"].winner["seed"], pairs["a"].loser["seed"]) == (2, 3)  # widest gap with winner motion >= loser's
     assert all(p.winner["motion"] >= p.loser["motion"] for p in report.pairs)
-    assert "b" not in pairs and report.dropped_prompts["no_winner_moving_as_much_as_a_loser"] == 1
+    assert "b" not in pairs and report.dropped_prompts["no_winner_matching_a_loser_on_motion"] == 1
     # the chosen pair still has to clear min_gap
     gap = make_pairs(rows[:4], 0, min_gap=0.2, motion_threshold=0.001, motion_matched=True)
     assert gap.pairs == [] and gap.dropped_prompts["gap_below_min_gap"] == 1
+
+
+def test_sharpness_matched_pairs_never_prefer_the_blurrier_video():
+    def row(seed, score, motion, sharp):
+        return {**_row("a", seed, score, motion), "sharpness": sharp}
+
+    # motion-matched alone pairs seed 1 (blurry, low score) against seed 4
+    rows = [row(1, 0.10, 0.9, 0.2), row(2, 0.20, 0.8, 0.6), row(3, 0.50, 0.7, 0.9), row(4, 0.90, 0.1, 0.5),
+            {**row(5, 0.3, 0.5, math.nan), "prompt_id": "b"}, {**row(6, 0.9, 0.5, 0.5), "prompt_id": "b"}]
+    motion = {p.prompt_id: p for p in make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, motion_matched=True).pairs}
+    assert (motion["a"].winner["seed"], motion["a"].loser["seed"]) == (1, 4)
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, motion_matched=True, sharpness_matched=True)
+    pairs = {p.prompt_id: p for p in report.pairs}
+    assert (pairs["a"].winner["seed"], pairs["a"].loser["seed"]) == (2, 4)  # widest gap, winner as fast and as sharp
+    # a candidate whose sharpness is unknown cannot be matched on it: dropped, and its prompt with it
+    assert report.dropped_candidates["non_finite_score"] == 1 and "b" not in pairs
+    none = make_pairs(rows[:2] + [row(7, 0.5, 0.95, 0.1)], 0, min_gap=0.05, motion_threshold=0.001,
+                      motion_matched=True, sharpness_matched=True)
+    assert none.pairs == [] and none.dropped_prompts["no_winner_matching_a_loser_on_motion_and_sharpness"] == 1
