@@ -29,11 +29,11 @@ issue's 0.8 for motion.
 
 Every arm is evaluated on the same 3 x 48 held-out (prompt, seed) pairs; the base model's samples are
 made once and shared (``evaluation.base_run``). The Epipolar score of one 32 px sample is noisy (the
-paired difference has a standard deviation of ~0.11 against effects of ~0.02-0.04), so fewer pairs
-leave a real effect undetected in about half the training seeds.
+paired difference has a standard deviation of 0.15-0.20 against effects of 0.02-0.07), so fewer pairs
+would leave a real effect undetected.
 
-    python benchmarks/miniature.py            # full experiment (2 cores, committed models: 34.5 min measured;
-                                              # 18.0 min on an earlier machine twice as fast per core)
+    python benchmarks/miniature.py            # full experiment (committed models, 15 sampling steps:
+                                              # 29.3 min measured on a 2-core machine)
     python benchmarks/miniature.py --smoke    # CI smoke mode (< 3 min with cached models)
 
 ``eval_gfm_checks`` says how far the evaluation GFM can be trusted: its 3DCS AUROC on corrupted vs
@@ -250,6 +250,33 @@ def paired_ci(base_rows: list[dict], aligned_rows: list[dict], key: str, resampl
     return {"mean": float(d.mean()), "ci95": [float(low), float(high)], "count": len(d)}
 
 
+def delta_at_equal_sharpness(base_rows: list[dict], aligned_rows: list[dict], key: str, resamples: int = 10_000,
+                             seed: int = 0) -> dict:
+    """What is left of mean(aligned - base) where a sample kept its sharpness: the intercept of the
+    per-pair delta regressed on (sharpness ratio - 1), with a seeded bootstrap 95% CI. Blurrier
+    samples re-render and match more easily, so a gain that vanishes here came from blurring.
+    A diagnostic, not part of ``success``."""
+    import numpy as np
+
+    base = {(r["prompt_id"], r["seed"]): r for r in base_rows}
+    rows = [(a[key] - b[key], a["sharpness"] / b["sharpness"] - 1.0) for a in aligned_rows
+            if (b := base.get((a["prompt_id"], a["seed"]))) is not None and b["sharpness"] > 0
+            and all(math.isfinite(v) for v in (a[key], b[key], a["sharpness"], b["sharpness"]))]
+    if len(rows) < 3:
+        return {"mean": None, "ci95": [None, None], "count": len(rows)}
+    d, x = np.asarray(rows, float).T
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+
+    def intercept(dd: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        xm, dm = xx.mean(-1, keepdims=True), dd.mean(-1, keepdims=True)
+        var = ((xx - xm) ** 2).sum(-1, keepdims=True)
+        slope = np.divide(((xx - xm) * (dd - dm)).sum(-1, keepdims=True), var, out=np.zeros_like(var), where=var > 0)
+        return (dm - slope * xm)[..., 0]
+
+    low, high = np.percentile(intercept(d[idx], x[idx]), [2.5, 97.5])
+    return {"mean": float(intercept(d, x)), "ci95": [float(low), float(high)], "count": len(d)}
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if math.isfinite(r[key])]
     return sum(values) / len(values) if values else None
@@ -265,6 +292,7 @@ def summarize_evaluation(ev: dict) -> dict:
         out[f"{key}_delta"] = ci["mean"]
         out[f"{key}_delta_ci95"] = ci["ci95"]
         out[f"{key}_pairs"] = ci["count"]
+        out[f"{key}_delta_at_equal_sharpness"] = delta_at_equal_sharpness(base, aligned, key)
     for key in ("motion", "frame_change", "sharpness"):  # guards: aligned / base means
         mb, ma = _mean(base, key), _mean(aligned, key)
         out[f"{key}_base"], out[f"{key}_aligned"] = mb, ma
@@ -273,7 +301,7 @@ def summarize_evaluation(ev: dict) -> dict:
     return judge(out)
 
 
-SUMMARY_VERSION = 2  # 2: frame_change and sharpness guards
+SUMMARY_VERSION = 3  # 2: frame_change and sharpness guards; 3: deltas at equal sharpness
 MIN_PAIRS = 10  # a CI over fewer defined (base, aligned) pairs is reported but cannot count as a success
 GUARD_MIN = 0.8  # aligned / base floor of the image-only guards, the issue's motion_ratio floor
 
@@ -481,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         **{k: last[k] for k in ("3dcs_base", "3dcs_aligned", "3dcs_delta", "3dcs_delta_ci95", "epipolar_base",
                                 "epipolar_aligned", "epipolar_delta", "epipolar_delta_ci95", "motion_base",
                                 "motion_aligned", "motion_ratio", "frame_change_ratio", "sharpness_ratio",
-                                "success", "3dcs_pairs", "epipolar_pairs", "success_ci_only")},
+                                "success", "3dcs_pairs", "epipolar_pairs", "success_ci_only",
+                                "3dcs_delta_at_equal_sharpness", "epipolar_delta_at_equal_sharpness")},
         "headline_arm": headline["arm"],
         "eval_gfm_checks": models["eval_gfm"]["checks"],  # can the guards and 3DCS see what they claim to?
         "ci_method": "seeded percentile bootstrap (10000 resamples, seed 0) of mean(aligned - base), paired by (prompt, seed)",

@@ -37,6 +37,12 @@ def _n(row: dict, key: str) -> str:
     return f" n={count}" if count is not None else ""
 
 
+def _at_equal_sharpness(row: dict, key: str) -> str:
+    """The delta left where samples kept their sharpness (benchmarks/miniature.py): a gain from blurring drops out."""
+    fit = row.get(f"{key}_delta_at_equal_sharpness") or {}
+    return f"<td>{_fmt(fit.get('mean'), 5)} {_ci(fit.get('ci95'))}</td>"
+
+
 def _rows(arms: dict[str, dict]) -> list[tuple[str, int, dict]]:
     return [(name, r["round"], r) for name, arm in arms.items() for r in arm["rounds"]]
 
@@ -45,7 +51,8 @@ def table_html(arms: dict[str, dict]) -> str:
     head = ("<tr><th>arm</th><th>round</th><th>3DCS base ↓</th><th>3DCS aligned</th><th>Δ 3DCS (95% CI)</th>"
             "<th>Epipolar base ↓</th><th>Epipolar aligned</th><th>Δ Epipolar (95% CI)</th>"
             "<th>motion base</th><th>motion aligned</th><th>motion ratio</th><th>frame-change ratio</th>"
-            "<th>sharpness ratio</th><th>success</th></tr>")
+            "<th>sharpness ratio</th><th>Δ 3DCS at equal sharpness</th><th>Δ Epipolar at equal sharpness</th>"
+            "<th>success</th></tr>")
     body = []
     for name, index, r in _rows(arms):
         ok = "yes" if r.get("success") else "no"
@@ -56,7 +63,8 @@ def table_html(arms: dict[str, dict]) -> str:
             f"<td>{_fmt(r['epipolar_delta'], 5)} {_ci(r['epipolar_delta_ci95'])}{_n(r, 'epipolar')}</td>"
             f"<td>{_fmt(r['motion_base'])}</td><td>{_fmt(r['motion_aligned'])}</td>"
             f"<td>{_fmt(r['motion_ratio'], 3)}</td><td>{_fmt(r.get('frame_change_ratio'), 3)}</td>"
-            f"<td>{_fmt(r.get('sharpness_ratio'), 3)}</td><td class='{ok}'>{ok}</td></tr>")
+            f"<td>{_fmt(r.get('sharpness_ratio'), 3)}</td>{_at_equal_sharpness(r, '3dcs')}{_at_equal_sharpness(r, 'epipolar')}"
+            f"<td class='{ok}'>{ok}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 

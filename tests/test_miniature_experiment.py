@@ -31,6 +31,24 @@ def test_paired_bootstrap_ci_is_paired_and_seeded():
     assert paired_ci(nan, aligned, "3dcs")["count"] == 0
 
 
+def test_delta_at_equal_sharpness_removes_a_gain_that_came_from_blur():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.miniature import delta_at_equal_sharpness
+
+    base = [{"prompt_id": "p", "seed": s, "3dcs": 1.0, "sharpness": 1.0} for s in range(40)]
+    blur = [0.7 + 0.3 * (s % 5) / 4 for s in range(40)]  # aligned sharpness ratios 0.7 ... 1.0
+    # pure blur: every sample's gain is 0.5 x its sharpness loss -> nothing left at equal sharpness
+    blurred = [{"prompt_id": "p", "seed": s, "3dcs": 1.0 + 0.5 * (blur[s] - 1), "sharpness": blur[s]} for s in range(40)]
+    only_blur = delta_at_equal_sharpness(base, blurred, "3dcs")
+    assert only_blur["count"] == 40 and only_blur["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert only_blur["ci95"][0] <= 0.0 <= only_blur["ci95"][1] + 1e-9
+    # a real gain of -0.1 on top of the blur is what remains
+    real = [{**r, "3dcs": r["3dcs"] - 0.1 + 0.01 * (r["seed"] % 3 - 1)} for r in blurred]
+    kept = delta_at_equal_sharpness(base, real, "3dcs")
+    assert kept["mean"] == pytest.approx(-0.1, abs=0.01) and kept["ci95"][1] < 0
+    assert delta_at_equal_sharpness(base, real, "3dcs") == kept  # seeded
+
+
 def test_success_needs_both_cis_below_zero_moving_pixels_and_no_blur():
     sys.path.insert(0, str(ROOT))
     from benchmarks.miniature import judge
@@ -167,6 +185,7 @@ def test_miniature_smoke_end_to_end(tmp_path):
     assert result["motion_ratio"] is None or result["motion_ratio"] > 0
     assert result["frame_change_ratio"] > 0 and result["sharpness_ratio"] > 0
     assert isinstance(result["success"], bool) and result["mode"] == "smoke"
+    assert set(result["epipolar_delta_at_equal_sharpness"]) == {"mean", "ci95", "count"}
     assert result["seconds"]["total"] > 0 and result["settings"]["config"]["scoring"]["scorer"] == "3dcs"
     assert result["models"]["reward_gfm"]["path"] != result["models"]["eval_gfm"]["path"]
     checks = result["eval_gfm_checks"]
@@ -180,5 +199,6 @@ def test_miniature_smoke_end_to_end(tmp_path):
     html = report.read_text()
     videos = re.findall(r"<video src='([^']+)'", html)
     assert videos, "the report embeds the side-by-side videos"
+    assert "Δ Epipolar at equal sharpness" in html
     for rel in videos:
         assert not os.path.isabs(rel) and (report.parent / rel).is_file(), rel
