@@ -232,16 +232,20 @@ def write_prompts(out_dir: str, repeats: int, prefix: str, limit: int | None = N
 # ----------------------------------------------------------------------------- statistics
 
 
+def _pairs(base_rows: list[dict], aligned_rows: list[dict], keys: tuple[str, ...]) -> list[tuple[dict, dict]]:
+    """(base, aligned) rows paired by (prompt_id, seed), where every one of ``keys`` is finite in both."""
+    base = {(r["prompt_id"], r["seed"]): r for r in base_rows}
+    return [(b, a) for a in aligned_rows if (b := base.get((a["prompt_id"], a["seed"]))) is not None
+            and all(math.isfinite(row[k]) for row in (a, b) for k in keys)]
+
+
 def paired_ci(base_rows: list[dict], aligned_rows: list[dict], key: str, resamples: int = 10_000,
               seed: int = 0) -> dict:
     """Mean(aligned - base) paired by (prompt_id, seed), with a seeded percentile-bootstrap 95% CI.
     Pairs where either value is not finite are left out (count says how many were used)."""
     import numpy as np
 
-    base = {(r["prompt_id"], r["seed"]): r[key] for r in base_rows}
-    diffs = [a[key] - base[(a["prompt_id"], a["seed"])] for a in aligned_rows
-             if (a["prompt_id"], a["seed"]) in base and math.isfinite(a[key])
-             and math.isfinite(base[(a["prompt_id"], a["seed"])])]
+    diffs = [a[key] - b[key] for b, a in _pairs(base_rows, aligned_rows, (key,))]
     if not diffs:
         return {"mean": None, "ci95": [None, None], "count": 0}
     d = np.asarray(diffs, float)
@@ -259,10 +263,8 @@ def delta_at_equal_sharpness(base_rows: list[dict], aligned_rows: list[dict], ke
     A diagnostic, not part of ``success``."""
     import numpy as np
 
-    base = {(r["prompt_id"], r["seed"]): r for r in base_rows}
-    rows = [(a[key] - b[key], a["sharpness"] / b["sharpness"] - 1.0) for a in aligned_rows
-            if (b := base.get((a["prompt_id"], a["seed"]))) is not None and b["sharpness"] > 0
-            and all(math.isfinite(v) for v in (a[key], b[key], a["sharpness"], b["sharpness"]))]
+    rows = [(a[key] - b[key], a["sharpness"] / b["sharpness"] - 1.0)
+            for b, a in _pairs(base_rows, aligned_rows, (key, "sharpness")) if b["sharpness"] > 0]
     if len(rows) < 3:
         return {"mean": None, "ci95": [None, None], "count": len(rows)}
     d, x = np.asarray(rows, float).T
