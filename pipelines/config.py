@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -59,6 +59,13 @@ class PairingConfig(_Section):
     # Where the reward also falls as videos blur (a blurry frame re-renders well), they teach "blur":
     # true requires each pair's winner to be at least as sharp as its loser (with motion_matched, both).
     sharpness_matched: bool = False
+    # Disjoint pairs per prompt (best vs worst, then the next best vs the next worst, ...): more pairs
+    # from the same candidates where pairs, not samples, are scarce. 1 is the paper's best vs worst.
+    pairs_per_prompt: int = Field(1, ge=1)
+    # Rank candidates by their score less what a least-squares fit on the log of these explains (over
+    # the round, within prompts): pairs then favour neither faster nor sharper videos, where matching
+    # (above) makes every winner faster and sharper. Each pair keeps its raw scores.
+    adjust_for: list[Literal["motion", "sharpness"]] = []
 
 
 class EvaluationConfig(_Section):

@@ -1,6 +1,10 @@
 """Preference pairs from scored candidates: per prompt, best (lowest score) against worst, or, with
 ``motion_matched`` / ``sharpness_matched``, the widest-gap pair whose winner moves at least as much
-as its loser / is at least as sharp.
+as its loser / is at least as sharp. With ``pairs_per_prompt`` > 1 the same choice is repeated on the
+candidates not yet paired (best vs worst, then second best vs second worst, ...), so every video is in
+at most one pair. With ``adjust_for``, candidates are ranked (and gaps measured) by their score less the
+part a least-squares fit on the log of those covariates explains, so that pairs carry no systematic
+difference in them; each pair keeps its raw scores.
 
 Pure functions over small metadata rows; the videos themselves never pass through here.
 """
@@ -30,12 +34,14 @@ class PairingReport:
     pairs: list[Pair] = field(default_factory=list)
     dropped_candidates: Counter = field(default_factory=Counter)  # reason -> candidates
     dropped_prompts: Counter = field(default_factory=Counter)  # reason -> prompts
+    adjusted_for: dict[str, float] = field(default_factory=dict)  # covariate -> fitted score per unit of its log
 
     def summary(self) -> dict[str, Any]:
         return {
             "pairs_kept": len(self.pairs),
             "candidates_dropped": dict(self.dropped_candidates),
             "prompts_dropped": dict(self.dropped_prompts),
+            **({"adjusted_for": dict(self.adjusted_for)} if self.adjusted_for else {}),
         }
 
 
@@ -45,37 +51,70 @@ def pair_id(prompt_id: str, round_index: int, winner_seed: int, loser_seed: int)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
+RANK = "pairing_score"  # the score candidates are ranked by: the raw score, or the adjusted one
+
+
 def _best_and_worst(rows: list[dict[str, Any]], matched_on: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``rows`` sorted by (score, seed). Plain: the first against the last. Matched: the pair with the
-    largest score gap whose winner is at least its loser's on every key of ``matched_on`` (None if no
+    """``rows`` sorted by (RANK, seed). Plain: the first against the last. Matched: the pair with the
+    largest gap whose winner is at least its loser's on every key of ``matched_on`` (None if no
     pair is), so that no pair can teach the policy to slow its camera down or to blur."""
     if not matched_on:
         return rows[0], rows[-1]
     pairs = [(w, l) for i, w in enumerate(rows) for l in rows[i + 1:] if all(w[k] >= l[k] for k in matched_on)]
-    return max(pairs, key=lambda p: p[1]["score"] - p[0]["score"], default=None)
+    return max(pairs, key=lambda p: p[1][RANK] - p[0][RANK], default=None)
+
+
+def covariate_adjusted(rows: list[dict[str, Any]], covariates: tuple[str, ...]) -> tuple[list[float], dict[str, float]]:
+    """Each row's score less ``sum_k c_k * log(row[k])``, with the c_k fitted by least squares over all
+    rows on values centred within each prompt (what differs between a prompt's candidates is what
+    pairing sees). Where the reward also falls with slower or blurrier videos, best-vs-worst pairs teach
+    slowing or blurring; on the adjusted score the winners are, on average, neither. Rows need
+    finite scores and positive covariates."""
+    import numpy as np
+
+    by_prompt: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_prompt[row["prompt_id"]].append(i)
+    x = np.log(np.asarray([[row[k] for k in covariates] for row in rows], float).reshape(len(rows), len(covariates)))
+    y = np.asarray([row["score"] for row in rows], float)
+    xc, yc = x.copy(), y.copy()
+    for idx in by_prompt.values():
+        xc[idx] -= x[idx].mean(axis=0)
+        yc[idx] -= y[idx].mean()
+    coef = np.linalg.lstsq(xc, yc, rcond=None)[0] if len(rows) else np.zeros(len(covariates))
+    return (y - x @ coef).tolist(), dict(zip(covariates, map(float, coef)))
 
 
 def make_pairs(
     candidates: Iterable[dict[str, Any]], round_index: int, min_gap: float, motion_threshold: float,
-    motion_matched: bool = False, sharpness_matched: bool = False,
+    motion_matched: bool = False, sharpness_matched: bool = False, pairs_per_prompt: int = 1,
+    adjust_for: tuple[str, ...] = (),
 ) -> PairingReport:
-    """Rows need prompt_id, prompt, image, seed, score, motion (and sharpness when ``sharpness_matched``).
-    Lower score is better."""
+    """Rows need prompt_id, prompt, image, seed, score, motion (and sharpness when matched or adjusted
+    on it). Lower score is better; ``min_gap`` applies to the adjusted score when ``adjust_for`` is set. A prompt is dropped (and counted) when not even its first pair can be made;
+    further pairs stop at the first one that would break ``min_gap`` or the matching."""
     report = PairingReport()
     matched_on = (*(("motion",) if motion_matched else ()), *(("sharpness",) if sharpness_matched else ()))
     by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in candidates:
         by_prompt[row["prompt_id"]]  # every prompt is accounted for, even one whose candidates all drop
-        if not all(math.isfinite(row[k]) for k in ("score", "motion", *matched_on)):
+        if not all(math.isfinite(row[k]) for k in ("score", "motion", *matched_on, *adjust_for)):
             report.dropped_candidates["non_finite_score"] += 1
         elif row["motion"] < motion_threshold:
             # A static video re-renders itself trivially well: it must not win on stillness.
             report.dropped_candidates["static"] += 1
+        elif any(row[k] <= 0 for k in adjust_for):
+            report.dropped_candidates["covariate_not_positive"] += 1
         else:
             by_prompt[row["prompt_id"]].append(row)
+    kept = [row for rows in by_prompt.values() for row in rows]
+    ranks, report.adjusted_for = covariate_adjusted(kept, adjust_for) if adjust_for else ([r["score"] for r in kept], {})
+    ranked = iter(ranks)
+    for rows in by_prompt.values():
+        rows[:] = [{**row, RANK: next(ranked)} for row in rows]
 
     for prompt_id in sorted(by_prompt):
-        rows = sorted(by_prompt[prompt_id], key=lambda r: (r["score"], r["seed"]))
+        rows = sorted(by_prompt[prompt_id], key=lambda r: (r[RANK], r["seed"]))
         if len(rows) < 2:
             report.dropped_prompts["fewer_than_two_moving_candidates"] += 1
             continue
@@ -83,19 +122,24 @@ def make_pairs(
         if chosen is None:
             report.dropped_prompts[f"no_winner_matching_a_loser_on_{'_and_'.join(matched_on)}"] += 1
             continue
-        best, worst = chosen
-        if worst["score"] - best["score"] < min_gap:
+        if chosen[1][RANK] - chosen[0][RANK] < min_gap:
             report.dropped_prompts["gap_below_min_gap"] += 1
             continue
-        report.pairs.append(
-            Pair(
-                pair_id=pair_id(prompt_id, round_index, best["seed"], worst["seed"]),
-                round=round_index,
-                prompt_id=prompt_id,
-                prompt=best["prompt"],
-                image=best.get("image"),
-                winner=best,
-                loser=worst,
+        for _ in range(pairs_per_prompt):
+            if chosen is None or chosen[1][RANK] - chosen[0][RANK] < min_gap:
+                break
+            best, worst = chosen
+            report.pairs.append(
+                Pair(
+                    pair_id=pair_id(prompt_id, round_index, best["seed"], worst["seed"]),
+                    round=round_index,
+                    prompt_id=prompt_id,
+                    prompt=best["prompt"],
+                    image=best.get("image"),
+                    winner=best,
+                    loser=worst,
+                )
             )
-        )
+            rows = [r for r in rows if r is not best and r is not worst]
+            chosen = _best_and_worst(rows, matched_on) if len(rows) >= 2 else None
     return report

@@ -193,11 +193,13 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
     store.delete_dir(paths.pairs)
     candidates = _read_candidates(store, paths)
     report = make_pairs(candidates, paths.index, cfg.pairing.min_gap, cfg.pairing.motion_threshold,
-                         cfg.pairing.motion_matched, cfg.pairing.sharpness_matched)
+                         cfg.pairing.motion_matched, cfg.pairing.sharpness_matched, cfg.pairing.pairs_per_prompt,
+                         tuple(cfg.pairing.adjust_for))
     summary = report.summary()
-    log.info("pairing: %d pairs kept from %d candidates; candidates dropped %s, prompts dropped %s",
+    log.info("pairing: %d pairs kept from %d candidates; candidates dropped %s, prompts dropped %s%s",
              len(report.pairs), len(candidates), summary["candidates_dropped"] or "none",
-             summary["prompts_dropped"] or "none")
+             summary["prompts_dropped"] or "none",
+             f"; ranked by {cfg.scoring.scorer} adjusted for {report.adjusted_for}" if report.adjusted_for else "")
     if not report.pairs:
         raise InputError(
             f"round {paths.index}: no preference pairs (prompts dropped: {summary['prompts_dropped']}, "

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from pipelines.pairing import make_pairs, pair_id
 
 
@@ -80,3 +82,37 @@ def test_sharpness_matched_pairs_never_prefer_the_blurrier_video():
     none = make_pairs(rows[:2] + [row(7, 0.5, 0.95, 0.1)], 0, min_gap=0.05, motion_threshold=0.001,
                       motion_matched=True, sharpness_matched=True)
     assert none.pairs == [] and none.dropped_prompts["no_winner_matching_a_loser_on_motion_and_sharpness"] == 1
+
+
+def test_several_disjoint_pairs_per_prompt():
+    rows = [_row("a", s, score) for s, score in enumerate([0.1, 0.2, 0.3, 0.34, 0.6, 0.9], start=1)]
+    one = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001)
+    assert [(p.winner["seed"], p.loser["seed"]) for p in one.pairs] == [(1, 6)]  # the default: best vs worst only
+    three = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, pairs_per_prompt=3)
+    # best vs worst, then the next best vs the next worst; the third (0.30 vs 0.34) misses min_gap
+    assert [(p.winner["seed"], p.loser["seed"]) for p in three.pairs] == [(1, 6), (2, 5)]
+    assert len({p.pair_id for p in three.pairs}) == 2 and not three.dropped_prompts
+    # matching holds for every pair, and no video is in two pairs
+    moving = [{**r, "motion": m} for r, m in zip(rows, [0.1, 0.9, 0.5, 0.6, 0.4, 0.3])]
+    matched = make_pairs(moving, 0, min_gap=0.0, motion_threshold=0.001, motion_matched=True, pairs_per_prompt=3)
+    assert [(p.winner["seed"], p.loser["seed"]) for p in matched.pairs] == [(2, 6), (3, 5)]
+    assert all(p.winner["motion"] >= p.loser["motion"] for p in matched.pairs)
+
+
+def test_adjusted_pairs_rank_what_motion_does_not_explain():
+    # The score rises with camera speed (0.1 per unit of log motion) in both prompts; on top of that,
+    # seed 3 is inconsistent (+0.05) and seed 6 unusually consistent (-0.05), at middling speeds.
+    motions = [1.0, 2.0, 4.0, 8.0]
+    extra = {3: 0.05, 6: -0.05}
+    rows = [_row(pid, seed, 0.1 * math.log(m) + extra.get(seed, 0.0), motion=m)
+            for pid, seeds in (("a", (1, 2, 3, 4)), ("b", (5, 6, 7, 8))) for seed, m in zip(seeds, motions)]
+    plain = make_pairs(rows, 0, min_gap=0.0, motion_threshold=0.0)
+    assert [(p.winner["seed"], p.loser["seed"]) for p in plain.pairs] == [(1, 4), (5, 8)]  # slowest beats fastest
+    adjusted = make_pairs(rows, 0, min_gap=0.0, motion_threshold=0.0, adjust_for=("motion",))
+    pairs = {p.prompt_id: (p.winner["seed"], p.loser["seed"]) for p in adjusted.pairs}
+    assert pairs["a"][1] == 3 and pairs["b"][0] == 6  # the inconsistent one loses, the consistent one wins
+    assert adjusted.summary()["adjusted_for"]["motion"] == pytest.approx(0.1, abs=0.02)
+    # pairs keep their raw scores; a covariate that cannot be logged drops its candidate
+    assert all(p.winner["score"] == next(r["score"] for r in rows if r["seed"] == p.winner["seed"]) for p in adjusted.pairs)
+    zero = make_pairs([*rows, _row("a", 9, 0.0, motion=0.0)], 0, min_gap=0.0, motion_threshold=0.0, adjust_for=("motion",))
+    assert zero.dropped_candidates["covariate_not_positive"] == 1
