@@ -137,8 +137,10 @@ def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt
     ]
     log.info("generating and scoring %d candidates (%d prompts × %d)", len(rows), len(prompts), k)
     lora_rel = RoundPaths(paths.index - 1).lora if paths.index > 0 else None
+    # Every candidate also gets its Epipolar score (SIFT, cheap next to the GFM), from the frames in
+    # memory: the same candidates can then be paired under either reward, and each round reports both.
     ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, paths.videos, lora_rel,
-                                  cfg.generation_pool, cfg.scoring_pool)
+                                  cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
     ds.write_parquet(store.path(paths.candidates), filesystem=store.fs)
     _remove_torn_writes(store, paths.videos)
     return _file_listing(store, paths.candidates)
@@ -192,6 +194,15 @@ def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
 def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
     store.delete_dir(paths.pairs)
     candidates = _read_candidates(store, paths)
+    reward, scored_as = cfg.scoring.scorer, (candidates[0]["scorer"] if candidates else "")
+    if candidates and scored_as.split(":")[0] != reward:
+        # Scored under the other reward: pair on this reward's column (every candidate has both, see
+        # _candidates_stage), so one set of candidates serves both rewards.
+        if not any(math.isfinite(c[reward]) for c in candidates):
+            raise InputError(f"round {paths.index}: its candidates have no {reward} scores (scored as {scored_as}); "
+                             f"score them again with scoring.scorer={reward} (videogpa score)")
+        scored_as = f"{reward}:{scored_as.split(':', 1)[-1]}"
+        candidates = [{**c, "score": c[reward], "scorer": scored_as} for c in candidates]
     report = make_pairs(candidates, paths.index, cfg.pairing.min_gap, cfg.pairing.motion_threshold,
                          cfg.pairing.motion_matched, cfg.pairing.sharpness_matched, cfg.pairing.pairs_per_prompt,
                          tuple(cfg.pairing.adjust_for))
@@ -216,7 +227,7 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
     ]
     build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool).write_parquet(
         store.path(paths.pairs), filesystem=store.fs)
-    return {**_file_listing(store, paths.pairs), "pairing": summary}
+    return {**_file_listing(store, paths.pairs), "pairing": summary, "scorer": scored_as}
 
 
 def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
@@ -265,7 +276,7 @@ def finish_round(cfg: VideoGPAConfig, store: RunStore, paths: RoundPaths) -> dic
     metrics = {
         "round": paths.index,
         "candidates": len(candidates),
-        "scorer": candidates[0]["scorer"] if candidates else None,
+        "scorer": pairs_marker.get("scorer") or (candidates[0]["scorer"] if candidates else None),
         "pairs_kept": pairs_marker["pairing"]["pairs_kept"],
         "candidates_dropped": pairs_marker["pairing"]["candidates_dropped"],
         "prompts_dropped": pairs_marker["pairing"]["prompts_dropped"],

@@ -240,6 +240,20 @@ def test_no_pair_left_is_one_clear_line(tmp_path, ray_address):
     assert _snapshot(rnd) == before and not (rnd / "pairs.done.json").exists()
 
 
+def test_pairing_under_a_reward_the_candidates_lack_is_one_clear_line(tmp_path, ray_address):
+    """Candidates scored by 3DCS without Epipolar scores (rescored from their videos) cannot be paired
+    by Epipolar: one line naming the missing reward and the way out; nothing written."""
+    config, rnd = _prepared_round(tmp_path, [
+        {"prompt_id": "a", "seed": 1, "score": 0.1, "3dcs": 0.1, "motion": 0.2},
+        {"prompt_id": "a", "seed": 2, "score": 0.3, "3dcs": 0.3, "motion": 0.2},
+    ])
+    before = _snapshot(rnd)
+    result = run_cli("pairs", "--config", str(config), "scoring.scorer=epipolar", env={"RAY_ADDRESS": ray_address})
+    assert_one_line_error(result, "round 0: its candidates have no epipolar scores (scored as 3dcs:tiny)",
+                          "scoring.scorer=epipolar")
+    assert _snapshot(rnd) == before and not (rnd / "pairs.done.json").exists()
+
+
 @pytest.mark.slow
 def test_unscorable_and_static_candidates_are_dropped_and_counted(tmp_path, ray_address):
     """One prompt keeps a pair although one of its candidates scored NaN; a prompt whose candidates

@@ -57,6 +57,17 @@ def test_stages_one_by_one_with_rescoring(tmp_path):
     assert cli("generate", *common).returncode == 0
     run = tmp_path / "stages" / "round-000"
     before = json.loads((run / "candidates.done.json").read_text())
+    # The 3DCS-scored candidates carry their Epipolar scores too: they pair under that reward as they are.
+    candidates = pq.ParquetDataset([str(tmp_path / "stages" / f["path"]) for f in before["files"]]).read().to_pylist()
+    assert {c["scorer"] for c in candidates} == {"3dcs:tiny"}
+    out = cli("pairs", *common, "scoring.scorer=epipolar")
+    assert out.returncode == 0, out.stderr[-3000:]
+    pairs = pq.read_table(run / "pairs").to_pylist()
+    epipolar = {(c["prompt_id"], c["seed"]): c["epipolar"] for c in candidates}
+    assert pairs and {p["scorer"] for p in pairs} == {"epipolar:tiny"}
+    for p in pairs:
+        assert (p["winner_score"], p["loser_score"]) == (epipolar[p["prompt_id"], p["winner_seed"]],
+                                                         epipolar[p["prompt_id"], p["loser_seed"]])
     rescored = cli("score", *common, "scoring.scorer=epipolar")
     assert rescored.returncode == 0, rescored.stderr[-3000:]
     after = json.loads((run / "candidates.done.json").read_text())
