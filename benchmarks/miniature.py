@@ -14,7 +14,7 @@ Ray Train + DeepSpeed Diffusion-DPO), all evaluated by ``pipelines.evaluate.run_
 same held-out prompts and seeds (base vs base+LoRA):
   * ``offline``   rounds=1, 3DCS reward;
   * ``online``    rounds=2 (round 1 samples from base + round-0 LoRA and anchors DPO to it), results per round;
-  * ``epipolar``  rounds=1, Epipolar reward (Epipolar-DPO, the paper's baseline);
+  * ``epipolar``  rounds=1, Epipolar reward (Epipolar-DPO, the paper's baseline) on the offline arm's candidates;
   * ``sft``       rounds=1, the offline arm's 3DCS pairs, trainer.objective=sft (fine-tune on the winners only).
 
 The confidence interval of mean(aligned - base), paired by (prompt, seed), is a seeded percentile
@@ -33,7 +33,7 @@ paired difference has a standard deviation of 0.15-0.20 against effects of 0.02-
 would leave a real effect undetected.
 
     python benchmarks/miniature.py            # full experiment (committed models, 15 sampling steps:
-                                              # 29.6 min measured on a 2-core machine)
+                                              # 28.1 min measured on a 2-core machine)
     python benchmarks/miniature.py --smoke    # CI smoke mode (< 3 min with cached models)
 
 ``eval_gfm_checks`` says how far the evaluation GFM can be trusted: its 3DCS AUROC on corrupted vs
@@ -129,8 +129,8 @@ SMOKE = {
     "reward_gfm_seed": 0,
     "eval_gfm_seed": 1,
     "train_repeats": 1,        # 3 prompt ids
-    # One pair is enough: in the smoke's samples a worse score goes with a faster camera and sharper
-    # frames, so motion- and sharpness-matched pairing leaves 2 of its 3 prompts without a pair.
+    # Batches of one pair: a smoke round can be left with a single pair (matched pairing, an option,
+    # left 2 of its 3 prompts without one).
     "overrides": ["pairing.candidates_per_prompt=3", "trainer.max_steps=2", "trainer.warmup_steps=0",
                "trainer.effective_batch_size=1", "trainer.micro_batch_size=1", "trainer.checkpoint_every=2",
                "sampling.num_inference_steps=10"],
@@ -403,10 +403,10 @@ ARM_SPECS = {
     # online arm resumes the offline run: its round 0 is the offline arm's and only round 1 is new.
     "offline": ("videogpa", [], 1, ()),
     "online": ("videogpa", [], 2, ()),
-    # Epipolar-DPO generates its own candidates, though they are the offline arm's videos: scored from
-    # the stored mp4s instead of the frames in memory, a 32 px video's Epipolar score changes a lot
-    # (rank correlation 0.52 over 144 candidates), so rescoring would not be the same baseline.
-    "epipolar": ("epipolar-dpo", ["scoring.scorer=epipolar"], 1, ()),
+    # Epipolar-DPO pairs the offline arm's candidates by their Epipolar scores, which the candidates
+    # stage computed from the frames in memory (rescoring the stored mp4s would not do: at 32 px that
+    # changes a video's Epipolar score a lot, rank correlation 0.52 over 144 candidates).
+    "epipolar": ("epipolar-dpo", ["scoring.scorer=epipolar"], 1, ("candidates",)),
     # SFT on the winners of the offline arm's own 3DCS pairs (trainer.objective=sft): the baseline
     # that tells preference learning apart from "fine-tune on good samples".
     "sft": ("sft-winners", ["trainer.objective=sft"], 1, ("candidates", "pairs")),
