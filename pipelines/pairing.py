@@ -91,8 +91,9 @@ def make_pairs(
     adjust_for: tuple[str, ...] = (),
 ) -> PairingReport:
     """Rows need prompt_id, prompt, image, seed, score, motion (and sharpness when matched or adjusted
-    on it). Lower score is better; ``min_gap`` applies to the adjusted score when ``adjust_for`` is set. A prompt is dropped (and counted) when not even its first pair can be made;
-    further pairs stop at the first one that would break ``min_gap`` or the matching."""
+    on it). Lower score is better; ``min_gap`` applies to the adjusted score when ``adjust_for`` is set.
+    A prompt is dropped (and counted) when not even its first pair can be made; further pairs stop at
+    the first one that would break ``min_gap`` or the matching."""
     report = PairingReport()
     matched_on = (*(("motion",) if motion_matched else ()), *(("sharpness",) if sharpness_matched else ()))
     by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
