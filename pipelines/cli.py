@@ -33,14 +33,17 @@ def _find_input_error(err: BaseException) -> InputError | None:
 
 def _config_on_ray(args: argparse.Namespace):
     """The validated config, with Ray joined: the cluster a `ray job submit` runs us on
-    (RAY_ADDRESS), the configured address, or a new local one."""
+    (RAY_ADDRESS), the configured address, or a new local one; refused before any work where the
+    cluster's nodes could not all reach ``output_uri``."""
     import ray
 
     from pipelines.config import load_config
+    from pipelines.placement import check_output_shared
 
     cfg = load_config(args.config, args.overrides)
     if not ray.is_initialized():
         ray.init(address=cfg.ray.address, log_to_driver=True)
+    check_output_shared(cfg)
     return cfg
 
 

@@ -162,6 +162,33 @@ def test_autoscaling_gpu_group_scales_from_zero():
             assert any(t.get("key") == "nvidia.com/gpu" for t in tolerations), f"{where}: no GPU toleration"
 
 
+def test_every_cluster_autoscales_as_the_rehearsal_cluster():
+    """Ray's KubeRay translator (what the autoscaler sidecar runs) gives every manifest's cluster the
+    same autoscaler settings, and the rehearsal cluster of tests/test_elastic.py runs exactly them
+    but for the declared LOCAL_OVERRIDES (idle timeout, GPU node count, object store size)."""
+    from tests.ray_clusters import LOCAL_OVERRIDES, kuberay_autoscaling_config, manifest_cluster_spec, rehearsal_config
+
+    reference = kuberay_autoscaling_config(manifest_cluster_spec())
+    for where, spec in _cluster_specs():
+        derived = kuberay_autoscaling_config(spec)
+        for key in ("available_node_types", "upscaling_speed", "idle_timeout_minutes", "max_workers", "head_node_type"):
+            assert derived[key] == reference[key], (where, key)
+    gpu = reference["available_node_types"]["gpu"]
+    assert gpu["min_workers"] == 0 and gpu["resources"]["GPU"] == 1
+    assert reference["available_node_types"]["headgroup"]["resources"].get("GPU", 0) == 0
+    assert reference["available_node_types"]["headgroup"]["resources"]["CPU"] == 0
+
+    rehearsal = rehearsal_config(reference, "127.0.0.1:1", "/tmp/nodes")
+    assert rehearsal["provider"]["module"] == "tests.ray_clusters.RehearsalNodeProvider"
+    assert rehearsal["upscaling_speed"] == reference["upscaling_speed"]
+    assert rehearsal["idle_timeout_minutes"] * 60 == LOCAL_OVERRIDES["idle_timeout_s"]
+    local_gpu = rehearsal["available_node_types"]["gpu"]
+    assert local_gpu["min_workers"] == gpu["min_workers"] == 0
+    assert local_gpu["max_workers"] == min(gpu["max_workers"], LOCAL_OVERRIDES["max_gpu_workers"])
+    assert {k: v for k, v in local_gpu["resources"].items() if k != "object_store_memory"} == \
+        {k: v for k, v in gpu["resources"].items() if k != "memory"}
+
+
 def test_head_runs_no_work_and_is_not_exposed():
     for where, spec in _cluster_specs():
         head = spec["headGroupSpec"]

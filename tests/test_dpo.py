@@ -96,12 +96,14 @@ def test_lr_schedule_linear_warmup_then_cosine():
 
 def test_deepspeed_config_batch_arithmetic_and_precision():
     cfg = TrainerConfig(micro_batch_size=2, effective_batch_size=16, zero_stage=3)
-    ds = build_deepspeed_config(cfg, world_size=4)
+    ds = build_deepspeed_config(cfg, world_size=4, device_type="cpu")
     assert ds["gradient_accumulation_steps"] == 2 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["train_batch_size"] == 16 and ds["zero_optimization"]["stage"] == 3
     assert ds["gradient_clipping"] == 1.0 and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["bf16"]["enabled"] is False  # CPU -> fp32
-    assert build_deepspeed_config(cfg.model_copy(update={"use_gpu": True}), 4)["bf16"]["enabled"] is True
+    # "auto" follows the device the workers really have, not what they asked Ray for.
+    assert build_deepspeed_config(cfg, 4, "cuda")["bf16"]["enabled"] is True
+    assert build_deepspeed_config(cfg.model_copy(update={"use_gpu": True}), 4, "cpu")["bf16"]["enabled"] is False
     with pytest.raises(InputError) as err:
         gradient_accumulation_steps(TrainerConfig(micro_batch_size=3, effective_batch_size=16), 2)
     assert "\n" not in str(err.value) and "effective_batch_size=16" in str(err.value)

@@ -11,10 +11,10 @@ from actors.errors import InputError
 from trainers.config import TrainerConfig
 
 
-def resolve_precision(cfg: TrainerConfig) -> str:
+def resolve_precision(cfg: TrainerConfig, device_type: str) -> str:
     """"bf16" or "fp32": "auto" means bf16 on GPU (paper setting), fp32 on CPU."""
     if cfg.precision == "auto":
-        return "bf16" if cfg.use_gpu else "fp32"
+        return "bf16" if device_type == "cuda" else "fp32"
     return cfg.precision
 
 
@@ -29,10 +29,11 @@ def gradient_accumulation_steps(cfg: TrainerConfig, world_size: int) -> int:
     return cfg.effective_batch_size // per_pass
 
 
-def build_deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config. The LR schedule is *not* in here: see :func:`lr_lambda`."""
+def build_deepspeed_config(cfg: TrainerConfig, world_size: int, device_type: str) -> dict[str, Any]:
+    """The DeepSpeed JSON config for workers on ``device_type`` ("cuda" or "cpu"). The LR schedule
+    is *not* in here: see :func:`lr_lambda`."""
     accum = gradient_accumulation_steps(cfg, world_size)
-    bf16 = resolve_precision(cfg) == "bf16"
+    bf16 = resolve_precision(cfg, device_type) == "bf16"
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
     return {
         "train_batch_size": cfg.effective_batch_size,

@@ -35,6 +35,30 @@ def _strip_scheme(path: str, filesystem) -> str:
     return path
 
 
+def workers_have_cuda(cfg: TrainerConfig) -> bool:
+    """Whether the trainer's workers will really have a CUDA device.
+
+    ``trainer.use_gpu`` asks Ray for one GPU per worker (placement); the device is what the
+    process gets. A ``GPU`` resource without a GPU behind it (a CPU-only rehearsal cluster, a
+    mislabelled node) would otherwise fail in NCCL or torch.cuda. Asked once, of a task with a
+    worker's resources, so it lands where the workers will (and an autoscaler starts that node).
+    """
+    if not cfg.use_gpu:
+        return False
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=cfg.cpus_per_worker)
+    def probe() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    has_cuda = ray.get(probe.remote())
+    if not has_cuda:
+        logger.warning("trainer.use_gpu: the GPU workers see no CUDA device; training on their CPUs (gloo)")
+    return has_cuda
+
+
 def check_pair_files(pair_files: list[str], filesystem=None) -> int:
     """Refuse missing files and other schema versions, naming the file; returns the row count."""
     if not pair_files:
@@ -84,6 +108,7 @@ def train_dpo(
             f"train: {n_pairs} pairs < trainer.effective_batch_size={cfg.effective_batch_size} (one optimizer step)"
         )
 
+    device = "cuda" if workers_have_cuda(cfg) else "cpu"
     # include_paths: a bad row found inside a worker can still name its file.
     ds = ray.data.read_parquet(pair_files, filesystem=filesystem, include_paths=True).select_columns(
         [*TRAIN_COLUMNS, "path"]  # pushed down into the Parquet read: metadata columns are not read
@@ -95,6 +120,7 @@ def train_dpo(
         "lora_out_dir": _strip_scheme(lora_out_dir, filesystem),
         "previous_lora_dir": _strip_scheme(previous_lora_dir, filesystem) if previous_lora_dir else None,
         "fault": os.environ.get(FAULT_ENV),
+        "device": device,
     }
     trainer = TorchTrainer(
         train_loop,
@@ -102,7 +128,7 @@ def train_dpo(
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
         datasets={"train": ds},
         # preserve_order makes the split across workers (and so each worker's order) deterministic,
         # which is what lets a resumed run skip exactly the pairs it had consumed.

@@ -110,11 +110,12 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     )
 
     cfg = TrainerConfig(**config["trainer"])
-    if not cfg.use_gpu:
+    on_cpu = config["device"] == "cpu"  # what the workers really have (trainers.train.workers_have_cuda)
+    if on_cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks an accelerator
     import deepspeed
 
-    if not cfg.use_gpu:
+    if on_cpu:
         _skip_cpu_shm_op()
     import ray.train
 
@@ -127,7 +128,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     model = ModelConfig(**config["model"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    device = torch.device("cpu") if on_cpu else ray.train.torch.get_device()
     filesystem = config.get("filesystem")
 
     # -- model: base transformer (frozen) + LoRA policy (+ frozen reference adapter) --
@@ -148,7 +149,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     engine, _, _, _ = deepspeed.initialize(
         model=transformer,
         model_parameters=[p for _, p in named],
-        config=build_deepspeed_config(cfg, world),
+        config=build_deepspeed_config(cfg, world, device.type),
         lr_scheduler=make_lr_scheduler(cfg),
         dist_init_required=False,  # Ray Train already created the process group; reuse it
     )
