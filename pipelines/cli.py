@@ -10,7 +10,6 @@ from typing import Callable
 
 from actors.errors import InputError
 
-log = logging.getLogger("videogpa")
 
 STAGE_COMMANDS = {"generate": "candidates", "pairs": "pairs", "train": "train"}
 
@@ -47,11 +46,20 @@ def _config_on_ray(args: argparse.Namespace):
     return cfg
 
 
+def _open_run(args: argparse.Namespace, cfg):
+    """The run's store with this command's config recorded and its log attached."""
+    from pipelines.rounds import open_run
+
+    store = open_run(cfg, args.command, args.stamp, getattr(args, "allow_config_change", False))
+    args.run_log.attach(store)
+    return store
+
+
 def _cmd_align(args: argparse.Namespace) -> int:
     from pipelines.rounds import run_align
 
     cfg = _config_on_ray(args)
-    results = run_align(cfg)
+    results = run_align(cfg, _open_run(args, cfg))
     last = results[-1] if results else {}
     print(json.dumps({"run": cfg.run_name, "rounds": len(results), "last_round": last}, default=str))
     return 0
@@ -59,20 +67,20 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     from pipelines.prompts import load_prompts
-    from pipelines.rounds import open_run, run_round, storage_spec
+    from pipelines.rounds import run_round, storage_spec
 
     cfg = _config_on_ray(args)
-    store = open_run(cfg)
+    store = _open_run(args, cfg)
     prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
     run_round(cfg, store, prompts, args.round, stages=(STAGE_COMMANDS[args.command],))
     return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from pipelines.rounds import open_run, rescore_round
+    from pipelines.rounds import rescore_round
 
     cfg = _config_on_ray(args)
-    listing = rescore_round(cfg, open_run(cfg), args.round)
+    listing = rescore_round(cfg, _open_run(args, cfg), args.round)
     print(json.dumps({"round": args.round, "candidates": listing["rows"]}))
     return 0
 
@@ -81,7 +89,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import run_evaluate
 
     cfg = _config_on_ray(args)
-    result = run_evaluate(cfg, args.round)
+    result = run_evaluate(cfg, args.round, _open_run(args, cfg))
     print(result["table"])
     return 0
 
@@ -111,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    with_config("align", "the main job: every round generates, scores, pairs, trains", _cmd_align)
+    p = with_config("align", "the main job: every round generates, scores, pairs, trains", _cmd_align)
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="continue a run whose completed work was made under another model/sampling/scoring/"
+                        "pairing/trainer config (the new config is recorded beside config.yaml)")
     for name, stage in STAGE_COMMANDS.items():
         p = with_config(name, f"run the '{stage}' stage of one round alone", _cmd_stage)
         p.add_argument("--round", type=int, default=0)
@@ -135,24 +146,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import traceback
+
+    from pipelines.provenance import command_stamp
+    from pipelines.run_log import RunLog
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.stamp = command_stamp()
+    args.run_log = run_log = RunLog(args.command, args.stamp)  # before logging, so its handler writes to both
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    code, line = 0, None
     try:
-        return args.handler(args)
+        code = args.handler(args)
     except KeyboardInterrupt:
-        print("videogpa: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        code, line = 130, "videogpa: interrupted; run the same command again to resume"
     except BaseException as err:  # noqa: BLE001 - the one place that turns errors into an exit code
         if args.debug or isinstance(err, SystemExit):
+            run_log.close()
             raise
         found = _find_input_error(err)
         if found is not None:
-            print(f"videogpa: error: {found}", file=sys.stderr)
-            return 2
-        log.exception("failed")
-        print(f"videogpa: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-              file=sys.stderr)
-        return 1
+            code, line = 2, f"videogpa: error: {found}"
+        else:
+            # The traceback goes to the run's log only: the terminal gets one line that says where.
+            run_log.write_only_to_file(traceback.format_exc())
+            where = "; ".join(getattr(err, "__notes__", [])) or args.command
+            first = str(err).splitlines()[0] if str(err) else ""
+            code, line = 1, f"videogpa: failed in {where}: {type(err).__name__}: {first} (full log: {run_log.where})"
+    if line is not None:
+        run_log.write_only_to_file(line + "\n")
+    try:
+        run_log.close(keep_local=code == 1)
+    except (OSError, InputError) as err:  # the run's storage failed too: the terminal line still comes
+        print(f"(could not save the log into the run: {str(err).splitlines()[0]})", file=sys.stderr)
+    if line is not None:
+        print(line, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

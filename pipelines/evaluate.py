@@ -108,8 +108,8 @@ def _base_samples(cfg: VideoGPAConfig, base_store: RunStore, rows: list[dict[str
     return samples
 
 
-def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None) -> dict[str, Any]:
-    store = open_run(cfg)
+def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: RunStore | None = None) -> dict[str, Any]:
+    store = store or open_run(cfg, "evaluate")
     index = last_complete_round(store, cfg.rounds) if round_index is None else round_index
     lora = RoundPaths(index).lora
     if not store.exists(f"{lora}/pytorch_lora_weights.safetensors"):

@@ -23,9 +23,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from actors.errors import InputError
-from pipelines.config import VideoGPAConfig, dump_config
+from pipelines.config import VideoGPAConfig
 from pipelines.pairing import make_pairs
 from pipelines.prompts import Prompt, load_prompts
+from pipelines.provenance import command_stamp, record_config
 from pipelines.stages import (
     CANDIDATE_META_COLUMNS,
     build_candidates_dataset,
@@ -78,20 +79,17 @@ def candidate_seed(run_seed: int, round_index: int, prompt_id: str, k: int) -> i
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def open_run(cfg: VideoGPAConfig) -> RunStore:
-    """The run's store, with the resolved config saved in it."""
+def open_run(cfg: VideoGPAConfig, command: str = "align", stamp: str | None = None,
+             allow_config_change: bool = False) -> RunStore:
+    """The run's store, with this command's config recorded in it (``pipelines.provenance``)."""
     store = RunStore(storage_spec(cfg), cfg.run_name)
-    text = dump_config(cfg)
-    if store.exists("config.yaml") and store.read_bytes("config.yaml").decode("utf-8") != text:
-        log.warning("config differs from the one saved in %s; completed rounds keep their outputs",
-                    store.uri("config.yaml"))
-    store.write_bytes("config.yaml", text.encode("utf-8"))
+    store.config_rel = record_config(store, cfg, command, stamp or command_stamp(), allow_config_change)
     return store
 
 
-def run_align(cfg: VideoGPAConfig) -> list[dict[str, Any]]:
+def run_align(cfg: VideoGPAConfig, store: RunStore | None = None) -> list[dict[str, Any]]:
     """Every round, resuming where the run stopped; returns each round's metrics."""
-    store = open_run(cfg)
+    store = store or open_run(cfg)
     prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
     results = []
     for index in range(cfg.rounds):
@@ -117,7 +115,11 @@ def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index
             continue
         log.info("round %d · stage %d/%d %s: starting", index, number, len(STAGES), stage)
         start = time.perf_counter()
-        marker = _STAGE_FUNCTIONS[stage](cfg, store, prompts, paths)
+        try:
+            marker = _STAGE_FUNCTIONS[stage](cfg, store, prompts, paths)
+        except Exception as err:
+            err.add_note(f"round {index} · stage {stage}")  # the CLI's one failure line names it
+            raise
         timings[stage] = round(time.perf_counter() - start, 2)
         marker["seconds"] = timings[stage]
         store.write_json(paths.marker(stage), marker)
@@ -283,6 +285,7 @@ def finish_round(cfg: VideoGPAConfig, store: RunStore, paths: RoundPaths) -> dic
         "scores": {key: _stats([c[key] for c in candidates]) for key in ("score", "3dcs", "epipolar", "motion", "psnr", "ssim")},
         "train": train_marker["metrics"],
         "stage_seconds": {stage: markers[stage]["seconds"] for stage in STAGES},
+        "config": store.config_rel,
     }
     store.write_json(paths.metrics, metrics)
     manifest = {

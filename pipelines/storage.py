@@ -68,6 +68,8 @@ class RunStore:
 
     def __init__(self, spec: StorageSpec, run_name: str):
         self.spec, self.run_name = spec, run_name
+        # The run-relative path of the config the current command runs under (pipelines.provenance).
+        self.config_rel = "config.yaml"
         self.fs, root = make_filesystem(spec)
         self.root = f"{root}/{run_name}"
 
@@ -101,6 +103,13 @@ class RunStore:
 
     def list_files(self, rel: str, suffix: str = "") -> list[str]:
         """Run-relative paths of the files directly under ``rel`` ending in ``suffix``, sorted."""
+        return self._list(rel, pafs.FileType.File, suffix)
+
+    def list_dirs(self, rel: str) -> list[str]:
+        """Run-relative paths of the folders directly under ``rel`` ("" is the run itself), sorted."""
+        return self._list(rel, pafs.FileType.Directory, "")
+
+    def _list(self, rel: str, kind: pafs.FileType, suffix: str) -> list[str]:
         if not self.exists(rel):
             return []
         try:
@@ -108,9 +117,7 @@ class RunStore:
         except OSError as err:
             raise _storage_error(self.uri(rel), err) from None
         prefix = self.root + "/"
-        return sorted(
-            i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
-        )
+        return sorted(i.path[len(prefix):] for i in infos if i.type == kind and i.path.endswith(suffix))
 
     # -- writing ---------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:

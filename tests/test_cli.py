@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,13 +50,14 @@ def test_stages_one_by_one_with_rescoring(tmp_path):
     common = ["--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=stages", "prompts.limit=2",
               "trainer.effective_batch_size=1", "scoring.epipolar_min_size=256"]
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
+    def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+                             text=True, timeout=600, env={**os.environ, **(env or {})})
         return out
 
     assert cli("generate", *common).returncode == 0
     run = tmp_path / "stages" / "round-000"
+    first_config = (run.parent / "config.yaml").read_bytes()
     before = json.loads((run / "candidates.done.json").read_text())
     # The 3DCS-scored candidates carry their Epipolar scores too: they pair under that reward as they are.
     candidates = pq.ParquetDataset([str(tmp_path / "stages" / f["path"]) for f in before["files"]]).read().to_pylist()
@@ -79,11 +81,42 @@ def test_stages_one_by_one_with_rescoring(tmp_path):
     np.testing.assert_array_equal(scores["score"].to_numpy(), scores["epipolar"].to_numpy())
     assert np.isfinite(scores["score"].to_numpy()).sum() >= 4, scores["score"]  # two per prompt: pairs possible
 
-    for stage in ("pairs", "train"):
-        out = cli(stage, *common, "scoring.scorer=epipolar")
-        assert out.returncode == 0, out.stderr[-3000:]
+    out = cli("pairs", *common, "scoring.scorer=epipolar")
+    assert out.returncode == 0, out.stderr[-3000:]
+    # A failure that is no input error: one line naming the stage and the log, and the traceback in the
+    # log. (Ray still forwards its workers' own tracebacks to the terminal.)
+    failed = cli("train", *common, "scoring.scorer=epipolar", "trainer.max_failures=0",
+                 env={"VIDEOGPA_TRAIN_FAULT_AT_STEP": f"1:{tmp_path / 'fault-marker'}"})
+    ours = [line for line in failed.stderr.splitlines() if line.startswith("videogpa: ")]
+    assert failed.returncode == 1 and len(ours) == 1, failed.stderr[-3000:]
+    last = ours[0]
+    assert last.startswith("videogpa: failed in round 0 · stage train: ") and "full log: " in last, last
+    log_file = Path(last.rsplit("full log: ", 1)[1].rstrip(")"))
+    assert log_file.parent == run.parent / "logs" and "injected fault after step 1" in log_file.read_text()
+    assert "Traceback" in log_file.read_text() and last in log_file.read_text()
+
+    out = cli("train", *common, "scoring.scorer=epipolar")
+    assert out.returncode == 0, out.stderr[-3000:]
     assert (run / "manifest.json").exists() and (run / "lora" / "pytorch_lora_weights.safetensors").exists()
 
     refused = cli("score", *common)
     assert refused.returncode == 2 and "rescoring would rewrite it" in refused.stderr
     assert len(refused.stderr.strip().splitlines()[-1]) < 300
+
+    # Provenance: config.yaml is the first command's, never rewritten; each later config is recorded
+    # beside it, and each round's metrics name the one it was finished under; every command left its log.
+    assert (run.parent / "config.yaml").read_bytes() == first_config
+    recorded = sorted(p.name for p in (run.parent / "configs").iterdir())
+    assert [name.rsplit("-", 1)[1] for name in recorded] == sorted(["pairs.yaml", "score.yaml", "train.yaml",
+                                                                     "pairs.yaml", "train.yaml"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"].startswith("configs/") and metrics["config"].endswith("-train.yaml")
+    assert "scorer: epipolar" in (run.parent / metrics["config"]).read_text()
+    logs = sorted(p.name.rsplit("-", 1)[1] for p in (run.parent / "logs").iterdir())
+    assert logs == sorted(["generate.log", "pairs.log", "score.log", "train.log", "pairs.log", "train.log",
+                           "score.log"]), logs
+    changed = cli("align", *common, "sampling.num_inference_steps=5")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr, changed.stderr[-3000:]
+    line = changed.stderr.strip().splitlines()[-1]
+    assert line.startswith("videogpa: error: config differs from ") and "sampling.num_inference_steps" in line
+    assert (run.parent / "config.yaml").read_bytes() == first_config

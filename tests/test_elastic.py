@@ -56,7 +56,7 @@ def test_local_output_on_a_multi_node_cluster_stops_before_any_work(local_output
     errors = [line for line in logs.splitlines() if line.startswith("videogpa: ")]
     assert len(errors) == 1 and "Traceback" not in logs, logs[-3000:]
     assert errors[0].startswith("videogpa: error: output_uri=") and "s3://" in errors[0], errors
-    assert "generation_pool needs {GPU: 1" in errors[0], errors
+    assert "generation_pool needs {CPU: 1, GPU: 1}" in errors[0], errors
     assert gpu_nodes == [] and list(out.iterdir()) == [], "no node was started and nothing was written"
 
 
