@@ -107,8 +107,8 @@ def test_stages_one_by_one_with_rescoring(tmp_path):
     # beside it, and each round's metrics name the one it was finished under; every command left its log.
     assert (run.parent / "config.yaml").read_bytes() == first_config
     recorded = sorted(p.name for p in (run.parent / "configs").iterdir())
-    assert [name.rsplit("-", 1)[1] for name in recorded] == sorted(["pairs.yaml", "score.yaml", "train.yaml",
-                                                                     "pairs.yaml", "train.yaml"])
+    assert sorted(name.rsplit("-", 1)[1] for name in recorded) == sorted(["pairs.yaml", "score.yaml", "train.yaml",
+                                                                           "pairs.yaml", "train.yaml"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["config"].startswith("configs/") and metrics["config"].endswith("-train.yaml")
     assert "scorer: epipolar" in (run.parent / metrics["config"]).read_text()
