@@ -36,6 +36,15 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line as one string ("" when it is gone or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def kill_marked(marker: str, grace_s: float = 10.0) -> list[int]:
     """SIGTERM, then SIGKILL, every process of this cluster; returns those still alive (should be none)."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):

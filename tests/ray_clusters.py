@@ -46,7 +46,7 @@ from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscali
 from ray.autoscaler.tags import (NODE_KIND_WORKER, STATUS_UP_TO_DATE, TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME,
                                  TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE)
 
-from tests.processes import MARKER_VAR, kill_marked, marked_pids
+from tests.processes import MARKER_VAR, cmdline, kill_marked, marked_pids
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV_FILE = REPO_ROOT / "cluster" / "runtime_env.yaml"
@@ -285,7 +285,7 @@ class AutoscalingCluster(_MarkedCluster):
         """SIGKILL one worker node whole, as a preempted spot instance: its raylet and every process
         under it (agents, workers, actors). The autoscaler and GCS find out the way they would."""
         raylets = [pid for pid in marked_pids(self.marker) if _environ_has(pid, f"{NODE_ID_VAR}={node_id}")
-                   and "raylet/raylet" in _cmdline(pid)]
+                   and "raylet/raylet" in cmdline(pid)]
         if not raylets:
             raise AssertionError(f"no raylet of node {node_id} among this cluster's processes")
         victims = _with_descendants(raylets)
@@ -371,14 +371,6 @@ class Timeline:
 
     def latest(self) -> dict:
         return self.samples[-1] if self.samples else {"gpu_nodes": [], "actors": {p: [] for p in self.pools}}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _environ_has(pid: int, entry: str) -> bool:

@@ -21,25 +21,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flaky_s3_proxy import FlakyS3Proxy
-from tests.processes import kill_driver_when, kill_marked, marked_pids, snapshot, start_cli
+from tests.processes import cmdline, kill_driver_when, kill_marked, marked_pids, snapshot, start_cli
 
 pytestmark = pytest.mark.slow
 
 BASE_ARGS = ["align", "--config", "configs/quickstart.yaml", "prompts.limit=2", "trainer.log_every=1"]
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _kill_one(marker: str, title: str) -> int | None:
     """SIGKILL the one process of this run whose title names ``title`` (a Ray actor); its pid or None."""
     for pid in marked_pids(marker):
-        if title in _cmdline(pid):
+        if title in cmdline(pid):
             os.kill(pid, signal.SIGKILL)
             return pid
     return None
