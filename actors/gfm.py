@@ -12,6 +12,7 @@ imported lazily).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -171,7 +172,7 @@ class VGGTBackend(GFMBackend):
         try:
             from vggt.utils.pose_enc import pose_encoding_to_extri_intri
         except ImportError:
-            raise _missing("vggt", "vggt", "pip install 'videogpa[vggt]' (https://github.com/facebookresearch/vggt)") from None
+            raise _missing("vggt", *_BACKEND_PACKAGES["vggt"]) from None
         self._to_cameras = pose_encoding_to_extri_intri
         if model is None:
             from vggt.models.vggt import VGGT
@@ -213,7 +214,7 @@ class DA3Backend(GFMBackend):
             try:
                 from depth_anything_3.api import DepthAnything3
             except ImportError:
-                raise _missing("da3", "depth_anything_3", "pip install 'videogpa[da3]' (https://github.com/ByteDance-Seed/Depth-Anything-3)") from None
+                raise _missing("da3", *_BACKEND_PACKAGES["da3"]) from None
             model = DepthAnything3.from_pretrained(weights or DA3_DEFAULT_ID)
         self.model = model.to(self.device).eval()
 
@@ -243,6 +244,30 @@ def build_backend(cfg: "ScoringConfig", device: torch.device | str = "cpu") -> G
     raise InputError(f"scoring.backend: unknown GFM backend {cfg.backend!r}")
 
 
+_BACKEND_PACKAGES = {  # backend -> (module it imports, how to install it)
+    "vggt": ("vggt", "pip install 'videogpa[vggt]' (https://github.com/facebookresearch/vggt)"),
+    "da3": ("depth_anything_3", "pip install 'videogpa[da3]' (https://github.com/ByteDance-Seed/Depth-Anything-3)"),
+}
+
+
+def check_backend(cfg: "ScoringConfig") -> None:
+    """What the driver can know before scoring actors start: the backend's package is installed
+    and local weights exist. One InputError naming the key."""
+    import importlib.util
+
+    if cfg.backend in _BACKEND_PACKAGES:
+        module, hint = _BACKEND_PACKAGES[cfg.backend]
+        if importlib.util.find_spec(module) is None:
+            raise _missing(cfg.backend, module, hint)
+    if cfg.weights is None:
+        return
+    local = cfg.backend == "tiny" or cfg.weights.startswith(("/", ".", "~"))
+    if local and not os.path.exists(os.path.expanduser(cfg.weights)):
+        raise InputError(f"scoring.weights: {cfg.weights!r} does not exist")
+    if cfg.backend == "tiny" and not os.path.isfile(os.path.expanduser(cfg.weights)):
+        raise InputError(f"scoring.weights: {cfg.weights!r} is not a file (the tiny GFM takes one safetensors file)")
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -255,6 +280,7 @@ __all__ = [
     "VGGTBackend",
     "DA3Backend",
     "build_backend",
+    "check_backend",
     "build_tiny_gfm",
     "count_parameters",
 ]

@@ -20,7 +20,8 @@ import contextlib
 import logging
 import string
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -98,11 +99,11 @@ def _check_family(family: str) -> None:
         raise InputError(f"model.family: unknown family {family!r} (expected one of {', '.join(FAMILIES)})")
 
 
-def _is_i2v_only(family: str) -> bool:
+def requires_image(family: str) -> bool:
     return family == "cogvideox-i2v"
 
 
-def _accepts_image(family: str) -> bool:
+def accepts_image(family: str) -> bool:
     return family in ("cogvideox-i2v", "wan2.2-ti2v")
 
 
@@ -405,13 +406,21 @@ def build_transformer_and_scheduler(model: ModelConfig, device: str | torch.devi
     return transformer.to(device), scheduler
 
 
-def load_lora(pipe, lora_dir: str, scale: float, adapter_name: str = "videogpa") -> None:
+def load_lora(pipe, lora_dir: str, scale: float, adapter_name: str = "videogpa", source: str | None = None) -> None:
     """Load a diffusers-format LoRA directory into ``pipe`` and activate it at ``scale``.
-    Loading again under the same ``adapter_name`` replaces the previous adapter (online rounds)."""
-    logger.info("loading LoRA %s as adapter %r at scale %s", lora_dir, adapter_name, scale)
+    Loading again under the same ``adapter_name`` replaces the previous adapter (online rounds).
+    ``source``: where the directory came from (a run's URI), for the error message."""
+    from safetensors import SafetensorError
+
+    logger.info("loading LoRA %s as adapter %r at scale %s", source or lora_dir, adapter_name, scale)
     if adapter_name in _adapter_names(pipe):
         pipe.delete_adapters(adapter_name)
-    pipe.load_lora_weights(lora_dir, adapter_name=adapter_name)
+    try:
+        pipe.load_lora_weights(lora_dir, adapter_name=adapter_name)
+    except (OSError, SafetensorError, ValueError, KeyError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise InputError(f"LoRA {source or lora_dir}: not a diffusers LoRA of this {pipe.__class__.__name__} "
+                         f"({type(err).__name__}: {reason})") from None
     pipe.set_adapters([adapter_name], adapter_weights=[scale])
 
 
@@ -435,10 +444,10 @@ def _check_image(model: ModelConfig, image: np.ndarray | None):
     from PIL import Image
 
     if image is None:
-        if _is_i2v_only(model.family):
+        if requires_image(model.family):
             raise InputError(f"{model.family}: an image is required (image-to-video model)")
         return None
-    if not _accepts_image(model.family):
+    if not accepts_image(model.family):
         raise InputError(f"{model.family}: text-to-video model got an image; drop it or use an I2V family")
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -446,26 +455,46 @@ def _check_image(model: ModelConfig, image: np.ndarray | None):
     return Image.fromarray(image)
 
 
-def _check_sampling(pipe, model: ModelConfig, sampling: SamplingConfig) -> None:
-    temporal = pipe.vae_scale_factor_temporal
-    if (sampling.num_frames - 1) % temporal != 0:
-        raise InputError(f"sampling.num_frames: {model.family} needs {temporal}k+1 frames, got {sampling.num_frames}")
-    patch = pipe.transformer.config.patch_size
+@dataclass(frozen=True)
+class SamplingShape:
+    """The video sizes a model can sample: ``temporal``k+1 frames, sides that are multiples of
+    ``multiple`` (VAE compression × patch), and only ``fixed`` (height, width) where the transformer
+    learned its positional embeddings for one size (CogVideoX-5B-I2V)."""
+
+    temporal: int
+    multiple: int
+    fixed: tuple[int, int] | None = None
+
+
+def sampling_shape_from_configs(family: str, vae: Mapping[str, Any], transformer: Mapping[str, Any]) -> SamplingShape:
+    """From the VAE's and transformer's configs, as the family's diffusers pipeline derives them."""
+    if is_cogvideox(family):
+        temporal, spatial = vae["temporal_compression_ratio"], 2 ** (len(vae["block_out_channels"]) - 1)
+    else:
+        temporal, spatial = vae["scale_factor_temporal"], vae["scale_factor_spatial"]
+    patch = transformer["patch_size"]
     patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
-    multiple = pipe.vae_scale_factor_spatial * patch
-    if sampling.height % multiple or sampling.width % multiple:
-        raise InputError(
-            f"sampling.height/width: {model.family} needs multiples of {multiple}, "
-            f"got {sampling.height}x{sampling.width}"
-        )
-    cfg = pipe.transformer.config
-    if getattr(cfg, "use_learned_positional_embeddings", False):
-        expected = (cfg.sample_height * pipe.vae_scale_factor_spatial, cfg.sample_width * pipe.vae_scale_factor_spatial)
-        if (sampling.height, sampling.width) != expected:
-            raise InputError(
-                f"sampling.height/width: {model.pretrained} only generates {expected[0]}x{expected[1]}, "
-                f"got {sampling.height}x{sampling.width}"
-            )
+    fixed = None
+    if transformer.get("use_learned_positional_embeddings"):
+        fixed = (transformer["sample_height"] * spatial, transformer["sample_width"] * spatial)
+    return SamplingShape(int(temporal), int(spatial * patch), fixed)
+
+
+def check_sampling(shape: SamplingShape, model: ModelConfig, sampling: SamplingConfig) -> None:
+    """One InputError naming the sampling key that ``model`` cannot generate."""
+    if (sampling.num_frames - 1) % shape.temporal != 0:
+        raise InputError(f"sampling.num_frames: {model.family} needs {shape.temporal}k+1 frames "
+                         f"(e.g. {shape.temporal * 2 + 1}), got {sampling.num_frames}")
+    if sampling.height % shape.multiple or sampling.width % shape.multiple:
+        raise InputError(f"sampling.height/width: {model.family} needs multiples of {shape.multiple}, "
+                         f"got {sampling.height}x{sampling.width}")
+    if shape.fixed is not None and (sampling.height, sampling.width) != shape.fixed:
+        raise InputError(f"sampling.height/width: {model.pretrained} only generates {shape.fixed[0]}x{shape.fixed[1]}, "
+                         f"got {sampling.height}x{sampling.width}")
+
+
+def _check_sampling(pipe, model: ModelConfig, sampling: SamplingConfig) -> None:
+    check_sampling(sampling_shape_from_configs(model.family, pipe.vae.config, pipe.transformer.config), model, sampling)
 
 
 def _wan_image_pipeline(pipe):

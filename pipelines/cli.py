@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from typing import Callable
 
@@ -14,10 +15,17 @@ from actors.errors import InputError
 STAGE_COMMANDS = {"generate": "candidates", "pairs": "pairs", "train": "train"}
 
 
+# How an InputError reads in a remote traceback that Ray keeps only as text (an actor that died in
+# its constructor becomes an ActorDiedError holding the creation task's traceback as a string).
+_REMOTE_INPUT_ERROR = re.compile(r"^(?:actors\.errors\.)?InputError: (.+)$", re.MULTILINE)
+
+
 def _find_input_error(err: BaseException) -> InputError | None:
-    """Ray wraps errors raised in actors and workers; find the user-facing one inside."""
+    """The user-facing error inside whatever Ray wrapped it in: RayTaskError/UserCodeException
+    (``cause``), Ray Train's TrainingFailedError (``worker_failures``, ``controller_failure``),
+    exception groups, and ActorDiedError (the text of its creation task's traceback)."""
     seen: set[int] = set()
-    stack = [err]
+    stack, texts = [err], []
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:
@@ -25,23 +33,37 @@ def _find_input_error(err: BaseException) -> InputError | None:
         seen.add(id(current))
         if isinstance(current, InputError):
             return current
-        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+        texts.append(str(current))
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None),
+                      getattr(current, "controller_failure", None)])
         stack.extend(e for e in getattr(current, "exceptions", []) if isinstance(e, BaseException))
+        stack.extend(e for e in (getattr(current, "worker_failures", None) or {}).values() if isinstance(e, BaseException))
+    for text in texts:
+        found = _REMOTE_INPUT_ERROR.findall(text)
+        if found:
+            return InputError(found[-1].strip())
     return None
 
 
 def _config_on_ray(args: argparse.Namespace):
     """The validated config, with Ray joined: the cluster a `ray job submit` runs us on
-    (RAY_ADDRESS), the configured address, or a new local one; refused before any work where the
-    cluster's nodes could not all reach ``output_uri``."""
+    (RAY_ADDRESS), the configured address, or a new local one. Refused before any work where
+    the cluster's nodes could not all reach ``output_uri`` or anything else the driver can check
+    is wrong (``pipelines.preflight``)."""
+    import os
+
     import ray
 
     from pipelines.config import load_config
     from pipelines.placement import check_output_shared
+    from pipelines.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
+    started_here = False
     if not ray.is_initialized():
+        started_here = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(address=cfg.ray.address, log_to_driver=True)
+    preflight(cfg, args.command, getattr(args, "round", None), started_here)
     check_output_shared(cfg)
     return cfg
 
@@ -102,7 +124,11 @@ def _cmd_score_video(args: argparse.Namespace) -> int:
                                        lpips_backbone=args.lpips_backbone, resolution=args.resolution,
                                        scorer="3dcs"))
     for path in args.videos:
-        result = scorer.score(decode_video(path), with_epipolar=True)
+        try:
+            result = scorer.score(decode_video(path), with_epipolar=True)
+        except InputError as err:
+            message = str(err)
+            raise (err if path in message else InputError(f"{path}: {message}")) from None
         print(json.dumps({"video": path, **{k: float(v) for k, v in result.items()}}))
     return 0
 
@@ -153,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.stamp = command_stamp()
-    args.run_log = run_log = RunLog(args.command, args.stamp)  # before logging, so its handler writes to both
+    # Before logging is set up, so that its handlers (and Ray's) write through the log
+    args.run_log = run_log = RunLog(args.command, args.stamp, tracebacks_on_terminal=args.debug)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     code, line = 0, None
     try:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actors.errors import InputError
 from actors.models import ModelConfig, SamplingConfig
@@ -82,11 +83,26 @@ class EvaluationConfig(_Section):
 class StorageConfig(_Section):
     """S3-compatible storage settings. Credentials never live here: they come from the environment."""
 
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None  # http(s)://host[:port]; a bare host[:port] means https
     region: str | None = None
     max_attempts: int = Field(5, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parsed = urlparse(value if "://" in value else f"https://{value}")
+        try:
+            parsed.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or \
+                parsed.path not in ("", "/") or parsed.query or any(c.isspace() for c in value):
+            raise ValueError("expected http(s)://host[:port] of an S3 API server")
+        return value
 
 
 class RayConfig(_Section):
@@ -165,6 +181,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> VideoGPAConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"config file {str(path)!r} is a directory; give a YAML file (e.g. configs/quickstart.yaml)") from None
     except UnicodeDecodeError:
         raise InputError(f"config file {str(path)!r} is not UTF-8 text") from None
     try:

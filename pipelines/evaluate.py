@@ -29,7 +29,7 @@ from actors.errors import InputError
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, load_prompts
-from pipelines.rounds import RoundPaths, candidate_seed, open_run, storage_spec
+from pipelines.rounds import LORA_FILE, RoundPaths, candidate_seed, open_run, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
 
@@ -45,6 +45,15 @@ def last_complete_round(store: RunStore, rounds: int) -> int:
     if not done:
         raise InputError(f"run {store.uri()} has no complete round to evaluate; run `videogpa align` first")
     return done[-1]
+
+
+def round_to_evaluate(store: RunStore, rounds: int, round_index: int | None) -> int:
+    """The round whose LoRA is evaluated (default: the last complete one); it must have its LoRA."""
+    index = last_complete_round(store, rounds) if round_index is None else round_index
+    lora = RoundPaths(index).lora
+    if not store.exists(f"{lora}/{LORA_FILE}"):
+        raise InputError(f"round {index} of run {store.uri()} has no LoRA at {store.uri(lora)}")
+    return index
 
 
 @ray.remote(num_cpus=1)
@@ -110,10 +119,8 @@ def _base_samples(cfg: VideoGPAConfig, base_store: RunStore, rows: list[dict[str
 
 def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: RunStore | None = None) -> dict[str, Any]:
     store = store or open_run(cfg, "evaluate")
-    index = last_complete_round(store, cfg.rounds) if round_index is None else round_index
+    index = round_to_evaluate(store, cfg.rounds, round_index)
     lora = RoundPaths(index).lora
-    if not store.exists(f"{lora}/pytorch_lora_weights.safetensors"):
-        raise InputError(f"round {index} of run {store.uri()} has no LoRA at {store.uri(lora)}")
     ev = cfg.evaluation
     prompts = load_prompts(ev.prompts.path, ev.prompts.limit, storage_spec(cfg), builtin=BUILTIN_EVAL_PROMPTS)
     rows = [{"round": index, "prompt_id": p.prompt_id, "prompt": p.text, "image": p.image or "",

@@ -9,7 +9,9 @@ nodes that do not exist yet (an autoscaler starts them), it cannot be: use ``s3:
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import uuid
 from pathlib import Path
 
@@ -28,8 +30,80 @@ def resource_demands(cfg: VideoGPAConfig) -> dict[str, dict[str, float]]:
     return demands
 
 
+# The config key to change where each part's demand cannot be met, and which commands run each part.
+DEMAND_KEYS = {"generation_pool": "generation_pool.num_gpus", "scoring_pool": "scoring_pool.num_gpus",
+               "encoding_pool": "encoding_pool.num_gpus", "trainer": "trainer.use_gpu"}
+PARTS_OF = {"align": ("generation_pool", "scoring_pool", "encoding_pool", "trainer"),
+            "generate": ("generation_pool", "scoring_pool"), "score": ("scoring_pool",), "pairs": ("encoding_pool",),
+            "train": ("trainer",), "evaluate": ("generation_pool", "scoring_pool")}
+
+
 def _fits(demand: dict[str, float], resources: dict[str, float]) -> bool:
     return all(resources.get(key, 0.0) >= amount for key, amount in demand.items() if amount > 0)
+
+
+def _slots(demand: dict[str, float], resources: dict[str, float]) -> int:
+    """How many actors of ``demand`` fit on a node with ``resources``."""
+    asked = [(key, amount) for key, amount in demand.items() if amount > 0]
+    if not asked:
+        return 1 << 30
+    return min(int(math.floor(resources.get(key, 0.0) / amount + 1e-9)) for key, amount in asked)
+
+
+def _needed(cfg: VideoGPAConfig, part: str) -> int:
+    """Actors or workers of ``part`` that must run at once for its work to start."""
+    return cfg.trainer.num_workers if part == "trainer" else getattr(cfg, part).min_size
+
+
+def cluster_can_grow(started_here: bool) -> bool:
+    """Whether an autoscaler may add nodes to the cluster this driver joined.
+
+    Ray has no public call for this. Autoscaler v2 (KubeRay's) reports its node groups to the GCS,
+    where Ray Data reads them too; the v1 monitor reports a status whose node types, on a cluster
+    started by `ray start` without an autoscaling config, are the read-only provider's mirrors of
+    the running nodes (``node_<id>``): such a cluster never grows. Where it cannot be told, yes.
+    """
+    if started_here:
+        return False
+    import ray._private.state
+    from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        return any(g.max_count == -1 or g.max_count > g.min_count for g in config.node_group_configs if g.max_count)
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    if not status:
+        return True
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    mirrors = {format_readonly_node_type(node) for node in mapping}
+    return not mapping or not set(mapping.values()) <= mirrors
+
+
+def check_resources(cfg: VideoGPAConfig, command: str, started_here: bool) -> None:
+    """Refuse, in one line, work that no node of a cluster that cannot grow could ever run (it would
+    wait forever): an actor no node fits, or fewer places than the actors that must start together."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    demands = resource_demands(cfg)
+    short = []
+    for part in PARTS_OF[command]:
+        places = sum(_slots(demands[part], node) for node in nodes)
+        if places < _needed(cfg, part):
+            short.append((part, places))
+    if not short or cluster_can_grow(started_here):
+        if short:
+            log.info("%s waits for the autoscaler to add nodes it fits on", ", ".join(p for p, _ in short))
+        return
+    part, places = short[0]
+    asks = ", ".join(f"{k}: {v:g}" for k, v in demands[part].items() if v > 0)
+    totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+    raise InputError(
+        f"{DEMAND_KEYS[part]}: {part} needs {_needed(cfg, part)} × {{{asks}}}, but this Ray cluster "
+        f"({len(nodes)} node(s), {totals['CPU']:g} CPU, {totals['GPU']:g} GPU) has room for {places} and cannot add "
+        "nodes (no autoscaler); lower the request or run on a cluster that has or can add such nodes")
 
 
 def check_output_shared(cfg: VideoGPAConfig) -> None:

@@ -103,3 +103,35 @@ def _parse_jsonl_line(path: str, number: int, line: str) -> Prompt:
         raise InputError(f"prompts file {path!r} line {number}: unknown field {sorted(unknown)[0]!r}")
     text = row["prompt"].strip()
     return Prompt(str(row.get("id") or prompt_id_for(text)), text, row.get("image"))
+
+
+def check_images(prompts: list[Prompt], family: str, source: str | None, storage: StorageSpec | None = None) -> None:
+    """Each prompt's image is as ``family`` needs it (required by image-to-video, refused by
+    text-to-video models) and readable: local files are opened as images, s3:// objects must exist."""
+    from PIL import Image, UnidentifiedImageError
+
+    from actors.models import accepts_image, requires_image
+
+    where = f"prompts file {source!r}" if source else "the built-in prompts"
+    for p in prompts:
+        if not p.image:
+            if requires_image(family):
+                raise InputError(f"{where}: prompt {p.prompt_id!r} has no \"image\", which {family} (image-to-video) "
+                                 "needs; give each JSONL line an image path or s3:// URI")
+            continue
+        if not accepts_image(family):
+            raise InputError(f"{where}: prompt {p.prompt_id!r} has an image, but {family} is text-to-video; drop the "
+                             "\"image\" fields or use an image-to-video family")
+        if p.image.startswith("s3://"):
+            fs, key = make_filesystem(StorageSpec(p.image, storage.endpoint_url if storage else None,
+                                                  storage.region if storage else None))
+            if fs.get_file_info(key).type != pafs.FileType.File:
+                raise InputError(f"{where}: prompt {p.prompt_id!r}: image {p.image!r} does not exist")
+            continue
+        try:
+            with Image.open(p.image) as image:
+                image.verify()
+        except FileNotFoundError:
+            raise InputError(f"{where}: prompt {p.prompt_id!r}: image {p.image!r} does not exist") from None
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            raise InputError(f"{where}: prompt {p.prompt_id!r}: image {p.image!r} is not a readable image file") from None

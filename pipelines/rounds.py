@@ -87,6 +87,28 @@ def open_run(cfg: VideoGPAConfig, command: str = "align", stamp: str | None = No
     return store
 
 
+# What each stage reads from earlier work, and the command that makes it.
+_STAGE_NEEDS = {"pairs": ("candidates", "videogpa generate"), "train": ("pairs", "videogpa pairs"),
+                "score": ("candidates", "videogpa generate")}
+
+
+def check_stage_inputs(store: RunStore, stage: str, index: int) -> None:
+    """One InputError naming what ``stage`` of round ``index`` needs and the command that makes it
+    (``score``: a complete round is refused, its pairs were made from the scores it would replace)."""
+    paths = RoundPaths(index)
+    if stage == "score" and store.exists(paths.manifest):
+        raise InputError(f"round {index} is complete ({store.uri(paths.manifest)}); rescoring would rewrite it: "
+                         "use a new run_name")
+    if stage in _STAGE_NEEDS:
+        needed, command = _STAGE_NEEDS[stage]
+        if not store.exists(paths.marker(needed)):
+            raise InputError(f"round {index} has no {needed} yet ({store.uri(paths.marker(needed))} is missing); "
+                             f"run `{command} --round {index}` first")
+    if stage in ("candidates", "train") and index > 0 and not store.exists(RoundPaths(index - 1).manifest):
+        raise InputError(f"round {index} starts from round {index - 1}'s LoRA, but round {index - 1} is not complete "
+                         f"({store.uri(RoundPaths(index - 1).manifest)} is missing); run `videogpa align` first")
+
+
 def run_align(cfg: VideoGPAConfig, store: RunStore | None = None) -> list[dict[str, Any]]:
     """Every round, resuming where the run stopped; returns each round's metrics."""
     store = store or open_run(cfg)
@@ -113,6 +135,7 @@ def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index
         if store.exists(paths.marker(stage)):
             log.info("round %d · stage %d/%d %s: already done", index, number, len(STAGES), stage)
             continue
+        check_stage_inputs(store, stage, index)
         log.info("round %d · stage %d/%d %s: starting", index, number, len(STAGES), stage)
         start = time.perf_counter()
         try:
@@ -124,6 +147,8 @@ def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index
         marker["seconds"] = timings[stage]
         store.write_json(paths.marker(stage), marker)
         log.info("round %d · stage %s: done in %.1f s", index, stage, timings[stage])
+    if store.exists(paths.manifest):  # a complete round is never rewritten
+        return store.read_json(paths.metrics)
     if all(store.exists(paths.marker(stage)) for stage in STAGES):
         return finish_round(cfg, store, paths)  # also when the last stage was run alone
     return {}
@@ -172,12 +197,8 @@ def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
     old files removed; a completed round is never rewritten.
     """
     paths = RoundPaths(index)
-    if store.exists(paths.manifest):
-        raise InputError(f"round {index} is complete ({store.uri(paths.manifest)}); rescoring would rewrite it: "
-                         "use a new run_name")
+    check_stage_inputs(store, "score", index)
     old = store.read_json(paths.marker("candidates"))
-    if old is None:
-        raise InputError(f"round {index} has no candidates yet; run `videogpa generate` first")
     for stage in ("train", "pairs"):
         store.delete_file(paths.marker(stage))
     rows = _read_candidates(store, paths)

@@ -95,7 +95,7 @@ class GenerateCandidates:
             # Online rounds sample from the current policy: base + the previous round's LoRA.
             self._lora_tmp = tempfile.TemporaryDirectory(prefix="videogpa-lora-")
             self.store.download_dir(lora_rel, self._lora_tmp.name)
-            load_lora(self.pipe, self._lora_tmp.name, self.sampling.lora_scale)
+            load_lora(self.pipe, self._lora_tmp.name, self.sampling.lora_scale, source=self.store.uri(lora_rel))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         groups: OrderedDict[str, list[int]] = OrderedDict()

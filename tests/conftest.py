@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +79,29 @@ def ray_local(s3_server):
     """A local Ray runtime for one test module; started after the S3 env so workers inherit it."""
     with local_ray() as ray:
         yield ray
+
+
+# The quickstart as a user runs it, into a run many tests read: `videogpa align` with its own local Ray.
+QUICKSTART_ARGS = ("--config", "configs/quickstart.yaml", "run_name=e2e", "prompts.limit=3")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartRun:
+    output_uri: Path
+    result: subprocess.CompletedProcess
+
+    @property
+    def root(self) -> Path:
+        return self.output_uri / "e2e"
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> QuickstartRun:
+    """One complete quickstart run, shared by the tests that check it (test_align_e2e) and those that
+    must leave it byte-identical (test_bad_input). Session-scoped fixtures are set up before module
+    ones, so no test's Ray runtime is open while this command starts its own."""
+    out = tmp_path_factory.mktemp("quickstart")
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "align", *QUICKSTART_ARGS, f"output_uri={out}"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return QuickstartRun(out, result)

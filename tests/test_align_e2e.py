@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from actors.models import ModelConfig, build_pipeline
-from tests.conftest import local_ray
+from tests.conftest import QUICKSTART_ARGS, local_ray
 from trainers.schema import PAIR_SCHEMA, tensor_from_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
 
 
 def _align(output_uri: str, *extra: str) -> subprocess.CompletedProcess:
-    result = run_cli("align", "--config", "configs/quickstart.yaml", f"output_uri={output_uri}", "run_name=e2e",
-                     "prompts.limit=3", *extra)
+    result = run_cli("align", *QUICKSTART_ARGS, f"output_uri={output_uri}", *extra)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -85,21 +84,26 @@ def _lora_changes_output(lora_dir: str) -> None:
     assert np.abs(sample(pipe) - base).max() > 0
 
 
-def test_align_local_then_resume(tmp_path):
-    result = _align(str(tmp_path))
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+def test_align_local_then_resume(quickstart_run):
+    tmp_path = quickstart_run.output_uri
+    summary = json.loads(quickstart_run.result.stdout.strip().splitlines()[-1])
     assert summary["rounds"] == 1
     root = f"{tmp_path}/e2e"
     manifest = _check_run(pafs.LocalFileSystem(), root)
     _check_shards(f"{root}/round-000/pairs")
     _lora_changes_output(f"{root}/round-000/lora")
 
-    # The same command again: the completed round is skipped and nothing is rewritten.
-    stamps = {p: p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file() and p.name != "config.yaml"}
+    # The same command again: the completed round is skipped and nothing is rewritten; the only new
+    # file is the second command's own driver log.
+    def stamps() -> dict:
+        return {p: p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file() and p.parent.name != "logs"}
+
+    before, logs_before = stamps(), set(Path(root, "logs").iterdir())
     again = _align(str(tmp_path))
     assert "already complete" in again.stderr
-    assert stamps == {p: p.stat().st_mtime_ns for p in Path(root).rglob("*")
-                      if p.is_file() and p.name != "config.yaml"}
+    assert stamps() == before
+    new_logs = set(Path(root, "logs").iterdir()) - logs_before
+    assert len(new_logs) == 1 and "already complete" in new_logs.pop().read_text()
     assert json.loads(Path(root, "round-000/manifest.json").read_text()) == manifest
 
     # Held-out evaluation of the round's LoRA against the base model, through the CLI.

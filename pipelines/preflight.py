@@ -1,0 +1,46 @@
+"""Everything a command can check on the driver, before any pool, actor or worker starts and before
+it writes anything into the run: a mistake found there is one line naming the key, file or URI,
+not an actor dying minutes later behind a screen of Ray traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from actors.gfm import check_backend
+from actors.model_source import check_model
+from pipelines.config import VideoGPAConfig
+from pipelines.evaluate import round_to_evaluate
+from pipelines.placement import check_resources
+from pipelines.prompts import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS, check_images, load_prompts
+from pipelines.rounds import check_stage_inputs, storage_spec
+from pipelines.storage import RunStore
+
+log = logging.getLogger(__name__)
+
+# What each command runs (stage commands run one stage of one round).
+_STAGE_OF = {"generate": "candidates", "pairs": "pairs", "train": "train", "score": "score"}
+_LOADS_MODEL = {"align", "generate", "pairs", "train", "evaluate"}
+_SCORES = {"align", "generate", "score", "evaluate"}
+
+
+def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, started_here: bool) -> None:
+    """Raise the first InputError this command would meet once distributed; otherwise return."""
+    spec = storage_spec(cfg)
+    if command in _LOADS_MODEL:
+        check_model(cfg.model, cfg.sampling)
+    if command in _SCORES:
+        check_backend(cfg.scoring)
+    if command in ("align", "generate"):
+        prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, spec, builtin=BUILTIN_PROMPTS)
+        check_images(prompts, cfg.model.family, cfg.prompts.path, spec)
+    if command == "evaluate":
+        ev = cfg.evaluation.prompts
+        prompts = load_prompts(ev.path, ev.limit, spec, builtin=BUILTIN_EVAL_PROMPTS)
+        check_images(prompts, cfg.model.family, ev.path, spec)
+    if command in _STAGE_OF:
+        check_stage_inputs(RunStore(spec, cfg.run_name), _STAGE_OF[command], round_index or 0)
+    if command == "evaluate":
+        round_to_evaluate(RunStore(spec, cfg.run_name), cfg.rounds, round_index)
+    check_resources(cfg, command, started_here)
+    log.info("%s: config, model, prompts and cluster checked before starting", command)
