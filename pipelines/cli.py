@@ -24,6 +24,8 @@ def _find_input_error(err: BaseException) -> InputError | None:
     """The user-facing error inside whatever Ray wrapped it in: RayTaskError/UserCodeException
     (``cause``), Ray Train's TrainingFailedError (``worker_failures``, ``controller_failure``),
     exception groups, and ActorDiedError (the text of its creation task's traceback)."""
+    from ray.exceptions import RayError
+
     seen: set[int] = set()
     stack, texts = [err], []
     while stack:
@@ -31,7 +33,9 @@ def _find_input_error(err: BaseException) -> InputError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, InputError):
+        # Ray re-raises a remote error as a class deriving from both RayTaskError and the error's
+        # own class, whose text is the whole remote traceback: its ``cause`` is the error itself.
+        if isinstance(current, InputError) and not isinstance(current, RayError):
             return current
         texts.append(str(current))
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None),

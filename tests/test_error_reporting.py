@@ -1,0 +1,78 @@
+"""How failures reach the terminal: the InputError inside Ray's real wrapper classes, and traceback
+frames kept off the terminal (the run's log file keeps them)."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+from ray.exceptions import ActorDiedError, RayTaskError
+from ray.train.v2.api.exceptions import WorkerGroupError
+
+from actors.errors import InputError
+from pipelines.cli import _find_input_error
+from pipelines.run_log import _TracebackFilter
+
+
+def _remote(err: BaseException, function: str = "ray::MapWorker.__init__()") -> RayTaskError:
+    """What Ray builds on the worker when ``err`` is raised there."""
+    try:
+        raise err
+    except BaseException as raised:  # noqa: BLE001
+        return RayTaskError(function, traceback.format_exc(), raised)
+
+
+def _found(err: BaseException) -> str | None:
+    found = _find_input_error(err)
+    return None if found is None else str(found)
+
+
+def test_input_error_inside_a_task_error_and_its_user_exception_subclass():
+    task_error = _remote(InputError("sampling.num_frames: bad"))
+    assert _found(task_error) == "sampling.num_frames: bad"
+    assert _found(task_error.as_instanceof_cause()) == "sampling.num_frames: bad"
+
+
+def test_input_error_of_an_actor_that_died_in_its_constructor():
+    """ActorDiedError keeps the creation task's traceback as text only."""
+    died = ActorDiedError(_remote(InputError("scoring.weights: /w.safetensors: not tiny-GFM safetensors weights")))
+    assert not isinstance(getattr(died, "cause", None), BaseException)
+    assert _found(died) == "scoring.weights: /w.safetensors: not tiny-GFM safetensors weights"
+
+
+def test_input_error_of_a_ray_train_worker():
+    failed = WorkerGroupError("Training failed", {0: RuntimeError("other rank"),
+                                                  1: _remote(InputError("shard x.parquet: bad"), "ray::train_fn")})
+    assert _found(failed) == "shard x.parquet: bad"
+
+
+def test_other_failures_are_not_taken_for_input_errors():
+    assert _found(ActorDiedError(_remote(RuntimeError("CUDA out of memory")))) is None
+    assert _found(ExceptionGroup("g", [ValueError("v")])) is None
+    assert _found(ExceptionGroup("g", [ValueError("v"), InputError("prompts file 'p.txt' holds no prompts")])) == \
+        "prompts file 'p.txt' holds no prompts"
+
+
+@pytest.mark.parametrize("source", ["", "\x1b[36m(MapWorker(MapBatches(ScoreCandidates)) pid=13022)\x1b[0m "])
+def test_traceback_frames_stay_off_the_terminal(source):
+    text = "".join(source + line + "\n" for line in [
+        "loading model",
+        "Traceback (most recent call last):",
+        '  File "/x/stages.py", line 130, in __init__',
+        "    self.scorer = VideoScorer(cfg)",
+        "                  ^^^^^^^^^^^^^^^^",
+        "actors.errors.InputError: scoring.weights: bad",
+        "next line",
+    ])
+    kept = _TracebackFilter()
+    shown = kept(text[:37]) + kept(text[37:]) + kept.flush()  # written in pieces, as streams are
+    assert shown.splitlines() == [source + "loading model", source + "actors.errors.InputError: scoring.weights: bad",
+                                  source + "next line"]
+
+
+def test_interleaved_sources_are_filtered_apart():
+    a, b = "(A pid=1) ", "(B pid=2) "
+    kept = _TracebackFilter()
+    shown = kept(f"{a}Traceback (most recent call last):\n{b}  indented output of B\n"
+                 f'{a}  File "f.py", line 1, in g\n{a}    g()\n{a}ValueError: v\n')
+    assert shown.splitlines() == [f"{b}  indented output of B", f"{a}ValueError: v"]
