@@ -29,9 +29,10 @@ from actors.errors import InputError
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, load_prompts
-from pipelines.rounds import LORA_FILE, RoundPaths, candidate_seed, open_run, storage_spec
+from pipelines.rounds import RoundPaths, candidate_seed, open_run, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
+from trainers.lora import LORA_WEIGHT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def round_to_evaluate(store: RunStore, rounds: int, round_index: int | None) -> 
     """The round whose LoRA is evaluated (default: the last complete one); it must have its LoRA."""
     index = last_complete_round(store, rounds) if round_index is None else round_index
     lora = RoundPaths(index).lora
-    if not store.exists(f"{lora}/{LORA_FILE}"):
+    if not store.exists(f"{lora}/{LORA_WEIGHT_NAME}"):
         raise InputError(f"round {index} of run {store.uri()} has no LoRA at {store.uri(lora)}")
     return index
 

@@ -34,12 +34,12 @@ from pipelines.stages import (
     build_rescoring_dataset,
 )
 from pipelines.storage import TEMP_MARK, RunStore, StorageSpec
+from trainers.lora import LORA_WEIGHT_NAME
 from trainers.schema import SCHEMA_VERSION
 from trainers.train import train_dpo
 
 log = logging.getLogger(__name__)
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 STAGES = ("candidates", "pairs", "train")
 
 
@@ -263,7 +263,7 @@ def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         name="checkpoints", lora_out_dir=store.path(paths.lora),
         previous_lora_dir=store.path(previous) if previous else None,
     )
-    return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_FILE}")}
+    return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_WEIGHT_NAME}")}
 
 
 _STAGE_FUNCTIONS = {"candidates": _candidates_stage, "pairs": _pairs_stage, "train": _train_stage}

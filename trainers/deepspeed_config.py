@@ -23,8 +23,8 @@ def gradient_accumulation_steps(cfg: TrainerConfig, world_size: int) -> int:
     per_pass = cfg.micro_batch_size * world_size
     if cfg.effective_batch_size % per_pass:
         raise InputError(
-            f"train.effective_batch_size={cfg.effective_batch_size} is not a multiple of "
-            f"micro_batch_size×num_workers={cfg.micro_batch_size}×{world_size}"
+            f"trainer.effective_batch_size={cfg.effective_batch_size} is not a multiple of "
+            f"trainer.micro_batch_size × trainer.num_workers = {cfg.micro_batch_size}×{world_size}"
         )
     return cfg.effective_batch_size // per_pass
 
