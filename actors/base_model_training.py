@@ -94,7 +94,8 @@ logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("VIDEOGPA_MINIATURE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "videogpa", "miniature"))
+    return os.environ.get("VIDEOGPA_MINIATURE_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "videogpa", "miniature"))
 
 
 # ----------------------------------------------------------------------------- model
@@ -144,7 +145,8 @@ def build_miniature_pipeline(family: str = "cogvideox-t2v", size: int = 32, num_
             sample_frames=num_frames,
         )
     pipe = CogVideoXPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=_tiny_scheduler(family)
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        scheduler=_tiny_scheduler(family)
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -168,7 +170,8 @@ def render_training_videos(
         scene = i % num_scenes
         traj = TRAJECTORIES[scene % len(TRAJECTORIES)]
         corr = str(rng.choice(corruptions)) if rng.uniform() < mix_corrupted else None
-        clip = render_clip(TRAIN_SEED_OFFSET + seed * 10_000 + scene, traj, corr, num_frames, size, float(speeds[scene]))
+        clip = render_clip(TRAIN_SEED_OFFSET + seed * 10_000 + scene, traj, corr, num_frames, size,
+                           float(speeds[scene]))
         videos.append(clip.frames)
         trajs.append(traj)
         corrs.append(corr)
@@ -229,7 +232,8 @@ def _recon_mse(vae, x_all: torch.Tensor, n: int = 8) -> float:
     """Mean reconstruction MSE (images in [0,1]) of the first ``n`` clips."""
     was_training = vae.training
     vae.eval()
-    mses = [((vae.decode(vae.encode(x[None]).latent_dist.mode()).sample.clamp(-1, 1) - x[None]) ** 2).mean().item() / 4 for x in x_all[:n]]
+    mses = [((vae.decode(vae.encode(x[None]).latent_dist.mode()).sample.clamp(-1, 1) - x[None]) ** 2).mean().item() / 4
+            for x in x_all[:n]]
     vae.train(was_training)
     return round(float(np.mean(mses)), 5)
 
@@ -251,10 +255,13 @@ def diffusion_loss(family, transformer, scheduler, latents, embeds, generator) -
 def fixed_eval_loss(family, transformer, scheduler, latents, embeds, seed: int = 0, repeats: int = 4) -> float:
     """The diffusion loss on a fixed set of (noise, timestep) draws: comparable before/after training."""
     gen = torch.Generator().manual_seed(seed)
-    return float(np.mean([diffusion_loss(family, transformer, scheduler, latents, embeds, gen).item() for _ in range(repeats)]))
+    return float(np.mean([diffusion_loss(family, transformer, scheduler, latents, embeds, gen).item()
+                          for _ in range(repeats)]))
 
 
-def encode_dataset(pipe, family: str, videos: np.ndarray, trajs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_dataset(
+    pipe, family: str, videos: np.ndarray, trajs: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents ``[N,F,C,h,w]`` (via ``encode_training_inputs``), their prompt embeddings ``[N,L,D]``
     and the empty prompt's embedding ``[1,L,D]`` (for prompt dropout / CFG)."""
     from actors.models import ModelConfig, encode_training_inputs
@@ -364,7 +371,8 @@ def _train(settings: dict, target: str, return_pipe: bool = False):
                 target, settings["num_clips"], settings["vae_steps"], settings["steps"])
     torch.manual_seed(seed)
     videos, trajs, corrs = render_training_videos(
-        settings["num_clips"], settings["size"], settings["num_frames"], settings["mix_corrupted"], seed, settings["num_scenes"],
+        settings["num_clips"], settings["size"], settings["num_frames"], settings["mix_corrupted"], seed,
+        settings["num_scenes"],
         tuple(settings["corruptions"]),
     )
     t_render = time.perf_counter() - t0
@@ -394,7 +402,8 @@ def _train(settings: dict, target: str, return_pipe: bool = False):
         loss = diffusion_loss(family, transformer, scheduler, latents[idx], cond, gen)
         losses.append(_optimizer_step(loss, transformer, opt, sched))
         if len(losses) % 250 == 0:
-            logger.info("transformer step %d/%d: loss %.4f (last 250 steps)", len(losses), steps, np.mean(losses[-250:]))
+            logger.info("transformer step %d/%d: loss %.4f (last 250 steps)", len(losses), steps,
+                        np.mean(losses[-250:]))
     transformer.eval().requires_grad_(False)
     loss_after = fixed_eval_loss(family, transformer, scheduler, latents[eval_idx], embeds[eval_idx], seed)
     t_dit = time.perf_counter() - t0 - t_render - t_vae
@@ -446,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures = train_tiny_base_model(
             args.out, family=args.family, steps=args.steps, size=args.size, num_frames=args.num_frames,
-            mix_corrupted=args.mix_corrupted, seed=args.seed, vae_steps=args.vae_steps, num_clips=args.num_clips, num_scenes=args.num_scenes or None,
+            mix_corrupted=args.mix_corrupted, seed=args.seed, vae_steps=args.vae_steps, num_clips=args.num_clips,
+            num_scenes=args.num_scenes or None,
             use_cache=not args.no_cache, corruptions=tuple(args.corruptions.split(",")), patch_size=args.patch_size,
         )
     except InputError as err:

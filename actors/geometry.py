@@ -38,7 +38,8 @@ class Geometry:
     def __post_init__(self) -> None:
         t, h, w = self.depth.shape if self.depth.ndim == 3 else (None, None, None)
         if t is None or self.conf.shape != self.depth.shape:
-            raise InputError(f"geometry: depth/conf must both be [T,H,W], got {tuple(self.depth.shape)} / {tuple(self.conf.shape)}")
+            raise InputError(f"geometry: depth/conf must both be [T,H,W], got {tuple(self.depth.shape)} / "
+                             f"{tuple(self.conf.shape)}")
         if self.intrinsics.shape != (t, 3, 3) or self.extrinsics.shape != (t, 3, 4):
             raise InputError(
                 f"geometry: expected intrinsics [{t},3,3] and extrinsics [{t},3,4], got "
@@ -53,10 +54,10 @@ class Geometry:
     def hw(self) -> tuple[int, int]:
         return self.depth.shape[1], self.depth.shape[2]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "Geometry":
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Geometry:
         return Geometry(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
 
-    def select(self, indices: list[int] | Tensor) -> "Geometry":
+    def select(self, indices: list[int] | Tensor) -> Geometry:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.depth.device)
         return Geometry(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 

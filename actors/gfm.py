@@ -166,7 +166,8 @@ class VGGTBackend(GFMBackend):
     name = "vggt"
 
     def __init__(
-        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu", model: nn.Module | None = None
+        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu",
+        model: nn.Module | None = None
     ) -> None:
         super().__init__(resolution, device)
         try:
@@ -207,7 +208,8 @@ class DA3Backend(GFMBackend):
     name = "da3"
 
     def __init__(
-        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu", model: nn.Module | None = None
+        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu",
+        model: nn.Module | None = None
     ) -> None:
         super().__init__(resolution, device)
         if model is None:
@@ -231,7 +233,7 @@ class DA3Backend(GFMBackend):
 # ----------------------------------------------------------------------------- factory
 
 
-def build_backend(cfg: "ScoringConfig", device: torch.device | str = "cpu") -> GFMBackend:
+def build_backend(cfg: ScoringConfig, device: torch.device | str = "cpu") -> GFMBackend:
     """The GFM backend named by ``cfg.backend``; optional packages are imported only here."""
     if cfg.backend == "tiny":
         return TinyBackend(cfg.weights, cfg.resolution, device)
@@ -250,7 +252,7 @@ _BACKEND_PACKAGES = {  # backend -> (module it imports, how to install it)
 }
 
 
-def check_backend(cfg: "ScoringConfig") -> None:
+def check_backend(cfg: ScoringConfig) -> None:
     """What the driver can know before scoring actors start: the backend's package is installed
     and local weights exist. One InputError naming the key."""
     import importlib.util

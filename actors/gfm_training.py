@@ -117,8 +117,10 @@ def render_training_clips(
     rng = np.random.default_rng(seed)
     clips = []
     for i in range(num_clips):
-        speed = 0.0 if rng.uniform() < 0.1 else float(rng.uniform(*speed_range))  # stride-2 windows: this speed; stride 1: half
-        clip = render_clip(int(seed * 10_000 + i) % HELD_OUT_SEED, TRAJECTORIES[i % 3], None, 2 * num_frames - 1, size, speed)
+        # stride-2 windows: this speed; stride 1: half
+        speed = 0.0 if rng.uniform() < 0.1 else float(rng.uniform(*speed_range))
+        clip = render_clip(int(seed * 10_000 + i) % HELD_OUT_SEED, TRAJECTORIES[i % 3], None, 2 * num_frames - 1,
+                           size, speed)
         clips.append(_prepare(clip.frames, clip.geometry, resolution))
     return clips
 
@@ -317,7 +319,8 @@ def evaluate_gfm(
 def _evaluate_gfm(weights, num_scenes, size, num_frames, speed, resolution, corruptions, motion_speeds, seed) -> dict:
     from actors.scoring import ScoringConfig, VideoScorer, motion_score
 
-    cfg = ScoringConfig(backend="tiny", weights=weights, num_frames=num_frames, resolution=resolution, lpips_backbone="auto")
+    cfg = ScoringConfig(backend="tiny", weights=weights, num_frames=num_frames, resolution=resolution,
+                        lpips_backbone="auto")
     scorer = VideoScorer(cfg)
     scores: dict[str, list[float]] = {c: [] for c in ("clean", *corruptions)}
     for i in range(num_scenes):

@@ -76,7 +76,8 @@ def build_lpips(
     cached = vgg16_cached()
     if backbone == "pretrained" and not cached:
         path = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_CHECKPOINT)
-        raise InputError(f"scoring.lpips_backbone=pretrained: {path} is missing (copy torchvision's VGG16 weights there, or use 'random')")
+        raise InputError(f"scoring.lpips_backbone=pretrained: {path} is missing "
+                         "(copy torchvision's VGG16 weights there, or use 'random')")
     used = "pretrained" if (backbone == "pretrained" or (backbone == "auto" and cached)) else "random"
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" noise
@@ -283,7 +284,8 @@ def _pair_epipolar_error(sift: cv2.SIFT, matcher: cv2.BFMatcher, feats: list, i:
     (kp1, d1), (kp2, d2) = feats[i], feats[i + 1]
     if d1 is None or d2 is None or len(kp1) < 2 or len(kp2) < 2:
         return None
-    good = [m for m, n in (p for p in matcher.knnMatch(d1, d2, k=2) if len(p) == 2) if m.distance < SIFT_RATIO * n.distance]
+    good = [m for m, n in (p for p in matcher.knnMatch(d1, d2, k=2) if len(p) == 2)
+            if m.distance < SIFT_RATIO * n.distance]
     if len(good) < MIN_MATCHES:
         return None
     x1 = np.float64([kp1[m.queryIdx].pt for m in good])
@@ -362,7 +364,9 @@ class VideoScorer:
         return frames[idx], geometry
 
     @torch.no_grad()
-    def score(self, video: np.ndarray, geometry: Geometry | None = None, with_epipolar: bool | None = None) -> dict[str, float]:
+    def score(
+        self, video: np.ndarray, geometry: Geometry | None = None, with_epipolar: bool | None = None
+    ) -> dict[str, float]:
         frames, gt = self.sample(video, geometry)
         if frames.shape[0] < 2:
             raise InputError(f"video: needs at least 2 frames to score, got {frames.shape[0]}")

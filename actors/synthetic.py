@@ -77,16 +77,19 @@ def _make_scene(rng: np.random.Generator, num_frames: int) -> Scene:
         inside.append(is_room)
 
     # room: floor at y=0, walls at |x|,|z| = 3.5, ceiling at y=3
-    add([0.0, 1.5, 0.0], rng.uniform(0, math.pi / 2), [3.5, 1.5, 3.5], rng.uniform(0.45, 0.95, 3), rng.uniform(0.4, 0.7), True)
+    add([0.0, 1.5, 0.0], rng.uniform(0, math.pi / 2), [3.5, 1.5, 3.5], rng.uniform(0.45, 0.95, 3),
+        rng.uniform(0.4, 0.7), True)
     for i in range(int(rng.integers(2, 5))):  # boxes on the floor; the first is the central "hero"
         # the others stay lower than the hero so they rarely hide it
         half = rng.uniform(0.25, 0.4, 3) if i == 0 else rng.uniform([0.15, 0.1, 0.15], [0.3, 0.2, 0.3])
         r, a = (rng.uniform(0.0, 0.2) if i == 0 else rng.uniform(0.55, 0.8)), rng.uniform(0, 2 * math.pi)
-        add([r * math.cos(a), half[1], r * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3), rng.uniform(0.1, 0.22))
+        add([r * math.cos(a), half[1], r * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3),
+            rng.uniform(0.1, 0.22))
     if rng.uniform() < 0.7:  # a thin standing panel: a textured plane inside the room
         a = rng.uniform(0, 2 * math.pi)
         half = [rng.uniform(0.25, 0.45), rng.uniform(0.3, 0.6), 0.02]
-        add([0.9 * math.cos(a), half[1], 0.9 * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3), rng.uniform(0.1, 0.22))
+        add([0.9 * math.cos(a), half[1], 0.9 * math.sin(a)], rng.uniform(0, math.pi), half, rng.uniform(0.1, 1.0, 3),
+            rng.uniform(0.1, 0.22))
 
     b = len(centers)
     expand = lambda xs: torch.stack(xs)[None].repeat(num_frames, *([1] * (xs[0].ndim + 1)))  # noqa: E731

@@ -93,7 +93,8 @@ class _Bucket:
 
 def _checkpoints(bucket: _Bucket) -> list[str]:
     """Checkpoints Ray Train has registered so far (its manager snapshot is written after each)."""
-    return sorted(set(re.findall(r"checkpoint_\d{7}", bucket.text("round-000/checkpoints/checkpoint_manager_snapshot.json"))))
+    return sorted(set(re.findall(r"checkpoint_\d{7}",
+                                 bucket.text("round-000/checkpoints/checkpoint_manager_snapshot.json"))))
 
 
 def _strike(cluster: AutoscalingCluster, timeline: Timeline, pool: str, stage: str, t0: float) -> dict[str, Any]:
@@ -154,7 +155,8 @@ def run(out: Path, s3_endpoint: str | None = None, cluster: AutoscalingCluster |
                 first_gpu_at = time.monotonic() - t0
             done = {k["stage"] for k in kills}
             if ("candidates" not in done and latest["actors"]["generation"]
-                    and (len(latest["actors"]["generation"]) >= 2 or bucket.count("round-000/videos", ".mp4") >= expected // 2)
+                    and (len(latest["actors"]["generation"]) >= 2
+                         or bucket.count("round-000/videos", ".mp4") >= expected // 2)
                     and not bucket.exists("round-000/candidates.done.json")):
                 kills.append(_strike(cluster, timeline, "generation", "candidates", t0))
             elif ("train" not in done and len(latest["actors"]["trainer"]) == 2
@@ -231,7 +233,8 @@ def _write_timeline(out: Path, samples: list[dict], kills: list[dict], figures: 
     t = [c["t"] for c in counts]
     for key, label, style in (("gpu_nodes", "GPU nodes", "k-"), ("generation", "generation actors", "C0-"),
                               ("scoring", "scoring actors", "C1-"), ("trainer", "trainer workers", "C2-")):
-        ax.step(t, [c[key] for c in counts], style, where="post", label=label, linewidth=2 if key == "gpu_nodes" else 1.5)
+        ax.step(t, [c[key] for c in counts], style, where="post", label=label,
+                linewidth=2 if key == "gpu_nodes" else 1.5)
     for k in kills:
         ax.axvline(k["at_s"], color="red", linestyle="--", linewidth=1)
         ax.text(k["at_s"], ax.get_ylim()[1] * 0.95, f" node killed\n ({k['stage']})", color="red", fontsize=8, va="top")

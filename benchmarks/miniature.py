@@ -171,7 +171,8 @@ def build_models(plan: dict) -> dict:
 
 def _gfm_cached(plan: dict, role: str) -> bool:
     settings = [plan["gfm"], *([plan["gfm_if_missing"]] if "gfm_if_missing" in plan else [])]
-    return any(fetch_gfm(train_if_missing=False, read_only_dirs=plan["read_only_dirs"], **s, seed=plan[f"{role}_gfm_seed"])
+    return any(fetch_gfm(train_if_missing=False, read_only_dirs=plan["read_only_dirs"], **s,
+                         seed=plan[f"{role}_gfm_seed"])
                for s in settings)
 
 
@@ -316,7 +317,8 @@ def judge(out: dict) -> dict:
     sharpness_ratio >= GUARD_MIN (no winning by freezing pixels or by blurring, see the module docstring)."""
     below = {k: out[f"{k}_delta_ci95"][1] is not None and out[f"{k}_delta_ci95"][1] < 0 for k in ("3dcs", "epipolar")}
     motion_ok = out["motion_ratio"] is not None and out["motion_ratio"] >= 0.8
-    guards = all(out.get(f"{k}_ratio") is not None and out[f"{k}_ratio"] >= GUARD_MIN for k in ("frame_change", "sharpness"))
+    guards = all(out.get(f"{k}_ratio") is not None and out[f"{k}_ratio"] >= GUARD_MIN
+                 for k in ("frame_change", "sharpness"))
     out["success_ci_only"] = bool(all(below.values()) and motion_ok)
     out["success"] = bool(out["success_ci_only"] and guards and all(out[f"{k}_pairs"] >= MIN_PAIRS for k in below))
     return out
@@ -377,8 +379,10 @@ def run_arm(name: str, config: str, common: list[str], arm_overrides: list[str],
     for index in range(rounds):
         key = (cfg.output_uri, cfg.run_name, index)
         # A rerun (e.g. with another arm added) reuses an evaluation made with the same settings.
-        sidecar = os.path.join(cfg.output_uri, cfg.run_name, "evaluation", f"round-{index:03d}", "miniature-summary.json")
-        ident = {"summary_version": SUMMARY_VERSION, "evaluation": eval_cfg.evaluation.model_dump(mode="json"), "scoring": eval_cfg.scoring.model_dump(mode="json"),
+        sidecar = os.path.join(cfg.output_uri, cfg.run_name, "evaluation", f"round-{index:03d}",
+                               "miniature-summary.json")
+        ident = {"summary_version": SUMMARY_VERSION, "evaluation": eval_cfg.evaluation.model_dump(mode="json"),
+                 "scoring": eval_cfg.scoring.model_dump(mode="json"),
                  "sampling": eval_cfg.sampling.model_dump(mode="json"), "lora": _lora_sha(cfg, index)}
         if key not in _EVALUATED and os.path.isfile(sidecar):
             with open(sidecar) as f:
@@ -394,7 +398,8 @@ def run_arm(name: str, config: str, common: list[str], arm_overrides: list[str],
             os.replace(f"{sidecar}.tmp", sidecar)
         per_round.append({**_EVALUATED[key], "train": train_metrics[index],
                           "train_history": _train_history(train_metrics[index])})
-    return {"arm": name, "run_name": cfg.run_name, "rounds": per_round, "round0_from_offline": list(reuse) if reused else [],
+    return {"arm": name, "run_name": cfg.run_name, "rounds": per_round,
+            "round0_from_offline": list(reuse) if reused else [],
             "seconds": {"align": round(align_s, 1), "evaluate": round(eval_s, 1)}}
 
 
@@ -439,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes for CI (< ~3 min with cached models)")
     p.add_argument("--output", default=None, help="output folder (default runs/miniature[-smoke])")
     p.add_argument("--config", default=str(REPO / "configs" / "miniature.yaml"))
-    p.add_argument("--arms", default=None, help="comma list of offline,online,epipolar,sft (default: all; smoke: offline)")
+    p.add_argument("--arms", default=None,
+                   help="comma list of offline,online,epipolar,sft (default: all; smoke: offline)")
     p.add_argument("--base", default=None, type=json.loads,
                    help='base-model settings as JSON, e.g. \'{"size": 64}\' (train_tiny_base_model arguments; '
                         "default: its defaults)")
@@ -516,10 +522,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "3dcs_delta_at_equal_sharpness", "epipolar_delta_at_equal_sharpness")},
         "headline_arm": headline["arm"],
         "eval_gfm_checks": models["eval_gfm"]["checks"],  # can the guards and 3DCS see what they claim to?
-        "ci_method": "seeded percentile bootstrap (10000 resamples, seed 0) of mean(aligned - base), paired by (prompt, seed)",
-        "success_criterion": ("3dcs and epipolar CI highs < 0 and motion_ratio >= 0.8 (held-out seeds, evaluation GFM); "
+        "ci_method": ("seeded percentile bootstrap (10000 resamples, seed 0) of mean(aligned - base), "
+                      "paired by (prompt, seed)"),
+        "success_criterion": ("3dcs and epipolar CI highs < 0 and motion_ratio >= 0.8 "
+                              "(held-out seeds, evaluation GFM); "
                               f"success also needs >= {MIN_PAIRS} paired samples where each metric is defined "
-                              f"and frame_change_ratio, sharpness_ratio >= {GUARD_MIN} (success_ci_only: without those)"),
+                              f"and frame_change_ratio, sharpness_ratio >= {GUARD_MIN} "
+                              "(success_ci_only: without those)"),
         "success_by_arm": {a: [r["success"] for r in res["rounds"]] for a, res in results.items()},
         "arms": {name: {**r, "rounds": [{k: v for k, v in rr.items() if k != "side_by_side"} for rr in r["rounds"]]}
                  for name, r in results.items()},

@@ -150,7 +150,8 @@ def run_ray(cfg, rows: list[dict], store, videos_rel: str, pool) -> dict:
     all_ready = max(ts[-1] for ts in ready.values()) if complete else None
     return {"actors_per_pool": pool.min_size, "num_cpus_per_actor": pool.num_cpus, "total_s": total,
             "startup_s": startup, "steady_s": total - startup if startup is not None else None,
-            "all_actors_ready_s": all_ready, "actor_ready_s": ready, "candidates": len(out), "materialized": materialized}
+            "all_actors_ready_s": all_ready, "actor_ready_s": ready, "candidates": len(out),
+            "materialized": materialized}
 
 
 class _ThreadProbe:

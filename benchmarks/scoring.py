@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the repo's packages first
-    sys.path.insert(0, str(ROOT))
 
 from actors.geometry import Geometry, reproject_frames, splat, unproject
 from actors.scoring import ScoringConfig, VideoScorer, lpips_distance, reprojection_score
@@ -136,7 +130,9 @@ class StandInGFM(nn.Module):
     a 24-block per-frame patch encoder, then alternating frame / global attention blocks,
     a per-patch depth+confidence head and a pooled camera head."""
 
-    def __init__(self, dim: int = 1024, heads: int = 16, encoder_depth: int = 24, pairs: int = 36, patch: int = 14) -> None:
+    def __init__(
+        self, dim: int = 1024, heads: int = 16, encoder_depth: int = 24, pairs: int = 36, patch: int = 14
+    ) -> None:
         super().__init__()
         self.patch = patch
         self.embed = nn.Conv2d(3, dim, patch, stride=patch)
@@ -154,7 +150,8 @@ class StandInGFM(nn.Module):
         for frame_block, global_block in zip(self.frame_blocks, self.global_blocks):
             x = frame_block(x)
             x = global_block(x.reshape(1, -1, x.shape[-1])).reshape(x.shape)
-        dense = F.pixel_shuffle(self.dense(x).transpose(1, 2).reshape(t, -1, h // self.patch, w // self.patch), self.patch)
+        dense = F.pixel_shuffle(self.dense(x).transpose(1, 2).reshape(t, -1, h // self.patch, w // self.patch),
+                                self.patch)
         depth, conf = 1 + F.softplus(dense[:, 0].float()), 1 + F.softplus(dense[:, 1].float())
         cam = 0.01 * torch.tanh(self.camera(x.mean(1)).float())
         rot = torch.linalg.matrix_exp(torch.stack([

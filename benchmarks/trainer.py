@@ -89,7 +89,8 @@ def run_variant(variant: str, layers: int, steps: int, device: str, threads: int
         noisy, target = family.noisy_and_target(scheduler, x0, torch.cat([noise, noise]), torch.cat([t, t]))
         prompt = torch.cat([batch.prompt_embeds] * 2).to(device)
         with torch.no_grad():
-            ref_err = per_sample_error(family.predict(PolicyCall(reference), noisy, torch.cat([t, t]), prompt, None), target)
+            ref_err = per_sample_error(family.predict(PolicyCall(reference), noisy, torch.cat([t, t]), prompt, None),
+                                       target)
         err = per_sample_error(family.predict(PolicyCall(transformer), noisy, torch.cat([t, t]), prompt, None), target)
         return dpo_loss(err[:1], err[1:], ref_err[:1], ref_err[1:], 1.0)[0]
 
@@ -146,7 +147,8 @@ def main() -> None:
     ad, cp = res["adapter"], res["copy"]
     print(json.dumps({
         "benchmark": "trainer_reference_adapter_vs_copy", "device": a.device, "params": ad["params"],
-        "lora_params": ad["lora_params"], "peak_mem_mb_adapter": ad["peak_mem_mb"], "peak_mem_mb_copy": cp["peak_mem_mb"],
+        "lora_params": ad["lora_params"], "peak_mem_mb_adapter": ad["peak_mem_mb"],
+        "peak_mem_mb_copy": cp["peak_mem_mb"],
         "process_peak_mem_mb_adapter": ad["process_peak_mem_mb"], "process_peak_mem_mb_copy": cp["process_peak_mem_mb"],
         "step_time_s_adapter": ad["step_time_s"], "step_time_s_copy": cp["step_time_s"],
         "peak_mem_ratio_adapter_vs_copy": ad["peak_mem_mb"] / cp["peak_mem_mb"],

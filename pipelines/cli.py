@@ -7,10 +7,9 @@ import json
 import logging
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from actors.errors import InputError
-
 
 STAGE_COMMANDS = {"generate": "candidates", "pairs": "pairs", "train": "train"}
 
@@ -41,7 +40,8 @@ def _find_input_error(err: BaseException) -> InputError | None:
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None),
                       getattr(current, "controller_failure", None)])
         stack.extend(e for e in getattr(current, "exceptions", []) if isinstance(e, BaseException))
-        stack.extend(e for e in (getattr(current, "worker_failures", None) or {}).values() if isinstance(e, BaseException))
+        stack.extend(e for e in (getattr(current, "worker_failures", None) or {}).values()
+                     if isinstance(e, BaseException))
     for text in texts:
         found = _REMOTE_INPUT_ERROR.findall(text)
         if found:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,7 +37,7 @@ class PoolConfig(_Section):
     batch_size: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _sizes_ordered(self) -> "PoolConfig":
+    def _sizes_ordered(self) -> PoolConfig:
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) is smaller than min_size ({self.min_size})")
         return self
@@ -182,7 +182,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> VideoGPAConfig:
     except FileNotFoundError:
         raise InputError(f"config file {str(path)!r} does not exist") from None
     except IsADirectoryError:
-        raise InputError(f"config file {str(path)!r} is a directory; give a YAML file (e.g. configs/quickstart.yaml)") from None
+        raise InputError(f"config file {str(path)!r} is a directory; "
+                         "give a YAML file (e.g. configs/quickstart.yaml)") from None
     except UnicodeDecodeError:
         raise InputError(f"config file {str(path)!r} is not UTF-8 text") from None
     try:

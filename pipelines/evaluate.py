@@ -113,7 +113,8 @@ def _base_samples(cfg: VideoGPAConfig, base_store: RunStore, rows: list[dict[str
     if saved is not None:
         log.info("base samples: reusing %s", base_store.uri(out))
         return saved
-    samples = [{k: r[k] for k in ("prompt_id", "seed", "video_uri", *dict(METRICS))} for r in _sample(cfg, base_store, rows, out, None)]
+    samples = [{k: r[k] for k in ("prompt_id", "seed", "video_uri", *dict(METRICS))}
+               for r in _sample(cfg, base_store, rows, out, None)]
     base_store.write_json(f"{out}/rows.json", samples)
     return samples
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,16 @@ def pair_id(prompt_id: str, round_index: int, winner_seed: int, loser_seed: int)
 RANK = "pairing_score"  # the score candidates are ranked by: the raw score, or the adjusted one
 
 
-def _best_and_worst(rows: list[dict[str, Any]], matched_on: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def _best_and_worst(
+    rows: list[dict[str, Any]], matched_on: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """``rows`` sorted by (RANK, seed). Plain: the first against the last. Matched: the pair with the
     largest gap whose winner is at least its loser's on every key of ``matched_on`` (None if no
     pair is), so that no pair can teach the policy to slow its camera down or to blur."""
     if not matched_on:
         return rows[0], rows[-1]
-    pairs = [(w, l) for i, w in enumerate(rows) for l in rows[i + 1:] if all(w[k] >= l[k] for k in matched_on)]
+    pairs = [(w, loser) for i, w in enumerate(rows) for loser in rows[i + 1:]
+             if all(w[k] >= loser[k] for k in matched_on)]
     return max(pairs, key=lambda p: p[1][RANK] - p[0][RANK], default=None)
 
 
@@ -109,7 +113,8 @@ def make_pairs(
         else:
             by_prompt[row["prompt_id"]].append(row)
     kept = [row for rows in by_prompt.values() for row in rows]
-    ranks, report.adjusted_for = covariate_adjusted(kept, adjust_for) if adjust_for else ([r["score"] for r in kept], {})
+    ranks, report.adjusted_for = (covariate_adjusted(kept, adjust_for) if adjust_for
+                                  else ([r["score"] for r in kept], {}))
     ranked = iter(ranks)
     for rows in by_prompt.values():
         rows[:] = [{**row, RANK: next(ranked)} for row in rows]

@@ -85,7 +85,8 @@ def _parse(path: str, text: str) -> list[Prompt]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        prompts.append(_parse_jsonl_line(path, number, line) if jsonl else Prompt(prompt_id_for(line.strip()), line.strip()))
+        prompts.append(_parse_jsonl_line(path, number, line) if jsonl
+                       else Prompt(prompt_id_for(line.strip()), line.strip()))
     if not prompts:
         raise InputError(f"prompts file {path!r} holds no prompts")
     return prompts
@@ -134,4 +135,5 @@ def check_images(prompts: list[Prompt], family: str, source: str | None, storage
         except FileNotFoundError:
             raise InputError(f"{where}: prompt {p.prompt_id!r}: image {p.image!r} does not exist") from None
         except (UnidentifiedImageError, OSError, SyntaxError):
-            raise InputError(f"{where}: prompt {p.prompt_id!r}: image {p.image!r} is not a readable image file") from None
+            raise InputError(f"{where}: prompt {p.prompt_id!r}: image {p.image!r} "
+                             "is not a readable image file") from None

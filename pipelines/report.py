@@ -58,12 +58,14 @@ def table_html(arms: dict[str, dict]) -> str:
         ok = "yes" if r.get("success") else "no"
         body.append(
             f"<tr><td>{html.escape(name)}</td><td>{index}</td><td>{_fmt(r['3dcs_base'])}</td>"
-            f"<td>{_fmt(r['3dcs_aligned'])}</td><td>{_fmt(r['3dcs_delta'], 5)} {_ci(r['3dcs_delta_ci95'])}{_n(r, '3dcs')}</td>"
+            f"<td>{_fmt(r['3dcs_aligned'])}</td>"
+            f"<td>{_fmt(r['3dcs_delta'], 5)} {_ci(r['3dcs_delta_ci95'])}{_n(r, '3dcs')}</td>"
             f"<td>{_fmt(r['epipolar_base'])}</td><td>{_fmt(r['epipolar_aligned'])}</td>"
             f"<td>{_fmt(r['epipolar_delta'], 5)} {_ci(r['epipolar_delta_ci95'])}{_n(r, 'epipolar')}</td>"
             f"<td>{_fmt(r['motion_base'])}</td><td>{_fmt(r['motion_aligned'])}</td>"
             f"<td>{_fmt(r['motion_ratio'], 3)}</td><td>{_fmt(r.get('frame_change_ratio'), 3)}</td>"
-            f"<td>{_fmt(r.get('sharpness_ratio'), 3)}</td>{_at_equal_sharpness(r, '3dcs')}{_at_equal_sharpness(r, 'epipolar')}"
+            f"<td>{_fmt(r.get('sharpness_ratio'), 3)}</td>"
+            f"{_at_equal_sharpness(r, '3dcs')}{_at_equal_sharpness(r, 'epipolar')}"
             f"<td class='{ok}'>{ok}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -119,7 +121,8 @@ def _step_series(arms: dict[str, dict]) -> Series:
         for key, title, window in (("loss", "DPO train loss per step", 1),
                                    ("reward_accuracy", "reward accuracy per step (running mean of 5)", 5)):
             values = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float))]
-            smoothed = [(s, sum(v for _, v in values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]))
+            smoothed = [(s, sum(v for _, v in values[max(0, i - window + 1): i + 1])
+                         / len(values[max(0, i - window + 1): i + 1]))
                         for i, (s, _) in enumerate(values)]
             if smoothed:
                 out.setdefault(title, {})[(name, index)] = smoothed
@@ -197,17 +200,20 @@ def _plots_svg(series: Series) -> list[str]:
             return m + (w - 2 * m) * x / xmax, h - m - (h - 2 * m) * (y - lo) / (hi - lo)
 
         parts = [f"<text x='{w / 2}' y='14' text-anchor='middle' font-size='11'>{html.escape(title)}</text>",
-                 f"<text x='2' y='{m}' font-size='9'>{hi:.4g}</text><text x='2' y='{h - m}' font-size='9'>{lo:.4g}</text>"]
+                 f"<text x='2' y='{m}' font-size='9'>{hi:.4g}</text>"
+                 f"<text x='2' y='{h - m}' font-size='9'>{lo:.4g}</text>"]
         for i, (key, points) in enumerate(lines.items()):
             points = sorted(points)
             pts = [xy(p[0], p[1]) for p in points]
             c = colors[key[0]]
-            parts.append(f"<polyline fill='none' stroke='{c}' points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}'/>")
+            parts.append(f"<polyline fill='none' stroke='{c}' "
+                         f"points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}'/>")
             parts += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3' fill='{c}'/>" for a, b in pts]
             for p in (p for p in points if len(p) == 4):
                 (x, y_low), (_, y_high) = xy(p[0], p[2]), xy(p[0], p[3])
                 parts.append(f"<line x1='{x:.1f}' y1='{y_low:.1f}' x2='{x:.1f}' y2='{y_high:.1f}' stroke='{c}'/>")
-            parts.append(f"<text x='{w - m}' y='{30 + 12 * i}' font-size='9' fill='{c}'>{html.escape(_label(key))}</text>")
+            parts.append(f"<text x='{w - m}' y='{30 + 12 * i}' font-size='9' fill='{c}'>"
+                         f"{html.escape(_label(key))}</text>")
         images.append(f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>{''.join(parts)}</svg>")
     return images
 
@@ -262,7 +268,8 @@ def render_report(figures: dict, results: dict[str, dict], out_dir: str) -> str:
         f"<style>{STYLE}</style></head><body><h1>VideoGPA in miniature</h1>"
         f"<p>Held-out seeds, scored with the <b>evaluation</b> GFM (not the training reward). "
         f"Headline arm <b>{html.escape(str(figures.get('headline_arm')))}</b>: success = "
-        f"<b>{'yes' if figures.get('success') else 'no'}</b> ({html.escape(str(figures.get('success_criterion')))}).</p>"
+        f"<b>{'yes' if figures.get('success') else 'no'}</b> "
+        f"({html.escape(str(figures.get('success_criterion')))}).</p>"
         f"<h2>Results</h2>{table_html(figures['arms'])}"
         f"<h2>Held-out effect and training per round</h2>{plots_html(figures['arms'])}"
         f"<h2>Side-by-side samples</h2>{videos_html(results, out_dir)}"

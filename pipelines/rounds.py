@@ -303,7 +303,8 @@ def finish_round(cfg: VideoGPAConfig, store: RunStore, paths: RoundPaths) -> dic
         "pairs_kept": pairs_marker["pairing"]["pairs_kept"],
         "candidates_dropped": pairs_marker["pairing"]["candidates_dropped"],
         "prompts_dropped": pairs_marker["pairing"]["prompts_dropped"],
-        "scores": {key: _stats([c[key] for c in candidates]) for key in ("score", "3dcs", "epipolar", "motion", "psnr", "ssim")},
+        "scores": {key: _stats([c[key] for c in candidates])
+                   for key in ("score", "3dcs", "epipolar", "motion", "psnr", "ssim")},
         "train": train_marker["metrics"],
         "stage_seconds": {stage: markers[stage]["seconds"] for stage in STAGES},
         "config": store.config_rel,

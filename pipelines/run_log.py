@@ -18,7 +18,6 @@ from typing import TextIO
 
 from pipelines.storage import RunStore
 
-
 # A line Ray forwards from an actor or worker starts with its source, e.g. "(MapWorker(...) pid=12, ip=..)",
 # in colour on a terminal.
 _SOURCE = re.compile(r"^(?:\x1b\[[0-9;]*m)?\(.*? pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)? ?")

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
 import ray
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from actors.errors import InputError
 from actors.models import (
@@ -38,7 +38,8 @@ from trainers.schema import PAIR_SCHEMA, SCHEMA_VERSION, tensor_to_bytes
 
 log = logging.getLogger(__name__)
 
-SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar", "sharpness", "frame_change")
+SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar", "sharpness",
+              "frame_change")
 CANDIDATE_META_COLUMNS = ["round", "prompt_id", "prompt", "image", "seed", "video_uri", "scorer", *SCORE_KEYS]
 
 
@@ -108,7 +109,8 @@ class GenerateCandidates:
             image = _load_image(self.store, str(batch["image"][first]))
             videos = generate_videos(self.pipe, self.model, self.sampling, str(batch["prompt"][first]), seeds, image)
             for i, seed, video in zip(rows, seeds, videos):
-                rel = f"{self.videos_rel}/{pid}-s{seed}.mp4"  # deterministic: a retried task overwrites, never duplicates
+                # deterministic: a retried task overwrites, never duplicates
+                rel = f"{self.videos_rel}/{pid}-s{seed}.mp4"
                 self.store.write_bytes(rel, encode_mp4(video, fps=self.sampling.fps))
                 for key in ("round", "prompt_id", "prompt", "image"):
                     out[key].append(batch[key][i])
@@ -183,7 +185,8 @@ class EncodePairs:
                 "latent_shape": list(latents.shape[1:]),
                 "latent_dtype": str(latents.dtype).removeprefix("torch."),
                 "prompt_embeds": tensor_to_bytes(enc["prompt_embeds"][0].cpu()),
-                "image_latents": None if enc["image_latents"] is None else tensor_to_bytes(enc["image_latents"][0].cpu()),
+                "image_latents": (None if enc["image_latents"] is None
+                                  else tensor_to_bytes(enc["image_latents"][0].cpu())),
             })
         return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 

@@ -44,7 +44,7 @@ class FlakyS3Proxy:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FlakyS3Proxy":
+    def start(self) -> FlakyS3Proxy:
         self._thread.start()
         return self
 
@@ -52,7 +52,7 @@ class FlakyS3Proxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "FlakyS3Proxy":
+    def __enter__(self) -> FlakyS3Proxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

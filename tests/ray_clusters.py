@@ -43,8 +43,14 @@ from ray._private.node import Node
 from ray._private.parameter import RayParams
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE, FakeMultiNodeProvider
 from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-from ray.autoscaler.tags import (NODE_KIND_WORKER, STATUS_UP_TO_DATE, TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME,
-                                 TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE)
+from ray.autoscaler.tags import (
+    NODE_KIND_WORKER,
+    STATUS_UP_TO_DATE,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_NAME,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
 
 from tests.processes import MARKER_VAR, cmdline, kill_marked, marked_pids
 
@@ -340,7 +346,7 @@ class Timeline:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
 
-    def __enter__(self) -> "Timeline":
+    def __enter__(self) -> Timeline:
         self._thread.start()
         return self
 

@@ -17,9 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -133,7 +133,8 @@ BAD_INPUTS = {
     "credential-key": Bad(f"align {GOOD} storage.secret_access_key=abc-secret", ("credentials are not config keys",)),
     "config-is-a-directory": Bad("align --config configs", ("config file 'configs' is a directory",)),
     "config-missing": Bad("align --config {tmp}/nope.yaml", ("nope.yaml' does not exist",)),
-    "override-without-value": Bad(f"align {GOOD} trainer.zero_stage", ("'trainer.zero_stage': expected key.path=value",)),
+    "override-without-value": Bad(f"align {GOOD} trainer.zero_stage",
+                                  ("'trainer.zero_stage': expected key.path=value",)),
     # model
     "unknown-family": Bad(f"align {GOOD} model.family=sora", ("model.family:", "'sora'")),
     "model-dir-missing": Bad(f"align {GOOD} model.pretrained={{tmp}}/no-such-model",
@@ -158,14 +159,16 @@ BAD_INPUTS = {
     # prompts
     "prompts-empty": Bad(f"align {GOOD} prompts.path={{tmp}}/empty.txt", ("empty.txt'", "holds no prompts"),
                          _write("empty.txt", b"")),
-    "prompts-malformed-jsonl": Bad(f"align {GOOD} prompts.path={{tmp}}/bad.jsonl", ("bad.jsonl'", "line 2: not valid JSON"),
+    "prompts-malformed-jsonl": Bad(f"align {GOOD} prompts.path={{tmp}}/bad.jsonl",
+                                   ("bad.jsonl'", "line 2: not valid JSON"),
                                    _write("bad.jsonl", b'{"prompt": "a house"}\n{"prompt": "a car"\n')),
     "prompts-not-utf8": Bad(f"align {GOOD} prompts.path={{tmp}}/latin1.txt", ("latin1.txt'", "is not UTF-8"),
                             _write("latin1.txt", "a caf\u00e9 in Paris\n".encode("latin-1"))),
     "prompts-missing": Bad(f"align {GOOD} prompts.path={{tmp}}/none.txt", ("none.txt' does not exist",)),
     "image-missing": Bad(f"align {I2V} prompts.path={{tmp}}/p.jsonl", ("p.jsonl'", "gone.png' does not exist"),
                          _jsonl("{tmp}/gone.png")),
-    "image-not-an-image": Bad(f"align {I2V} prompts.path={{tmp}}/p.jsonl", ("not-an-image.png' is not a readable image",),
+    "image-not-an-image": Bad(f"align {I2V} prompts.path={{tmp}}/p.jsonl",
+                              ("not-an-image.png' is not a readable image",),
                               _jsonl("{tmp}/not-an-image.png")),
     "image-for-text-to-video": Bad(f"align {GOOD} prompts.path={{tmp}}/p.jsonl", ("has an image", "is text-to-video"),
                                    _jsonl("{tmp}/frame.png")),
@@ -194,7 +197,8 @@ BAD_INPUTS = {
     # videos
     "video-one-frame": Bad("score-video {tmp}/one.mp4 --num-frames 9 --lpips-backbone random",
                            ("one.mp4: video: needs at least 2 frames",),
-                           lambda tmp, out: (tmp / "one.mp4").write_bytes(encode_mp4(np.zeros((1, 32, 32, 3), np.uint8)))),
+                           lambda tmp, out: (tmp / "one.mp4").write_bytes(
+                               encode_mp4(np.zeros((1, 32, 32, 3), np.uint8)))),
     "video-missing": Bad("score-video {tmp}/gone.mp4 --num-frames 9 --lpips-backbone random", ("gone.mp4",)),
 }
 

@@ -77,7 +77,8 @@ def test_per_sample_error_is_float32_mean_over_non_batch_dims():
 
 def test_trainer_config_defaults_are_the_paper_recipe():
     c = TrainerConfig()
-    assert (c.learning_rate, c.warmup_steps, c.max_steps, c.grad_clip, c.effective_batch_size) == (5e-6, 500, 10_000, 1.0, 16)
+    assert ((c.learning_rate, c.warmup_steps, c.max_steps, c.grad_clip, c.effective_batch_size)
+            == (5e-6, 500, 10_000, 1.0, 16))
     assert (c.lora_rank, c.lora_alpha, c.lora_dropout, c.beta, c.zero_stage) == (64, 128, 0.0, 1.0, 2)
     with pytest.raises(ValueError):
         TrainerConfig(unknown_key=1)

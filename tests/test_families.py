@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPT = "a blue sphere on a table"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pipe(family: str):
     return build_pipeline(ModelConfig(family=family))
 
@@ -36,7 +36,7 @@ def _image(family: str) -> np.ndarray | None:
     return np.random.RandomState(5).randint(0, 256, (s.height, s.width, 3), dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _inputs(family: str, with_image: bool = True) -> dict:
     pipe = _pipe(family)
     model = ModelConfig(family=family)

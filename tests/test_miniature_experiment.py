@@ -38,7 +38,8 @@ def test_delta_at_equal_sharpness_removes_a_gain_that_came_from_blur():
     base = [{"prompt_id": "p", "seed": s, "3dcs": 1.0, "sharpness": 1.0} for s in range(40)]
     blur = [0.7 + 0.3 * (s % 5) / 4 for s in range(40)]  # aligned sharpness ratios 0.7 ... 1.0
     # pure blur: every sample's gain is 0.5 x its sharpness loss -> nothing left at equal sharpness
-    blurred = [{"prompt_id": "p", "seed": s, "3dcs": 1.0 + 0.5 * (blur[s] - 1), "sharpness": blur[s]} for s in range(40)]
+    blurred = [{"prompt_id": "p", "seed": s, "3dcs": 1.0 + 0.5 * (blur[s] - 1), "sharpness": blur[s]}
+               for s in range(40)]
     only_blur = delta_at_equal_sharpness(base, blurred, "3dcs")
     assert only_blur["count"] == 40 and only_blur["mean"] == pytest.approx(0.0, abs=1e-9)
     assert only_blur["ci95"][0] <= 0.0 <= only_blur["ci95"][1] + 1e-9
@@ -96,7 +97,8 @@ def test_committed_models_are_the_defaults(tmp_path, monkeypatch):
     local = tmp_path / Path(base["path"]).name
     local.mkdir()
     (local / "miniature.json").write_text(json.dumps({"size": 32}))
-    assert Path(train_tiny_base_model(**FULL["base"], train_if_missing=False, read_only_dirs=dirs)["path"]) == Path(base["path"])
+    assert (Path(train_tiny_base_model(**FULL["base"], train_if_missing=False, read_only_dirs=dirs)["path"])
+            == Path(base["path"]))
     assert Path(train_tiny_base_model(**FULL["base"], train_if_missing=False)["path"]) == local
 
 
@@ -134,7 +136,8 @@ def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
            "train": {"train": {"loss": 0.69, "reward_accuracy": 0.5}, "scores": {"3dcs": {"mean": 0.1}}},
            "train_history": [{"step": s, "loss": 0.69 - 0.01 * s, "reward_accuracy": s % 2, "reward_margin": 0.0}
                              for s in range(1, 8)]}
-    results = {"offline": {"run_name": "r", "rounds": [{**row, "side_by_side": ["evaluation/round-000/side_by_side/a.mp4"]}]}}
+    results = {"offline": {"run_name": "r",
+                           "rounds": [{**row, "side_by_side": ["evaluation/round-000/side_by_side/a.mp4"]}]}}
     monkeypatch.setattr(report, "_plots_matplotlib", lambda series: (_ for _ in ()).throw(ImportError()))
     path = report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results, str(tmp_path))
     text = Path(path).read_text()

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPT = "a red cube in a room, the camera orbits slowly"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pipe(family: str):
     """One shared pipeline per family for read-only tests (tests that load LoRAs build their own)."""
     return build_pipeline(ModelConfig(family=family))

@@ -72,7 +72,8 @@ def test_sharpness_matched_pairs_never_prefer_the_blurrier_video():
     # motion-matched alone pairs seed 1 (blurry, low score) against seed 4
     rows = [row(1, 0.10, 0.9, 0.2), row(2, 0.20, 0.8, 0.6), row(3, 0.50, 0.7, 0.9), row(4, 0.90, 0.1, 0.5),
             {**row(5, 0.3, 0.5, math.nan), "prompt_id": "b"}, {**row(6, 0.9, 0.5, 0.5), "prompt_id": "b"}]
-    motion = {p.prompt_id: p for p in make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, motion_matched=True).pairs}
+    motion = {p.prompt_id: p
+              for p in make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, motion_matched=True).pairs}
     assert (motion["a"].winner["seed"], motion["a"].loser["seed"]) == (1, 4)
     report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, motion_matched=True, sharpness_matched=True)
     pairs = {p.prompt_id: p for p in report.pairs}
@@ -113,6 +114,8 @@ def test_adjusted_pairs_rank_what_motion_does_not_explain():
     assert pairs["a"][1] == 3 and pairs["b"][0] == 6  # the inconsistent one loses, the consistent one wins
     assert adjusted.summary()["adjusted_for"]["motion"] == pytest.approx(0.1, abs=0.02)
     # pairs keep their raw scores; a covariate that cannot be logged drops its candidate
-    assert all(p.winner["score"] == next(r["score"] for r in rows if r["seed"] == p.winner["seed"]) for p in adjusted.pairs)
-    zero = make_pairs([*rows, _row("a", 9, 0.0, motion=0.0)], 0, min_gap=0.0, motion_threshold=0.0, adjust_for=("motion",))
+    assert all(p.winner["score"] == next(r["score"] for r in rows if r["seed"] == p.winner["seed"])
+               for p in adjusted.pairs)
+    zero = make_pairs([*rows, _row("a", 9, 0.0, motion=0.0)], 0, min_gap=0.0, motion_threshold=0.0,
+                      adjust_for=("motion",))
     assert zero.dropped_candidates["covariate_not_positive"] == 1

@@ -144,7 +144,8 @@ def test_splat_matches_brute_force_with_exact_ties_and_culling():
     g = torch.Generator().manual_seed(3)
     # coarse grid: many points share a depth and a pixel exactly; z in [-1, 3] puts some
     # behind or on the first camera's image plane, x, y in [-2, 2] some off the image
-    points = torch.randint(-4, 5, (400, 3), generator=g).float() * torch.tensor([0.5, 0.5, 0.5]) + torch.tensor([0, 0, 1.0])
+    points = (torch.randint(-4, 5, (400, 3), generator=g).float() * torch.tensor([0.5, 0.5, 0.5])
+              + torch.tensor([0, 0, 1.0]))
     points = torch.cat([points, points[:50]])[torch.randperm(450, generator=g)]  # exact duplicates, either order
     colors = torch.rand(450, 3, generator=g)
     k = torch.tensor([[4.0, 0, 3.5], [0, 4.0, 2.5], [0, 0, 1]]).expand(3, 3, 3).clone()
@@ -417,7 +418,8 @@ def test_vggt_adapter_with_tiny_random_model():
     torch.nn.Module.__init__(model)
     model.aggregator = Aggregator(img_size=56, patch_size=14, embed_dim=32, depth=24, num_heads=2, patch_embed="conv")
     model.camera_head = CameraHead(dim_in=64, trunk_depth=1, num_heads=2)
-    model.depth_head = DPTHead(dim_in=64, output_dim=2, activation="exp", conf_activation="expp1", features=16, out_channels=[16, 16, 16, 16])
+    model.depth_head = DPTHead(dim_in=64, output_dim=2, activation="exp", conf_activation="expp1", features=16,
+                               out_channels=[16, 16, 16, 16])
     model.point_head = model.track_head = None
     backend = VGGTBackend(resolution=56, model=model)
     frames = backend.prepare(torch.rand(3, 3, 40, 60))

@@ -86,7 +86,7 @@ def add_lora(
             transformer.delete_adapters(REFERENCE)
     _set_active(transformer, POLICY, frozen=False)
     params = [p for n, p in transformer.named_parameters() if f".{POLICY}." in n and "lora_" in n]
-    for n, p in transformer.named_parameters():
+    for _n, p in transformer.named_parameters():
         p.requires_grad_(any(p is q for q in params))
     if not params:
         raise ValueError(f"no LoRA target module among {list(target_modules)} in {type(transformer).__name__}")

@@ -6,7 +6,8 @@ the policy forward (so its backward hooks are attached). No Ray in here.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
