@@ -175,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave_ray() -> None:
+    """Disconnect from Ray while the run log still holds the streams: Ray prints the worker lines
+    it held back for deduplication when it shuts down, which at exit would follow our last line
+    and bypass the log's traceback filter."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     import traceback
 
@@ -204,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             where = "; ".join(getattr(err, "__notes__", [])) or args.command
             first = str(err).splitlines()[0] if str(err) else ""
             code, line = 1, f"videogpa: failed in {where}: {type(err).__name__}: {first} (full log: {run_log.where})"
+    _leave_ray()
     if line is not None:
         run_log.write_only_to_file(line + "\n")
     try:
