@@ -34,13 +34,13 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
     if command in ("align", "generate"):
         prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, spec, builtin=BUILTIN_PROMPTS)
         check_images(prompts, cfg.model.family, cfg.prompts.path, spec)
+    store = RunStore(spec, cfg.run_name)  # read here, written only once the command is past these checks
     if command == "evaluate":
         ev = cfg.evaluation.prompts
         prompts = load_prompts(ev.path, ev.limit, spec, builtin=BUILTIN_EVAL_PROMPTS)
         check_images(prompts, cfg.model.family, ev.path, spec)
+        round_to_evaluate(store, cfg.rounds, round_index)
     if command in _STAGE_OF:
-        check_stage_inputs(RunStore(spec, cfg.run_name), _STAGE_OF[command], round_index or 0)
-    if command == "evaluate":
-        round_to_evaluate(RunStore(spec, cfg.run_name), cfg.rounds, round_index)
+        check_stage_inputs(store, _STAGE_OF[command], round_index or 0)
     check_resources(cfg, command, started_here)
     log.info("%s: config, model, prompts and cluster checked before starting", command)
