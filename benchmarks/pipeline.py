@@ -37,14 +37,11 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the repo's packages first
-    sys.path.insert(0, str(ROOT))
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 _t_process = time.perf_counter()

@@ -26,11 +26,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the repo's packages first
-    sys.path.insert(0, str(ROOT))
 
 
 def _model(layers: int, device: str, dtype):

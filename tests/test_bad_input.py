@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from actors.synthetic import render_clip
 from actors.video_io import encode_mp4
+from benchmarks.miniature.world import render_clip
 from pipelines.pairing import make_pairs
 from pipelines.stages import CANDIDATE_META_COLUMNS, SCORE_KEYS, ScoreCandidates
 from tests.conftest import QUICKSTART_ARGS

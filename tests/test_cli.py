@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from actors.synthetic import render_clip
 from actors.video_io import encode_mp4
+from benchmarks.miniature.world import render_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 

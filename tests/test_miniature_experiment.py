@@ -1,4 +1,4 @@
-"""benchmarks/miniature.py (VideoGPA in miniature, issue 6) runs end to end in its --smoke mode:
+"""benchmarks/miniature (VideoGPA in miniature, issue 6) runs end to end in its --smoke mode:
 its last line is the JSON figures, the CIs are ordered, and the HTML report embeds the videos."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_paired_bootstrap_ci_is_paired_and_seeded():
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.miniature import paired_ci
+    from benchmarks.miniature.experiment import paired_ci
 
     base = [{"prompt_id": "p", "seed": s, "3dcs": 1.0 + s} for s in range(6)]
     aligned = [{"prompt_id": "p", "seed": s, "3dcs": 0.9 + s + 0.01 * (s % 2)} for s in reversed(range(6))]
@@ -32,8 +31,7 @@ def test_paired_bootstrap_ci_is_paired_and_seeded():
 
 
 def test_delta_at_equal_sharpness_removes_a_gain_that_came_from_blur():
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.miniature import delta_at_equal_sharpness
+    from benchmarks.miniature.experiment import delta_at_equal_sharpness
 
     base = [{"prompt_id": "p", "seed": s, "3dcs": 1.0, "sharpness": 1.0} for s in range(40)]
     blur = [0.7 + 0.3 * (s % 5) / 4 for s in range(40)]  # aligned sharpness ratios 0.7 ... 1.0
@@ -51,8 +49,7 @@ def test_delta_at_equal_sharpness_removes_a_gain_that_came_from_blur():
 
 
 def test_success_needs_both_cis_below_zero_moving_pixels_and_no_blur():
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.miniature import judge
+    from benchmarks.miniature.experiment import judge
 
     good = {"3dcs_delta_ci95": [-0.2, -0.1], "epipolar_delta_ci95": [-0.3, -0.01], "3dcs_pairs": 48,
             "epipolar_pairs": 48, "motion_ratio": 0.9, "frame_change_ratio": 0.95, "sharpness_ratio": 0.92}
@@ -67,8 +64,7 @@ def test_success_needs_both_cis_below_zero_moving_pixels_and_no_blur():
 
 
 def test_headline_is_the_online_loop_then_offline():
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import miniature
+    from benchmarks.miniature import experiment as miniature
 
     arms = {name: {"arm": name} for name in ("sft", "offline", "online", "epipolar")}
     assert miniature.headline_arm(arms)["arm"] == "online"
@@ -80,9 +76,8 @@ def test_committed_models_are_the_defaults(tmp_path, monkeypatch):
     # The full experiment finds its base model and both GFMs among the committed ones, by the cache
     # keys of its current default settings: a settings change without recommitted weights fails here.
     monkeypatch.setenv("VIDEOGPA_MINIATURE_CACHE", str(tmp_path))  # an empty cache
-    sys.path.insert(0, str(ROOT))
-    from actors.base_model_training import train_tiny_base_model
-    from benchmarks.miniature import COMMITTED_MODELS, FULL, fetch_gfm
+    from benchmarks.miniature.base_model import train_tiny_base_model
+    from benchmarks.miniature.experiment import COMMITTED_MODELS, FULL, fetch_gfm
 
     dirs = (str(COMMITTED_MODELS),)
     base = train_tiny_base_model(**FULL["base"], train_if_missing=False, read_only_dirs=dirs)
@@ -103,8 +98,7 @@ def test_committed_models_are_the_defaults(tmp_path, monkeypatch):
 
 
 def test_arms_take_round0_stages_from_the_offline_run(tmp_path):
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.miniature import OFFLINE_RUN, reuse_round0
+    from benchmarks.miniature.experiment import OFFLINE_RUN, reuse_round0
 
     assert reuse_round0(str(tmp_path), "miniature-sft-winners", ("candidates", "pairs")) is False  # no offline run yet
     src = tmp_path / OFFLINE_RUN / "round-000"
@@ -173,7 +167,7 @@ def test_report_plots_each_candidate_metric_on_its_own_axis():
 @pytest.mark.slow
 def test_miniature_smoke_end_to_end(tmp_path):
     # Own process: the experiment starts (and shuts down) its own local Ray runtime.
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "miniature.py"), "--smoke",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.miniature", "--smoke",
                            "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])

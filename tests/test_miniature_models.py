@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from actors.base_model_training import (
+from actors.errors import InputError
+from actors.gfm import build_tiny_gfm
+from actors.models import ModelConfig, SamplingConfig, build_pipeline, generate_videos
+from benchmarks.miniature.base_model import (
     MINIATURE_PROMPTS,
     _train,
     base_model_settings,
@@ -21,11 +24,8 @@ from actors.base_model_training import (
     settings_hash,
     train_tiny_base_model,
 )
-from actors.errors import InputError
-from actors.gfm import build_tiny_gfm
-from actors.gfm_training import evaluate_gfm, fit_tiny_gfm, save_gfm, torch_threads, train_tiny_gfm
-from actors.models import ModelConfig, SamplingConfig, build_pipeline, generate_videos
-from actors.synthetic import render_clip
+from benchmarks.miniature.gfm_training import evaluate_gfm, fit_tiny_gfm, save_gfm, torch_threads, train_tiny_gfm
+from benchmarks.miniature.world import render_clip
 
 BASE_SMALL = dict(steps=8, vae_steps=4, num_clips=6, num_scenes=3, batch_size=2, size=32, num_frames=9)
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from actors.errors import InputError
-from actors.synthetic import render_clip
 from actors.video_io import decode_video, encode_mp4
+from benchmarks.miniature.world import render_clip
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ video model's samples, on a CPU, with nothing downloaded.
 
 Ingredients (trained by this project's scripts; the default ones are committed in
 benchmarks/miniature_models, others are trained on first use and cached under ~/.cache/videogpa/miniature):
-  * the miniature CogVideoX base model (``actors.base_model_training.train_tiny_base_model``):
+  * the miniature CogVideoX base model (``benchmarks.miniature.base_model.train_tiny_base_model``):
     32x32 px, 9 frames, trained on the synthetic world with half of its clips corrupted;
   * two tiny GFMs trained with different seeds on different synthetic scenes: the *reward* GFM
     scores training candidates (3DCS), the *evaluation* GFM scores the held-out samples, so the
@@ -32,9 +32,9 @@ made once and shared (``evaluation.base_run``). The Epipolar score of one 32 px 
 paired difference has a standard deviation of 0.15-0.20 against effects of 0.02-0.07), so fewer pairs
 would leave a real effect undetected.
 
-    python benchmarks/miniature.py            # full experiment (committed models, 15 sampling steps:
+    python -m benchmarks.miniature            # full experiment (committed models, 15 sampling steps:
                                               # 28.1 min measured on a 2-core machine)
-    python benchmarks/miniature.py --smoke    # CI smoke mode (< 3 min with cached models)
+    python -m benchmarks.miniature --smoke    # CI smoke mode (< 3 min with cached models)
 
 ``eval_gfm_checks`` says how far the evaluation GFM can be trusted: its 3DCS AUROC on corrupted vs
 clean held-out clips, and the rank correlation of its motion score with the true camera motion.
@@ -54,15 +54,12 @@ import math
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("miniature")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -76,7 +73,7 @@ COMMITTED_MODELS = REPO / "benchmarks" / "miniature_models"
 
 
 def cache_dir() -> str:
-    from actors.base_model_training import default_cache_dir
+    from benchmarks.miniature.base_model import default_cache_dir
 
     return default_cache_dir()
 
@@ -87,7 +84,7 @@ def fetch_gfm(train_if_missing: bool = True, read_only_dirs: tuple[str, ...] = (
 
     The cache entry is keyed by a hash of the settings and written under a temporary name, then
     renamed, so a killed run never leaves a half-written entry."""
-    from actors.gfm_training import figures_path, train_tiny_gfm
+    from benchmarks.miniature.gfm_training import figures_path, train_tiny_gfm
 
     blob = json.dumps({"version": GFM_CACHE_VERSION, **settings}, sort_keys=True).encode()
     name = f"gfm-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
@@ -147,7 +144,7 @@ def build_models(plan: dict) -> dict:
     Each trains on one thread, so when the GFMs are not cached they train in a second process while
     the base model trains here: on a 2-core machine that takes their minutes off a first run, and
     the weights are the same as when trained one after the other (seeded, single-threaded)."""
-    from actors.base_model_training import train_tiny_base_model
+    from benchmarks.miniature.base_model import train_tiny_base_model
 
     start = time.perf_counter()
     gfms_cached = all(_gfm_cached(plan, role) for role in ("reward", "eval"))
@@ -200,7 +197,7 @@ def eval_gfm_checks(gfm: dict) -> dict:
 
     Deterministic for given weights, so cached beside them (temp name, then rename); the key holds
     the number of scenes, so a change to the check does not read a stale file."""
-    from actors.gfm_training import evaluate_gfm
+    from benchmarks.miniature.gfm_training import evaluate_gfm
 
     path = f"{gfm['path'][:-len('.safetensors')]}.checks-{EVAL_GFM_CHECKS_SCENES}scenes.json"
     if os.path.isfile(path):
@@ -219,7 +216,7 @@ def eval_gfm_checks(gfm: dict) -> dict:
 
 def write_prompts(out_dir: str, repeats: int, prefix: str, limit: int | None = None) -> str:
     """The miniature prompts under ``repeats`` ids each (one preference pair per id)."""
-    from actors.base_model_training import MINIATURE_PROMPTS
+    from benchmarks.miniature.base_model import MINIATURE_PROMPTS
 
     items = list(MINIATURE_PROMPTS.items())[:limit]
     path = os.path.join(out_dir, f"{prefix}-prompts.jsonl")
@@ -440,7 +437,7 @@ def reuse_round0(out_dir: str, run_name: str, stages: tuple[str, ...]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.miniature", description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes for CI (< ~3 min with cached models)")
     p.add_argument("--output", default=None, help="output folder (default runs/miniature[-smoke])")
     p.add_argument("--config", default=str(REPO / "configs" / "miniature.yaml"))
@@ -551,7 +548,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {results_path}")
     print(json.dumps(figures, default=str))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
