@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import tempfile
 from collections import OrderedDict
 from typing import Any
 
@@ -35,6 +34,7 @@ from actors.video_io import decode_video, encode_mp4
 from pipelines.config import PoolConfig
 from pipelines.storage import RunStore, StorageSpec, make_filesystem, read_bytes
 from trainers.schema import PAIR_SCHEMA, SCHEMA_VERSION, tensor_to_bytes
+from trainers.storage_dirs import local_copy
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,8 @@ class GenerateCandidates:
         self.pipe = build_pipeline(self.model, _device())
         if lora_rel:
             # Online rounds sample from the current policy: base + the previous round's LoRA.
-            self._lora_tmp = tempfile.TemporaryDirectory(prefix="videogpa-lora-")
-            self.store.download_dir(lora_rel, self._lora_tmp.name)
-            load_lora(self.pipe, self._lora_tmp.name, self.sampling.lora_scale, source=self.store.uri(lora_rel))
+            with local_copy(self.store.path(lora_rel), self.store.fs) as lora_dir:
+                load_lora(self.pipe, lora_dir, self.sampling.lora_scale, source=self.store.uri(lora_rel))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         groups: OrderedDict[str, list[int]] = OrderedDict()

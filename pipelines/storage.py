@@ -126,16 +126,6 @@ class RunStore:
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
 
-    def upload_dir(self, local_dir: str | Path, rel: str) -> None:
-        for file in sorted(Path(local_dir).rglob("*")):
-            if file.is_file():
-                self.write_bytes(f"{rel}/{file.relative_to(local_dir).as_posix()}", file.read_bytes())
-
-    def download_dir(self, rel: str, local_dir: str | Path) -> None:
-        for file in self.list_files(rel):
-            target = Path(local_dir) / Path(file).name
-            target.write_bytes(self.read_bytes(file))
-
     def delete_file(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))

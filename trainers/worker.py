@@ -5,10 +5,10 @@ Distribution only; the DPO math is in trainers.step / trainers.dpo.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
-import shutil
 import tempfile
 import time
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from actors.errors import InputError
+from trainers.storage_dirs import local_copy, upload_dir
 
 logger = logging.getLogger("videogpa.trainer")
 
@@ -54,28 +55,6 @@ def _allreduce_max(x: float, world: int, device: torch.device) -> float:
     if world > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
-
-
-def _fetch_dir(path: str, filesystem) -> str:
-    """A local copy of a (possibly remote) directory."""
-    if filesystem is None or type(filesystem).__name__ == "LocalFileSystem":
-        return path
-    import pyarrow.fs as pafs
-
-    local = tempfile.mkdtemp(prefix="videogpa-lora-")
-    pafs.copy_files(path, local, source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
-    return local
-
-
-def _upload_dir(local: str, dest: str, filesystem) -> None:
-    if filesystem is None:
-        if os.path.abspath(local) != os.path.abspath(dest):
-            shutil.copytree(local, dest, dirs_exist_ok=True)
-        return
-    import pyarrow.fs as pafs
-
-    filesystem.create_dir(dest, recursive=True)
-    pafs.copy_files(local, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
 
 
 def _maybe_inject_fault(spec: str | None, step: int, rank: int) -> None:
@@ -135,9 +114,9 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     family = get_family(model.family)
     transformer, scheduler = build_transformer_and_scheduler(model, device)
     prev_dir = config.get("previous_lora_dir")
-    prev_local = _fetch_dir(prev_dir, filesystem) if prev_dir else None
-    has_ref_adapter = prev_local is not None and cfg.reference == "previous_round"
-    add_lora(transformer, cfg, family.lora_target_modules, prev_local, reference_is_previous=has_ref_adapter)
+    has_ref_adapter = bool(prev_dir) and cfg.reference == "previous_round"
+    with local_copy(prev_dir, filesystem) if prev_dir else contextlib.nullcontext() as prev_local:
+        add_lora(transformer, cfg, family.lora_target_modules, prev_local, reference_is_previous=has_ref_adapter)
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
@@ -250,7 +229,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             export_lora(state_dict, transformer, family.pipeline_class, d)
-            _upload_dir(d, config["lora_out_dir"], filesystem)
+            upload_dir(d, config["lora_out_dir"], filesystem)
         _log(rank, f"LoRA written to {config['lora_out_dir']}")
     if checkpoint is not None and step >= cfg.max_steps and not metrics:
         # resumed after the final checkpoint: report it again so the result carries metrics
