@@ -62,18 +62,25 @@ def build_deepspeed_config(cfg: TrainerConfig, world_size: int, device_type: str
     }
 
 
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the base learning rate for the optimizer update with 0-based index ``step``:
+    linear warmup (step+1)/warmup_steps (the first update is not wasted at lr 0), then cosine from 1
+    to ``min_lr_ratio`` reached at ``total_steps``. The one LR schedule shape of the project (the DPO
+    trainer's, and the miniature experiment's model training)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def lr_lambda(cfg: TrainerConfig):
-    """Multiplier of ``learning_rate`` for the optimizer update with 0-based index ``s``:
-    linear warmup (s+1)/warmup (the first update is not wasted at lr 0), then cosine from 1 to
-    ``min_lr_ratio`` reached at ``max_steps``. Used with ``torch.optim.lr_scheduler.LambdaLR``
-    (DeepSpeed's WarmupCosineLR forbids warmup 0 and defaults to a log warmup)."""
+    """:func:`warmup_cosine_factor` over ``warmup_steps`` and ``max_steps`` down to ``min_lr_ratio``,
+    as a function of the update index for ``torch.optim.lr_scheduler.LambdaLR`` (DeepSpeed's
+    WarmupCosineLR forbids warmup 0 and defaults to a log warmup)."""
     warmup, total, floor = cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio
 
     def f(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        progress = min(1.0, (s - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine_factor(s, warmup, total, floor)
 
     return f
 

@@ -44,6 +44,7 @@ from torch import Tensor
 from actors.geometry import Geometry, patch_transform, transform_frames, transform_geometry
 from actors.gfm import TINY_SEED, TinyGFM, build_tiny_gfm
 from benchmarks.miniature.world import CORRUPTIONS, TRAJECTORIES, render_clip
+from trainers.deepspeed_config import warmup_cosine_factor
 
 # Camera speeds (``render_clip(speed=...)``) the tiny GFM can express (see the module docstring).
 SPEED_RANGE = (0.05, 0.25)
@@ -71,13 +72,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first 5% of ``steps`` (at least one step), then cosine decay to 5%."""
+    """The trainer's schedule (``warmup_cosine_factor``): linear warm-up over the first 5% of
+    ``steps`` (at least one step), then cosine decay to 5%."""
     warm = max(1, steps // 20)
 
     def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+        return warmup_cosine_factor(step, warm, steps, 0.05)
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
