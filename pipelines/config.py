@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actors.errors import InputError
-from actors.models import ModelConfig, SamplingConfig
+from actors.model_config import ModelConfig, SamplingConfig
 from actors.scoring import ScoringConfig
 from trainers.config import TrainerConfig
 

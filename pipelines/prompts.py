@@ -111,16 +111,17 @@ def check_images(prompts: list[Prompt], family: str, source: str | None, storage
     text-to-video models) and readable: local files are opened as images, s3:// objects must exist."""
     from PIL import Image, UnidentifiedImageError
 
-    from actors.models import accepts_image, requires_image
+    from actors.families import get_family
 
+    model = get_family(family)
     where = f"prompts file {source!r}" if source else "the built-in prompts"
     for p in prompts:
         if not p.image:
-            if requires_image(family):
+            if model.requires_image:
                 raise InputError(f"{where}: prompt {p.prompt_id!r} has no \"image\", which {family} (image-to-video) "
                                  "needs; give each JSONL line an image path or s3:// URI")
             continue
-        if not accepts_image(family):
+        if not model.accepts_image:
             raise InputError(f"{where}: prompt {p.prompt_id!r} has an image, but {family} is text-to-video; drop the "
                              "\"image\" fields or use an image-to-video family")
         if p.image.startswith("s3://"):

@@ -129,12 +129,14 @@ def _tiny_batch(n: int = 2):
 
 def _tiny(cfg: TrainerConfig, previous: str | None = None, as_reference: bool = False):
     from actors.families import get_family
-    from actors.models import ModelConfig, build_transformer_and_scheduler
+    from actors.model_config import ModelConfig
+    from actors.models import build_denoiser
     from trainers.lora import add_lora
 
     family = get_family("cogvideox-t2v")
-    transformer, scheduler = build_transformer_and_scheduler(ModelConfig(family="cogvideox-t2v"))
-    params = add_lora(transformer, cfg, family.lora_target_modules, previous, reference_is_previous=as_reference)
+    transformer, scheduler = build_denoiser(ModelConfig(family="cogvideox-t2v"))
+    params = add_lora(family.lora_experts(transformer), cfg, family.lora_target_modules, previous,
+                      reference_is_previous=as_reference)
     return family, transformer, scheduler, params
 
 
@@ -164,7 +166,7 @@ def test_previous_round_lora_as_frozen_reference_adapter(tmp_path):
         for n, p in t.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    export_lora(policy_state_dict(t, zero_stage=2), t, family.pipeline_class, str(tmp_path))
+    export_lora(policy_state_dict(t, zero_stage=2), t, "transformer", family.pipeline_class, str(tmp_path))
 
     family, t2, sched, params = _tiny(cfg, str(tmp_path), as_reference=True)
     assert set(t2.peft_config) == {"policy", "reference"} and t2.peft_config["policy"].lora_alpha == 8

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from actors.errors import InputError
-from actors.families import cogvideox_rotary_emb, get_family
+from actors.families import FAMILIES, get_family
+from actors.families.cogvideox import cogvideox_rotary_emb
+from actors.model_config import ModelConfig
 from actors.models import (
-    FAMILIES,
-    ModelConfig,
     build_pipeline,
     encode_training_inputs,
     generate_videos,
@@ -30,7 +30,7 @@ def _pipe(family: str):
 
 
 def _image(family: str) -> np.ndarray | None:
-    if family == "cogvideox-t2v" or family == "cogvideox1.5-t2v":
+    if not get_family(family).accepts_image:
         return None
     s = tiny_sampling(family)
     return np.random.RandomState(5).randint(0, 256, (s.height, s.width, 3), dtype=np.uint8)
@@ -210,3 +210,37 @@ def test_rotary_embeddings_match_pipeline(family):
     theirs = pipe._prepare_rotary_positional_embeddings(s.height, s.width, frames, torch.device("cpu"))
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
+
+
+def test_a14b_experts_route_each_timestep_like_the_pipeline():
+    """Wan2.2-A14B: the training denoiser sends t >= boundary to the high-noise expert and the rest to
+    the low-noise one, as WanPipeline switches experts, and reproduces each expert's call."""
+    from actors.models import build_denoiser
+
+    family = "wan2.2-t2v-a14b"
+    fam, pipe = get_family(family), _pipe(family)
+    seen: dict[str, list] = {"transformer": [], "transformer_2": []}
+    handles = [getattr(pipe, name).register_forward_hook(
+        lambda _m, _a, kwargs, out, name=name: seen[name].append((kwargs, out[0])), with_kwargs=True)
+        for name in seen]
+    try:
+        sampling = tiny_sampling(family).model_copy(update={"guidance_scale": 1.0})
+        generate_videos(pipe, ModelConfig(family=family), sampling, PROMPT, [0], image=None)
+    finally:
+        for h in handles:
+            h.remove()
+    boundary = pipe.config.boundary_ratio * pipe.scheduler.config.num_train_timesteps
+    assert seen["transformer"] and seen["transformer_2"], "both experts denoise some steps"
+    assert all((kw["timestep"] >= boundary).all() for kw, _ in seen["transformer"])
+    assert all((kw["timestep"] < boundary).all() for kw, _ in seen["transformer_2"])
+
+    denoiser, _ = build_denoiser(ModelConfig(family=family))
+    (high_kw, high_out), (low_kw, low_out) = seen["transformer"][0], seen["transformer_2"][-1]
+    # One batch holding a high-noise and a low-noise sample: each row goes to its own expert.
+    noisy = torch.cat([high_kw["hidden_states"], low_kw["hidden_states"]])
+    t = torch.cat([high_kw["timestep"], low_kw["timestep"]]).float()
+    prompt = torch.cat([high_kw["encoder_hidden_states"], low_kw["encoder_hidden_states"]])
+    with torch.no_grad():
+        pred = fam.predict(denoiser, noisy, t, prompt, None)
+    torch.testing.assert_close(pred, torch.cat([high_out, low_out]), rtol=1e-5, atol=1e-5)
+    assert set(fam.lora_experts(denoiser)) == {"transformer", "transformer_2"}

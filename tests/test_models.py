@@ -14,14 +14,12 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from actors.errors import InputError
-from actors.families import get_family
+from actors.families import FAMILIES, get_family
+from actors.families.base import lora_weight_name
+from actors.model_config import ModelConfig, SamplingConfig
 from actors.models import (
-    FAMILIES,
-    REAL_MODEL_IDS,
-    ModelConfig,
-    SamplingConfig,
+    build_denoiser,
     build_pipeline,
-    build_transformer_and_scheduler,
     encode_training_inputs,
     generate_videos,
     load_lora,
@@ -80,8 +78,9 @@ def test_generate_shape_dtype_and_seed_determinism(family):
 
 _DIGEST_CODE = """
 import hashlib, sys
-from actors.models import ModelConfig, build_transformer_and_scheduler
-transformer, _ = build_transformer_and_scheduler(ModelConfig(family=sys.argv[1]))
+from actors.model_config import ModelConfig
+from actors.models import build_denoiser
+transformer, _ = build_denoiser(ModelConfig(family=sys.argv[1]))
 digest = hashlib.sha256()
 for key, value in sorted(transformer.state_dict().items()):
     digest.update(key.encode())
@@ -102,7 +101,7 @@ def test_tiny_weights_are_identical_in_another_process():
     # A fresh interpreter (own str-hash salt, own RNG history) builds the very same weights.
     family = "wan2.2-ti2v"
     other = subprocess.run([sys.executable, "-c", _DIGEST_CODE, family], capture_output=True, text=True, check=True)
-    transformer, _ = build_transformer_and_scheduler(ModelConfig(family=family))
+    transformer, _ = build_denoiser(ModelConfig(family=family))
     assert other.stdout.strip().splitlines()[-1] == _digest(transformer)
 
 
@@ -114,8 +113,9 @@ def test_two_builds_have_identical_weights(family):
     b = _pipe(family)
     for name in ("transformer", "vae", "text_encoder"):
         _assert_same_weights(getattr(a, name), getattr(b, name))
-    transformer, scheduler = build_transformer_and_scheduler(ModelConfig(family=family))
-    _assert_same_weights(transformer, b.transformer)  # the trainer's base == the generator's base
+    denoiser, scheduler = build_denoiser(ModelConfig(family=family))
+    for name, expert in get_family(family).lora_experts(denoiser).items():
+        _assert_same_weights(expert, getattr(b, name))  # the trainer's base == the generator's base
     assert type(scheduler) is type(b.scheduler)
     assert dict(scheduler.config) == dict(b.scheduler.config)
 
@@ -164,8 +164,10 @@ def test_configs_forbid_extra_keys_and_list_real_ids():
         ModelConfig(family="sora")
     with pytest.raises(ValueError):
         SamplingConfig(steps=3)
-    assert set(REAL_MODEL_IDS) == set(FAMILIES)
-    assert REAL_MODEL_IDS["wan2.2-ti2v"] == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    assert all(get_family(f).real_model_ids for f in FAMILIES)
+    assert get_family("wan2.2-ti2v").real_model_ids == ("Wan-AI/Wan2.2-TI2V-5B-Diffusers",)
+    assert get_family("wan2.1-t2v").real_model_ids == ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                                                       "Wan-AI/Wan2.1-T2V-14B-Diffusers")
 
 
 _EXPECTED_LAYOUT = {
@@ -174,6 +176,8 @@ _EXPECTED_LAYOUT = {
     "cogvideox-i2v": ((2, 3, 4, 4, 4), (1, 3, 4, 4, 4)),
     "cogvideox1.5-t2v": ((2, 4, 4, 4, 4), None),  # padded to a multiple of patch_size_t = 2
     "wan2.2-ti2v": ((2, 48, 3, 4, 4), (1, 48, 1, 4, 4)),
+    "wan2.1-t2v": ((2, 16, 3, 4, 4), None),  # Wan2.1 VAE: 16 channels, 8x spatial
+    "wan2.2-t2v-a14b": ((2, 16, 3, 4, 4), None),
 }
 
 
@@ -215,18 +219,20 @@ def test_encode_training_inputs_rejects_bad_videos():
 
 
 def _perturbed_lora_dir(family: str, tmp_path) -> str:
-    """A diffusers-format LoRA as the trainer exports it: peft adapter on the tiny transformer,
-    lora_B perturbed (peft initialises it to zero, which would be a no-op)."""
+    """A diffusers-format LoRA as the trainer exports it: a peft adapter on each tiny expert, lora_B
+    perturbed (peft initialises it to zero, which would be a no-op), one file per expert."""
     fam = get_family(family)
-    transformer, _ = build_transformer_and_scheduler(ModelConfig(family=family))
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(fam.lora_target_modules)))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in transformer.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    denoiser, _ = build_denoiser(ModelConfig(family=family))
     out = str(tmp_path / family)
-    fam.pipeline_class.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(transformer))
+    gen = torch.Generator().manual_seed(0)
+    for name, transformer in fam.lora_experts(denoiser).items():
+        transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(fam.lora_target_modules)))
+        with torch.no_grad():
+            for param_name, param in transformer.named_parameters():
+                if "lora_B" in param_name:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+        fam.pipeline_class.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                             weight_name=lora_weight_name(name))
     return out
 
 
@@ -235,11 +241,11 @@ def test_lora_round_trip_changes_generation(family, tmp_path):
     lora_dir = _perturbed_lora_dir(family, tmp_path)
     base = _generate(_pipe(family), family, [7])
     pipe = build_pipeline(ModelConfig(family=family))
-    load_lora(pipe, lora_dir, scale=1.0)
+    load_lora(pipe, ModelConfig(family=family), lora_dir, scale=1.0)
     adapted = _generate(pipe, family, [7])
     assert not np.array_equal(adapted, base)
     # Loading again replaces the adapter (online rounds); scale 0 switches it off.
-    load_lora(pipe, lora_dir, scale=0.0)
+    load_lora(pipe, ModelConfig(family=family), lora_dir, scale=0.0)
     np.testing.assert_array_equal(_generate(pipe, family, [7]), base)
 
 
@@ -253,5 +259,5 @@ def test_bfloat16_preset_keeps_fp32_modules_like_from_pretrained():
     assert pipe.vae.dtype == torch.float32  # Wan decodes in float32
     videos = generate_videos(pipe, model, tiny_sampling(family), PROMPT, [0])
     assert videos.shape[0] == 1 and videos.dtype == np.uint8
-    transformer, _ = build_transformer_and_scheduler(model)
+    transformer, _ = build_denoiser(model)
     _assert_same_weights(transformer, pipe.transformer)

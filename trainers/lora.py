@@ -6,9 +6,13 @@ adapter (``"reference"``) holding the previous round's LoRA, and the trainable `
 adapter starts as a copy of it (so policy == reference at step 0 and the loss starts at ln 2).
 Either way no second copy of the 5B weights is held (see benchmarks/trainer.py for the saving).
 
+A family with two experts (Wan2.2-A14B) gets one policy (and reference) adapter on each; every
+function here takes the family's ``lora_experts`` (pipeline component name -> module) and each
+expert exports to its own diffusers file (``actors.families.base.lora_weight_name``).
+
 Inference: the exported LoRA loads with ``pipe.load_lora_weights(dir)``; the SPEC uses a
 LoRA scale of 0.2 at inference for CogVideoX1.5 and Wan (``pipe.set_adapters(name, 0.2)`` /
-``actors.models.load_lora(pipe, dir, scale=0.2)``) and 1.0 for CogVideoX-5B. The scale is an
+``actors.models.load_lora(pipe, model, dir, scale=0.2)``) and 1.0 for CogVideoX-5B. The scale is an
 inference-time choice; training always runs the adapter at scale 1 (alpha / r).
 """
 
@@ -26,11 +30,11 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 
+from actors.families.base import lora_weight_name
 from trainers.config import TrainerConfig
 
 POLICY = "policy"
 REFERENCE = "reference"
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 def lora_config(cfg: TrainerConfig, target_modules: tuple[str, ...] | list[str]) -> LoraConfig:
@@ -54,26 +58,35 @@ def _set_active(module: torch.nn.Module, name: str, frozen: bool) -> None:
 
 
 def add_lora(
-    transformer: torch.nn.Module,
+    experts: dict[str, torch.nn.Module],
     cfg: TrainerConfig,
     target_modules: tuple[str, ...] | list[str],
     previous_lora_dir: str | None = None,
     reference_is_previous: bool = False,
 ) -> list[torch.nn.Parameter]:
-    """Freeze the base weights and add the trainable ``policy`` adapter. With a previous
-    round's LoRA (a local diffusers-format dir) the policy starts from it; it is also kept as the
-    frozen ``reference`` adapter when ``reference_is_previous`` (else the reference is the base).
-    Returns the trainable parameters (exactly the policy's LoRA A/B matrices)."""
+    """Freeze the base weights and add the trainable ``policy`` adapter to each expert. With a
+    previous round's LoRA (a local diffusers-format dir) the policy starts from it; it is also kept
+    as the frozen ``reference`` adapter when ``reference_is_previous`` (else the reference is the base).
+    Returns the trainable parameters (exactly the policies' LoRA A/B matrices)."""
+    params: list[torch.nn.Parameter] = []
+    with torch.random.fork_rng(devices=[]):
+        # LoRA A is randomly initialised: seed it so every rank, and every rerun, starts identical.
+        torch.manual_seed(cfg.seed)
+        for name, expert in experts.items():
+            params += _add_expert_lora(expert, name, cfg, target_modules, previous_lora_dir, reference_is_previous)
+    return params
+
+
+def _add_expert_lora(transformer: torch.nn.Module, expert: str, cfg: TrainerConfig,
+                     target_modules: tuple[str, ...] | list[str], previous_lora_dir: str | None,
+                     reference_is_previous: bool) -> list[torch.nn.Parameter]:
     transformer.requires_grad_(False)
     if previous_lora_dir is None:
-        # LoRA A is randomly initialised: seed it so every rank, and every rerun, starts identical.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            transformer.add_adapter(lora_config(cfg, target_modules), adapter_name=POLICY)
+        transformer.add_adapter(lora_config(cfg, target_modules), adapter_name=POLICY)
     else:
         # rank/alpha come from the file's adapter metadata (written by export_lora).
         transformer.load_lora_adapter(
-            previous_lora_dir, weight_name=LORA_WEIGHT_NAME, prefix="transformer", adapter_name=REFERENCE
+            previous_lora_dir, weight_name=lora_weight_name(expert), prefix="transformer", adapter_name=REFERENCE
         )
         pol_cfg = copy.deepcopy(transformer.peft_config[REFERENCE])
         pol_cfg.inference_mode = False
@@ -103,20 +116,22 @@ def _copy_adapter(transformer: torch.nn.Module, src: str, dst: str) -> None:
 
 
 @contextlib.contextmanager
-def reference_mode(transformer: torch.nn.Module, has_reference_adapter: bool) -> Iterator[None]:
+def reference_mode(experts: dict[str, torch.nn.Module], has_reference_adapter: bool) -> Iterator[None]:
     """Run the block as the frozen reference model (no grad), then restore the policy."""
     try:
         with torch.no_grad():
-            if has_reference_adapter:
-                _set_active(transformer, REFERENCE, frozen=True)
-            else:
-                transformer.disable_adapters()
+            for transformer in experts.values():
+                if has_reference_adapter:
+                    _set_active(transformer, REFERENCE, frozen=True)
+                else:
+                    transformer.disable_adapters()
             yield
     finally:
-        if has_reference_adapter:
-            _set_active(transformer, POLICY, frozen=False)
-        else:
-            transformer.enable_adapters()
+        for transformer in experts.values():
+            if has_reference_adapter:
+                _set_active(transformer, POLICY, frozen=False)
+            else:
+                transformer.enable_adapters()
 
 
 def policy_state_dict(transformer: torch.nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -134,17 +149,18 @@ def policy_state_dict(transformer: torch.nn.Module, zero_stage: int) -> dict[str
 
 
 def export_lora(
-    state: dict[str, torch.Tensor], transformer: torch.nn.Module, pipeline_class: Any, out_dir: str
+    state: dict[str, torch.Tensor], transformer: torch.nn.Module, expert: str, pipeline_class: Any, out_dir: str
 ) -> str:
-    """Write ``<out_dir>/pytorch_lora_weights.safetensors`` in diffusers format (+ the LoRA
-    config as safetensors metadata, so loading uses the trained alpha / r)."""
+    """Write expert ``expert``'s policy LoRA to ``<out_dir>/<lora_weight_name(expert)>`` in diffusers
+    format (+ the LoRA config as safetensors metadata, so loading uses the trained alpha / r)."""
     os.makedirs(out_dir, exist_ok=True)
     meta = transformer.peft_config[POLICY].to_dict()
     meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+    # diffusers saves every expert's layers under the "transformer" prefix; loading picks the expert.
     pipeline_class.save_lora_weights(
         out_dir,
         transformer_lora_layers=state,
         transformer_lora_adapter_metadata=meta,
-        weight_name=LORA_WEIGHT_NAME,
+        weight_name=lora_weight_name(expert),
     )
-    return os.path.join(out_dir, LORA_WEIGHT_NAME)
+    return os.path.join(out_dir, lora_weight_name(expert))

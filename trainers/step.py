@@ -71,7 +71,7 @@ def dpo_micro_batch(
     noisy, target = family.noisy_and_target(scheduler, x0, noise2, t2, image_latents=image)
 
     # Reference first: no graph is alive while it runs, so peak memory is one policy graph.
-    with reference_mode(module, has_reference_adapter):
+    with reference_mode(family.lora_experts(module), has_reference_adapter):
         ref_pred = family.predict(PolicyCall(module), noisy, t2, prompt, image)
         ref_err = per_sample_error(ref_pred, target)
     pred = family.predict(policy, noisy, t2, prompt, image)

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from actors.errors import InputError
-from actors.models import ModelConfig
+from actors.model_config import ModelConfig
 from trainers.config import TrainerConfig
 from trainers.data import TRAIN_COLUMNS
 from trainers.deepspeed_config import gradient_accumulation_steps

@@ -1,0 +1,64 @@
+"""The model and sampling sections of a run's config, and the video sizes a model can sample.
+
+Torch-free on purpose: the CLI validates a config (and refuses a bad one) before it imports any
+model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.errors import InputError
+from actors.families import Family
+
+
+class ModelConfig(BaseModel):
+    """Which base model to run and how to load it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Family
+    pretrained: str = "tiny"  # hub id, local diffusers directory, or "tiny" (offline random-init preset)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    revision: str | None = None
+
+
+class SamplingConfig(BaseModel):
+    """How candidates are sampled. Defaults are the paper's CogVideoX-5B settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_frames: int = Field(49, ge=1)
+    height: int = Field(480, gt=0)
+    width: int = Field(720, gt=0)
+    num_inference_steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(6.0, ge=0.0)  # <= 1 disables classifier-free guidance
+    lora_scale: float = 1.0
+    fps: int = Field(8, gt=0)
+
+
+@dataclass(frozen=True)
+class SamplingShape:
+    """The video sizes a model can sample: ``temporal``k+1 frames, sides that are multiples of
+    ``multiple`` (VAE compression × patch), and only ``fixed`` (height, width) where the transformer
+    learned its positional embeddings for one size (CogVideoX-5B-I2V)."""
+
+    temporal: int
+    multiple: int
+    fixed: tuple[int, int] | None = None
+
+
+def check_sampling(shape: SamplingShape, model: ModelConfig, sampling: SamplingConfig) -> None:
+    """One InputError naming the sampling key that ``model`` cannot generate."""
+    if (sampling.num_frames - 1) % shape.temporal != 0:
+        raise InputError(f"sampling.num_frames: {model.family} needs {shape.temporal}k+1 frames "
+                         f"(e.g. {shape.temporal * 2 + 1}), got {sampling.num_frames}")
+    if sampling.height % shape.multiple or sampling.width % shape.multiple:
+        raise InputError(f"sampling.height/width: {model.family} needs multiples of {shape.multiple}, "
+                         f"got {sampling.height}x{sampling.width}")
+    if shape.fixed is not None and (sampling.height, sampling.width) != shape.fixed:
+        raise InputError(f"sampling.height/width: {model.pretrained} only generates {shape.fixed[0]}x{shape.fixed[1]}, "
+                         f"got {sampling.height}x{sampling.width}")
