@@ -80,6 +80,10 @@ class VideoFamily:
         """The pipeline with every component built from a config in code under fixed seeds."""
         raise NotImplementedError
 
+    def tiny_scheduler(self):
+        """The tiny preset's scheduler: the real checkpoints' scheduler config."""
+        raise NotImplementedError
+
     def tiny_denoiser(self, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
         """What training needs of the tiny preset: the denoiser, bit-identical to the pipeline's, and the scheduler."""
         raise NotImplementedError

@@ -134,8 +134,7 @@ class CogVideoXFamily(VideoFamily):
                 invert_scale_latents=self.version_1_5,  # as in the CogVideoX1.5 VAE config
             ).eval()
 
-    @staticmethod
-    def _tiny_scheduler():
+    def tiny_scheduler(self):
         from diffusers import CogVideoXDPMScheduler
 
         # CogVideoX-5B scheduler config: zero-terminal-SNR scaled-linear betas, v-prediction, trailing steps.
@@ -157,7 +156,7 @@ class CogVideoXFamily(VideoFamily):
         text_encoder = tiny_text_encoder(self.name, vocab_size=len(tokenizer), umt5=False)
         vae, transformer = self._tiny_vae(), self._tiny_transformer()
         pipe = self.pipeline_class(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                                   scheduler=self._tiny_scheduler())
+                                   scheduler=self.tiny_scheduler())
         cast_like_from_pretrained(pipe.transformer, dtype)
         pipe.text_encoder.to(dtype)
         cast_like_from_pretrained(pipe.vae, dtype)
@@ -166,7 +165,7 @@ class CogVideoXFamily(VideoFamily):
     def tiny_denoiser(self, dtype: torch.dtype):
         transformer = self._tiny_transformer()
         cast_like_from_pretrained(transformer, dtype)
-        return transformer, self._tiny_scheduler()
+        return transformer, self.tiny_scheduler()
 
     def tiny_component_configs(self):
         return self._tiny_vae().config, self._tiny_transformer().config

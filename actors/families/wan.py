@@ -87,7 +87,7 @@ class WanFamily(VideoFamily):
                 **self._tiny_vae_kwargs(),
             ).eval()
 
-    def _tiny_scheduler(self):
+    def tiny_scheduler(self):
         from diffusers import UniPCMultistepScheduler
 
         # The Wan scheduler configs: UniPC on flow sigmas with the family's shift.
@@ -106,7 +106,7 @@ class WanFamily(VideoFamily):
             text_encoder=tiny_text_encoder(self.name, vocab_size=len(tokenizer), umt5=True),
             vae=self._tiny_vae(),
             transformer=self._tiny_transformer(),
-            scheduler=self._tiny_scheduler(),
+            scheduler=self.tiny_scheduler(),
         )
 
     def build_tiny_pipeline(self, dtype: torch.dtype):
@@ -119,7 +119,7 @@ class WanFamily(VideoFamily):
     def tiny_denoiser(self, dtype: torch.dtype):
         transformer = self._tiny_transformer()
         cast_like_from_pretrained(transformer, dtype)
-        return transformer, self._tiny_scheduler()
+        return transformer, self.tiny_scheduler()
 
     def tiny_component_configs(self):
         return self._tiny_vae().config, self._tiny_transformer().config

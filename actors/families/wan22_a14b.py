@@ -90,7 +90,7 @@ class Wan22A14BFamily(WanFamily):
         high, low = self._tiny_transformer(), self._tiny_transformer("transformer_2")
         for expert in (high, low):
             cast_like_from_pretrained(expert, dtype)
-        scheduler = self._tiny_scheduler()
+        scheduler = self.tiny_scheduler()
         return WanExperts(high, low, self._boundary_timestep(scheduler, self.boundary_ratio)), scheduler
 
     def load_denoiser(self, model: ModelConfig):

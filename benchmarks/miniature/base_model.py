@@ -73,6 +73,7 @@ import numpy as np
 import torch
 
 from actors.errors import InputError
+from actors.families.base import video_to_vae_input
 from benchmarks.miniature.gfm_training import SPEED_RANGE, torch_threads, warmup_cosine
 from benchmarks.miniature.world import CORRUPTIONS, TRAJECTORIES, render_clip
 
@@ -107,13 +108,14 @@ def build_miniature_pipeline(family: str = "cogvideox-t2v", size: int = 32, num_
     token count of 32 px with patch 2."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
 
-    from actors.models import TINY_MAX_SEQUENCE_LENGTH, _seeded, _tiny_scheduler, _tiny_text_encoder, _tiny_tokenizer
+    from actors.families import get_family
+    from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, seeded, tiny_text_encoder, tiny_tokenizer
 
     if family not in SUPPORTED_FAMILIES:
         raise InputError(f"family: the miniature base model supports {', '.join(SUPPORTED_FAMILIES)}, got {family!r}")
-    tokenizer = _tiny_tokenizer()
-    text_encoder = _tiny_text_encoder(family, vocab_size=len(tokenizer))
-    with _seeded(f"miniature/{family}/vae"):
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_text_encoder(family, vocab_size=len(tokenizer), umt5=False)
+    with seeded(f"miniature/{family}/vae"):
         vae = AutoencoderKLCogVideoX(
             in_channels=3,
             out_channels=3,
@@ -127,7 +129,7 @@ def build_miniature_pipeline(family: str = "cogvideox-t2v", size: int = 32, num_
             scaling_factor=1.0,  # set from the trained encoder's latents
         )
     latent = size // 2
-    with _seeded(f"miniature/{family}/transformer"):
+    with seeded(f"miniature/{family}/transformer"):
         transformer = CogVideoXTransformer3DModel(
             num_attention_heads=4,
             attention_head_dim=32,  # width 128: 4 x 16 could not fit 24 clips (eval loss 0.33 vs 0.19)
@@ -146,7 +148,7 @@ def build_miniature_pipeline(family: str = "cogvideox-t2v", size: int = 32, num_
         )
     pipe = CogVideoXPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=_tiny_scheduler(family)
+        scheduler=get_family(family).tiny_scheduler()
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -179,7 +181,8 @@ def render_training_videos(
 
 
 def _to_vae(videos: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(videos).float().permute(0, 4, 1, 2, 3) / 127.5 - 1.0  # [N,3,F,H,W] in [-1,1]
+    """[N,F,H,W,3] uint8 -> [N,3,F,H,W] in [-1,1], the family's VAE input convention."""
+    return torch.cat([video_to_vae_input(v, "cpu", torch.float32) for v in videos])
 
 
 def _optimizer_step(loss: torch.Tensor, module: torch.nn.Module, opt: torch.optim.Optimizer,
