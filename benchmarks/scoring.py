@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from actors.geometry import Geometry, reproject_frames, splat, unproject
 from actors.scoring import ScoringConfig, VideoScorer, lpips_distance, reprojection_score
-from benchmarks.miniature.world import render_clip
+from benchmarks.miniature_lab.world import render_clip
 
 
 def sync(device: torch.device) -> None:

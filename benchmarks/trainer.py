@@ -51,7 +51,8 @@ def run_variant(variant: str, layers: int, steps: int, device: str, threads: int
 
     torch.set_num_threads(threads)
     from actors.families import get_family
-    from actors.models import ModelConfig, build_transformer_and_scheduler
+    from actors.model_config import ModelConfig
+    from actors.models import build_denoiser
     from trainers.config import TrainerConfig
     from trainers.data import PairBatch
     from trainers.dpo import dpo_loss, per_sample_error
@@ -60,7 +61,7 @@ def run_variant(variant: str, layers: int, steps: int, device: str, threads: int
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     family = get_family("cogvideox-t2v")
-    _, scheduler = build_transformer_and_scheduler(ModelConfig(family="cogvideox-t2v"))  # real DDPM config
+    _, scheduler = build_denoiser(ModelConfig(family="cogvideox-t2v"))  # real DDPM config
     baseline = _current_rss_bytes() if device == "cpu" else 0
     transformer = _model(layers, device, dtype)
     n_params = sum(p.numel() for p in transformer.parameters())
@@ -68,7 +69,7 @@ def run_variant(variant: str, layers: int, steps: int, device: str, threads: int
     if variant == "copy":  # the conventional setup: a second, frozen network
         reference = copy.deepcopy(transformer).eval().requires_grad_(False)
     cfg = TrainerConfig(lora_rank=64, lora_alpha=128)  # the trainer's defaults: gradient checkpointing on
-    params = add_lora(transformer, cfg, family.lora_target_modules)
+    params = add_lora(family.lora_experts(transformer), cfg, family.lora_target_modules)
     if cfg.gradient_checkpointing:  # as trainers.worker does
         transformer.enable_gradient_checkpointing()
     transformer.train()

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from actors.video_io import encode_mp4
-from benchmarks.miniature.world import render_clip
+from benchmarks.miniature_lab.world import render_clip
 from pipelines.pairing import make_pairs
 from pipelines.stages import CANDIDATE_META_COLUMNS, SCORE_KEYS, ScoreCandidates
 from tests.conftest import QUICKSTART_ARGS

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.video_io import encode_mp4
-from benchmarks.miniature.world import render_clip
+from benchmarks.miniature_lab.world import render_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 

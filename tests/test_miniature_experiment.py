@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_paired_bootstrap_ci_is_paired_and_seeded():
-    from benchmarks.miniature.experiment import paired_ci
+    from benchmarks.miniature import paired_ci
 
     base = [{"prompt_id": "p", "seed": s, "3dcs": 1.0 + s} for s in range(6)]
     aligned = [{"prompt_id": "p", "seed": s, "3dcs": 0.9 + s + 0.01 * (s % 2)} for s in reversed(range(6))]
@@ -31,7 +31,7 @@ def test_paired_bootstrap_ci_is_paired_and_seeded():
 
 
 def test_delta_at_equal_sharpness_removes_a_gain_that_came_from_blur():
-    from benchmarks.miniature.experiment import delta_at_equal_sharpness
+    from benchmarks.miniature import delta_at_equal_sharpness
 
     base = [{"prompt_id": "p", "seed": s, "3dcs": 1.0, "sharpness": 1.0} for s in range(40)]
     blur = [0.7 + 0.3 * (s % 5) / 4 for s in range(40)]  # aligned sharpness ratios 0.7 ... 1.0
@@ -49,7 +49,7 @@ def test_delta_at_equal_sharpness_removes_a_gain_that_came_from_blur():
 
 
 def test_success_needs_both_cis_below_zero_moving_pixels_and_no_blur():
-    from benchmarks.miniature.experiment import judge
+    from benchmarks.miniature import judge
 
     good = {"3dcs_delta_ci95": [-0.2, -0.1], "epipolar_delta_ci95": [-0.3, -0.01], "3dcs_pairs": 48,
             "epipolar_pairs": 48, "motion_ratio": 0.9, "frame_change_ratio": 0.95, "sharpness_ratio": 0.92}
@@ -64,7 +64,7 @@ def test_success_needs_both_cis_below_zero_moving_pixels_and_no_blur():
 
 
 def test_headline_is_the_online_loop_then_offline():
-    from benchmarks.miniature import experiment as miniature
+    from benchmarks import miniature
 
     arms = {name: {"arm": name} for name in ("sft", "offline", "online", "epipolar")}
     assert miniature.headline_arm(arms)["arm"] == "online"
@@ -76,8 +76,8 @@ def test_committed_models_are_the_defaults(tmp_path, monkeypatch):
     # The full experiment finds its base model and both GFMs among the committed ones, by the cache
     # keys of its current default settings: a settings change without recommitted weights fails here.
     monkeypatch.setenv("VIDEOGPA_MINIATURE_CACHE", str(tmp_path))  # an empty cache
-    from benchmarks.miniature.base_model import train_tiny_base_model
-    from benchmarks.miniature.experiment import COMMITTED_MODELS, FULL, fetch_gfm
+    from benchmarks.miniature import COMMITTED_MODELS, FULL, fetch_gfm
+    from benchmarks.miniature_lab.base_model import train_tiny_base_model
 
     dirs = (str(COMMITTED_MODELS),)
     base = train_tiny_base_model(**FULL["base"], train_if_missing=False, read_only_dirs=dirs)
@@ -98,7 +98,7 @@ def test_committed_models_are_the_defaults(tmp_path, monkeypatch):
 
 
 def test_arms_take_round0_stages_from_the_offline_run(tmp_path):
-    from benchmarks.miniature.experiment import OFFLINE_RUN, reuse_round0
+    from benchmarks.miniature import OFFLINE_RUN, reuse_round0
 
     assert reuse_round0(str(tmp_path), "miniature-sft-winners", ("candidates", "pairs")) is False  # no offline run yet
     src = tmp_path / OFFLINE_RUN / "round-000"

@@ -16,7 +16,7 @@ import torch
 from actors.errors import InputError
 from actors.gfm import build_tiny_gfm
 from actors.models import ModelConfig, SamplingConfig, build_pipeline, generate_videos
-from benchmarks.miniature.base_model import (
+from benchmarks.miniature_lab.base_model import (
     MINIATURE_PROMPTS,
     _train,
     base_model_settings,
@@ -24,8 +24,8 @@ from benchmarks.miniature.base_model import (
     settings_hash,
     train_tiny_base_model,
 )
-from benchmarks.miniature.gfm_training import evaluate_gfm, fit_tiny_gfm, save_gfm, torch_threads, train_tiny_gfm
-from benchmarks.miniature.world import render_clip
+from benchmarks.miniature_lab.gfm_training import evaluate_gfm, fit_tiny_gfm, save_gfm, torch_threads, train_tiny_gfm
+from benchmarks.miniature_lab.world import render_clip
 
 BASE_SMALL = dict(steps=8, vae_steps=4, num_clips=6, num_scenes=3, batch_size=2, size=32, num_frames=9)
 

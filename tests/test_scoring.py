@@ -32,7 +32,7 @@ from actors.scoring import (
     reprojection_score,
     ssim,
 )
-from benchmarks.miniature.world import CORRUPTIONS, TRAJECTORIES, render_clip
+from benchmarks.miniature_lab.world import CORRUPTIONS, TRAJECTORIES, render_clip
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import torch
 
 from actors.errors import InputError
 from actors.geometry import depth_to_world, project
-from benchmarks.miniature.world import CORRUPTIONS, TRAJECTORIES, render_clip
+from benchmarks.miniature_lab.world import CORRUPTIONS, TRAJECTORIES, render_clip
 
 
 @pytest.mark.parametrize("trajectory", TRAJECTORIES)

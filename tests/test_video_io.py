@@ -3,7 +3,7 @@ import pytest
 
 from actors.errors import InputError
 from actors.video_io import decode_video, encode_mp4
-from benchmarks.miniature.world import render_clip
+from benchmarks.miniature_lab.world import render_clip
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Train a miniature base video model for the synthetic world (``benchmarks.miniature.world``).
+"""Train a miniature base video model for the synthetic world (``benchmarks.miniature_lab.world``).
 
 The model is a real ``CogVideoXPipeline`` (tokenizer, T5 text encoder, ``AutoencoderKLCogVideoX``,
 ``CogVideoXTransformer3DModel``, ``CogVideoXDPMScheduler``) trained on synthetic clips, a mix of
@@ -12,7 +12,7 @@ each scene keeping its camera path in all its clips, so its clean and corrupted 
 by the corruption. Half the clips (``mix_corrupted``) are corrupted, by default with the geometric
 corruptions only (``GEOMETRIC_CORRUPTIONS``: warp, drift, deform). A model this small, trained for
 minutes on a CPU, can learn such a world; ``num_scenes=None`` (a fresh scene per clip) and any
-subset of ``benchmarks.miniature.world.CORRUPTIONS`` are still available.
+subset of ``benchmarks.miniature_lab.world.CORRUPTIONS`` are still available.
 
 What comes from the tiny preset (``actors.models``) unchanged: the in-memory tokenizer, the T5 text
 encoder (random init, frozen) and the scheduler. What is built here instead, with the same
@@ -55,7 +55,7 @@ pretrained=dir)`` loads it through ``build_pipeline``'s real-model path (tokeniz
 Results are cached under ``~/.cache/videogpa/miniature/base-<hash of the settings>/``; a second call
 with the same settings returns at once.
 
-CLI: ``python -m benchmarks.miniature.base_model [--out DIR] [--steps N] [--vae-steps N] [--num-scenes N]``.
+CLI: ``python -m benchmarks.miniature_lab.base_model [--out DIR] [--steps N] [--vae-steps N] [--num-scenes N]``.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ import torch
 
 from actors.errors import InputError
 from actors.families.base import video_to_vae_input
-from benchmarks.miniature.gfm_training import SPEED_RANGE, torch_threads, warmup_cosine
-from benchmarks.miniature.world import CORRUPTIONS, TRAJECTORIES, render_clip
+from benchmarks.miniature_lab.gfm_training import SPEED_RANGE, torch_threads, warmup_cosine
+from benchmarks.miniature_lab.world import CORRUPTIONS, TRAJECTORIES, render_clip
 
 MINIATURE_PROMPTS = {
     "orbit": "the camera orbit around the room",
@@ -439,7 +439,8 @@ def _train(settings: dict, target: str, return_pipe: bool = False):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.miniature.base_model", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.miniature_lab.base_model",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help="diffusers directory to write (default: the cache entry)")
     p.add_argument("--family", default="cogvideox-t2v")
     p.add_argument("--steps", type=int, default=3000)

@@ -3,7 +3,7 @@ video model's samples, on a CPU, with nothing downloaded.
 
 Ingredients (trained by this project's scripts; the default ones are committed in
 benchmarks/miniature_models, others are trained on first use and cached under ~/.cache/videogpa/miniature):
-  * the miniature CogVideoX base model (``benchmarks.miniature.base_model.train_tiny_base_model``):
+  * the miniature CogVideoX base model (``benchmarks.miniature_lab.base_model.train_tiny_base_model``):
     32x32 px, 9 frames, trained on the synthetic world with half of its clips corrupted;
   * two tiny GFMs trained with different seeds on different synthetic scenes: the *reward* GFM
     scores training candidates (3DCS), the *evaluation* GFM scores the held-out samples, so the
@@ -59,7 +59,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("miniature")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -73,7 +73,7 @@ COMMITTED_MODELS = REPO / "benchmarks" / "miniature_models"
 
 
 def cache_dir() -> str:
-    from benchmarks.miniature.base_model import default_cache_dir
+    from benchmarks.miniature_lab.base_model import default_cache_dir
 
     return default_cache_dir()
 
@@ -84,7 +84,7 @@ def fetch_gfm(train_if_missing: bool = True, read_only_dirs: tuple[str, ...] = (
 
     The cache entry is keyed by a hash of the settings and written under a temporary name, then
     renamed, so a killed run never leaves a half-written entry."""
-    from benchmarks.miniature.gfm_training import figures_path, train_tiny_gfm
+    from benchmarks.miniature_lab.gfm_training import figures_path, train_tiny_gfm
 
     blob = json.dumps({"version": GFM_CACHE_VERSION, **settings}, sort_keys=True).encode()
     name = f"gfm-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
@@ -144,7 +144,7 @@ def build_models(plan: dict) -> dict:
     Each trains on one thread, so when the GFMs are not cached they train in a second process while
     the base model trains here: on a 2-core machine that takes their minutes off a first run, and
     the weights are the same as when trained one after the other (seeded, single-threaded)."""
-    from benchmarks.miniature.base_model import train_tiny_base_model
+    from benchmarks.miniature_lab.base_model import train_tiny_base_model
 
     start = time.perf_counter()
     gfms_cached = all(_gfm_cached(plan, role) for role in ("reward", "eval"))
@@ -197,7 +197,7 @@ def eval_gfm_checks(gfm: dict) -> dict:
 
     Deterministic for given weights, so cached beside them (temp name, then rename); the key holds
     the number of scenes, so a change to the check does not read a stale file."""
-    from benchmarks.miniature.gfm_training import evaluate_gfm
+    from benchmarks.miniature_lab.gfm_training import evaluate_gfm
 
     path = f"{gfm['path'][:-len('.safetensors')]}.checks-{EVAL_GFM_CHECKS_SCENES}scenes.json"
     if os.path.isfile(path):
@@ -216,7 +216,7 @@ def eval_gfm_checks(gfm: dict) -> dict:
 
 def write_prompts(out_dir: str, repeats: int, prefix: str, limit: int | None = None) -> str:
     """The miniature prompts under ``repeats`` ids each (one preference pair per id)."""
-    from benchmarks.miniature.base_model import MINIATURE_PROMPTS
+    from benchmarks.miniature_lab.base_model import MINIATURE_PROMPTS
 
     items = list(MINIATURE_PROMPTS.items())[:limit]
     path = os.path.join(out_dir, f"{prefix}-prompts.jsonl")
@@ -548,3 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {results_path}")
     print(json.dumps(figures, default=str))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

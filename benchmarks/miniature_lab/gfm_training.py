@@ -1,6 +1,6 @@
 """Train the ``tiny`` GFM (``actors.gfm.TinyGFM``) on the synthetic world, and measure what it learned.
 
-Supervision comes from ``benchmarks.miniature.world`` clean clips (exact depth, intrinsics, world->camera poses):
+Supervision comes from ``benchmarks.miniature_lab.world`` clean clips (exact depth, intrinsics, world->camera poses):
 
 * depth: scale-invariant log-depth loss ``Var(log d_pred - log d_gt)`` over pixels that hit a surface;
 * poses: relative to the first camera (the GFM's world, as in VGGT). Rotations by the chordal
@@ -21,7 +21,7 @@ at most ~0.1 rad per axis. The synthetic world at ``speed=1`` moves far beyond t
 and ``|t| / near depth ~ 0.7``; pan ~0.45 rad). So the tiny GFM is trained and used at slow camera
 speeds (``SPEED_RANGE``); ``evaluate_gfm(..., speed=1.0)`` shows what happens beyond it.
 
-CLI: ``python -m benchmarks.miniature.gfm_training --out PATH.safetensors [--steps N] [--eval]`` writes the
+CLI: ``python -m benchmarks.miniature_lab.gfm_training --out PATH.safetensors [--steps N] [--eval]`` writes the
 weights (safetensors) and ``PATH.json`` (training figures; with ``--eval`` also the held-out AUROCs).
 """
 
@@ -43,7 +43,7 @@ from torch import Tensor
 
 from actors.geometry import Geometry, patch_transform, transform_frames, transform_geometry
 from actors.gfm import TINY_SEED, TinyGFM, build_tiny_gfm
-from benchmarks.miniature.world import CORRUPTIONS, TRAJECTORIES, render_clip
+from benchmarks.miniature_lab.world import CORRUPTIONS, TRAJECTORIES, render_clip
 from trainers.deepspeed_config import warmup_cosine_factor
 
 # Camera speeds (``render_clip(speed=...)``) the tiny GFM can express (see the module docstring).
@@ -349,7 +349,8 @@ def _evaluate_gfm(weights, num_scenes, size, num_frames, speed, resolution, corr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.miniature.gfm_training", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.miniature_lab.gfm_training",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output .safetensors path (figures go to the .json beside it)")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--size", type=int, default=64)
