@@ -71,3 +71,16 @@ def test_resolved_config_round_trips_and_holds_no_secrets(monkeypatch):
     assert "super-secret-value" not in text
     again = load_config(QUICKSTART)
     assert yaml.safe_load(text) == again.model_dump(mode="json")
+
+
+def test_every_family_has_a_real_recipe_naming_one_of_its_checkpoints():
+    from actors.families import FAMILIES, get_family
+
+    recipes = {}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        if cfg.model.pretrained != "tiny":
+            recipes.setdefault(cfg.model.family, []).append(cfg.model.pretrained)
+    assert set(recipes) == set(FAMILIES)
+    for family, ids in recipes.items():
+        assert set(ids) <= set(get_family(family).real_model_ids), (family, ids)
