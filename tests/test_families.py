@@ -244,3 +244,35 @@ def test_a14b_experts_route_each_timestep_like_the_pipeline():
         pred = fam.predict(denoiser, noisy, t, prompt, None)
     torch.testing.assert_close(pred, torch.cat([high_out, low_out]), rtol=1e-5, atol=1e-5)
     assert set(fam.lora_experts(denoiser)) == {"transformer", "transformer_2"}
+
+
+def test_a14b_lora_of_each_expert_learns_only_from_its_timesteps():
+    """One LoRA per expert: a sample's loss reaches only the adapter of the expert its timestep routes
+    to; an expert with no sample in the batch still runs (zero-weighted), so its LoRA gets zero, not
+    missing, gradients and every rank's gradient reduction sees the same parameters."""
+    from actors.models import build_denoiser
+    from trainers.config import TrainerConfig
+    from trainers.lora import add_lora
+
+    family = "wan2.2-t2v-a14b"
+    fam = get_family(family)
+    denoiser, scheduler = build_denoiser(ModelConfig(family=family))
+    params = add_lora(fam.lora_experts(denoiser), TrainerConfig(lora_rank=4, lora_alpha=4), fam.lora_target_modules)
+    by_expert = {name: [p for n, p in denoiser.named_parameters() if n.startswith(name + ".") and p.requires_grad]
+                 for name in fam.experts}
+    assert sum(len(v) for v in by_expert.values()) == len(params) and all(by_expert.values())
+    x0 = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn_like(x0)
+    prompt = torch.randn(1, 16, 32)
+    grads = {}
+    for case, t in {"both": [950.0, 300.0], "high only": [950.0, 990.0]}.items():
+        denoiser.zero_grad(set_to_none=True)
+        t = torch.tensor(t)
+        noisy, target = fam.noisy_and_target(scheduler, x0, noise, t)
+        ((fam.predict(denoiser, noisy, t, prompt, None) - target) ** 2).mean().backward()
+        grads[case] = {name: [p.grad for p in ps] for name, ps in by_expert.items()}
+    # LoRA B starts at 0, so the B matrices carry the first gradient of each adapter.
+    for name in fam.experts:
+        assert any(g is not None and g.abs().sum() > 0 for g in grads["both"][name]), name
+    assert any(g.abs().sum() > 0 for g in grads["high only"]["transformer"])
+    assert all(g is not None and g.abs().sum() == 0 for g in grads["high only"]["transformer_2"])
