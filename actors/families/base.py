@@ -84,13 +84,23 @@ class VideoFamily:
         """The tiny preset's scheduler: the real checkpoints' scheduler config."""
         raise NotImplementedError
 
+    def _tiny_transformer(self) -> torch.nn.Module:
+        """The tiny preset's transformer, built under its own seed."""
+        raise NotImplementedError
+
+    def _tiny_vae(self) -> torch.nn.Module:
+        """The tiny preset's VAE, built under its own seed."""
+        raise NotImplementedError
+
     def tiny_denoiser(self, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
         """What training needs of the tiny preset: the denoiser, bit-identical to the pipeline's, and the scheduler."""
-        raise NotImplementedError
+        transformer = self._tiny_transformer()
+        cast_like_from_pretrained(transformer, dtype)
+        return transformer, self.tiny_scheduler()
 
     def tiny_component_configs(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         """The tiny preset's VAE and transformer configs (for ``sampling_shape``)."""
-        raise NotImplementedError
+        return self._tiny_vae().config, self._tiny_transformer().config
 
     def load_pipeline(self, model: ModelConfig):
         """The pipeline from real weights (``model.pretrained``: hub id or diffusers directory)."""

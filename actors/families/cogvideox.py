@@ -162,14 +162,6 @@ class CogVideoXFamily(VideoFamily):
         cast_like_from_pretrained(pipe.vae, dtype)
         return pipe
 
-    def tiny_denoiser(self, dtype: torch.dtype):
-        transformer = self._tiny_transformer()
-        cast_like_from_pretrained(transformer, dtype)
-        return transformer, self.tiny_scheduler()
-
-    def tiny_component_configs(self):
-        return self._tiny_vae().config, self._tiny_transformer().config
-
     # ---- real weights --------------------------------------------------------------------------
 
     def load_pipeline(self, model: ModelConfig):

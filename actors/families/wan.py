@@ -116,14 +116,6 @@ class WanFamily(VideoFamily):
         pipe.text_encoder.to(dtype)  # the VAE stays float32, as load_pipeline loads it
         return pipe
 
-    def tiny_denoiser(self, dtype: torch.dtype):
-        transformer = self._tiny_transformer()
-        cast_like_from_pretrained(transformer, dtype)
-        return transformer, self.tiny_scheduler()
-
-    def tiny_component_configs(self):
-        return self._tiny_vae().config, self._tiny_transformer().config
-
     # ---- real weights --------------------------------------------------------------------------
 
     def _real_vae(self, model: ModelConfig):
