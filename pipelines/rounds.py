@@ -242,10 +242,7 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         )
     rows = [
         {"pair_id": p.pair_id, "round": p.round, "prompt_id": p.prompt_id, "prompt": p.prompt, "image": p.image or "",
-         "scorer": p.winner["scorer"],
-         **{f"{side}_{key}": row[key] for side, row in (("winner", p.winner), ("loser", p.loser))
-            for key in ("seed", "score", "motion")},
-         "winner_video_uri": p.winner["video_uri"], "loser_video_uri": p.loser["video_uri"]}
+         "scorer": p.winner["scorer"], "winner": p.winner, "loser": p.loser}
         for p in report.pairs
     ]
     build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool).write_parquet(

@@ -153,7 +153,11 @@ class ScoreCandidates:
 
 
 class EncodePairs:
-    """Actor: winner/loser videos → VAE latents + prompt embeddings (+ image latents) as shard rows."""
+    """Actor: winner/loser videos → VAE latents + prompt embeddings (+ image latents) as shard rows.
+
+    Each input row carries its pair's two candidate rows as ``winner`` and ``loser``; the shard's
+    per-side columns (``winner_seed`` … ``loser_motion``) are built from them here and only here.
+    """
 
     def __init__(self, model: dict, storage: StorageSpec, run_name: str):
         self.model = ModelConfig(**model)
@@ -164,8 +168,8 @@ class EncodePairs:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = []
         for i in range(len(batch["pair_id"])):
-            videos = np.stack([decode_video(self.store.read_bytes(str(batch[f"{side}_video_uri"][i])))
-                               for side in ("winner", "loser")])
+            sides = {side: batch[side][i] for side in ("winner", "loser")}  # each side's candidate row
+            videos = np.stack([decode_video(self.store.read_bytes(str(row["video_uri"]))) for row in sides.values()])
             image = _load_image(self.store, str(batch["image"][i]))
             enc = encode_training_inputs(self.pipe, self.model, videos, str(batch["prompt"][i]), image)
             latents = enc["latents"].cpu()
@@ -177,8 +181,8 @@ class EncodePairs:
                 "prompt": str(batch["prompt"][i]),
                 "model_id": self.model_id,
                 "scorer": str(batch["scorer"][i]),
-                **{f"{side}_{key}": (int if key == "seed" else float)(batch[f"{side}_{key}"][i])
-                   for side in ("winner", "loser") for key in ("seed", "score", "motion")},
+                **{f"{side}_{key}": (int if key == "seed" else float)(row[key])
+                   for side, row in sides.items() for key in ("seed", "score", "motion")},
                 "winner_latents": tensor_to_bytes(latents[0]),
                 "loser_latents": tensor_to_bytes(latents[1]),
                 "latent_shape": list(latents.shape[1:]),
