@@ -320,6 +320,11 @@ def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0) -> float:
 
 # ----------------------------------------------------------------------------- scorer
 
+# The keys of ``VideoScorer.score``'s result: every per-candidate metric, in the order of the
+# candidate rows' score columns.
+SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar", "sharpness",
+              "frame_change")
+
 
 def video_to_tensor(video: np.ndarray) -> Tensor:
     """uint8 ``[F,H,W,3]`` (or float in [0,1]) -> float ``[F,3,H,W]`` in [0,1]; NaN/inf -> InputError."""
@@ -388,6 +393,7 @@ class VideoScorer:
 
 
 __all__ = [
+    "SCORE_KEYS",
     "ScoringConfig",
     "VideoScorer",
     "build_lpips",

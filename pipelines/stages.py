@@ -29,7 +29,7 @@ from actors.models import (
     generate_videos,
     load_lora,
 )
-from actors.scoring import ScoringConfig, VideoScorer
+from actors.scoring import SCORE_KEYS, ScoringConfig, VideoScorer
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import PoolConfig
 from pipelines.storage import RunStore, StorageSpec, make_filesystem, read_bytes
@@ -38,8 +38,6 @@ from trainers.storage_dirs import local_copy
 
 log = logging.getLogger(__name__)
 
-SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar", "sharpness",
-              "frame_change")
 CANDIDATE_META_COLUMNS = ["round", "prompt_id", "prompt", "image", "seed", "video_uri", "scorer", *SCORE_KEYS]
 
 
