@@ -14,23 +14,39 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from actors.errors import InputError
 from actors.geometry import Geometry, patch_transform, resize_geometry, transform_frames
 
-if TYPE_CHECKING:
-    from actors.scoring import ScoringConfig
-
 VGGT_DEFAULT_ID = "facebook/VGGT-1B"
 DA3_DEFAULT_ID = "depth-anything/DA3NESTED-GIANT-LARGE"
 TINY_SEED = 0
+
+
+# The ``scoring`` config section. It lives here, beside the backends it selects, so that this
+# module needs nothing from actors.scoring (which builds on it); actors.scoring re-exports it.
+class ScoringConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["tiny", "oracle", "vggt", "da3"] = "tiny"
+    weights: str | None = None  # tiny: safetensors file; vggt/da3: hub id or local dir
+    scorer: Literal["3dcs", "epipolar"] = "3dcs"
+    num_frames: int = Field(10, ge=2)
+    conf_threshold: float = Field(0.0, ge=0.0, lt=100.0)  # percent of lowest-confidence points dropped
+    lpips_weight: float = Field(1.0, ge=0.0)
+    lpips_backbone: Literal["auto", "pretrained", "random"] = "auto"
+    resolution: int = Field(518, gt=0, multiple_of=14)
+    # Epipolar: frames whose shorter side is below this are upscaled (bicubic) to it before SIFT,
+    # which finds too few keypoints on tiny frames (32 px) to fit F; 0 = native size.
+    epipolar_min_size: int = Field(0, ge=0)
 
 
 class GFMBackend(ABC):
@@ -276,6 +292,7 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "GFMBackend",
+    "ScoringConfig",
     "TinyGFM",
     "TinyBackend",
     "OracleBackend",

@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from actors.errors import InputError
@@ -28,29 +27,13 @@ from actors.geometry import (
     resize_geometry,
     sample_frame_indices,
 )
-from actors.gfm import build_backend
+from actors.gfm import ScoringConfig, build_backend
 
 VGG16_CHECKPOINT = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 file name in the hub cache
 LPIPS_RANDOM_SEED = 0
 SIFT_RATIO = 0.75
 MIN_MATCHES = 20
 RANSAC_THRESHOLD_PX = 1.0
-
-
-class ScoringConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["tiny", "oracle", "vggt", "da3"] = "tiny"
-    weights: str | None = None  # tiny: safetensors file; vggt/da3: hub id or local dir
-    scorer: Literal["3dcs", "epipolar"] = "3dcs"
-    num_frames: int = Field(10, ge=2)
-    conf_threshold: float = Field(0.0, ge=0.0, lt=100.0)  # percent of lowest-confidence points dropped
-    lpips_weight: float = Field(1.0, ge=0.0)
-    lpips_backbone: Literal["auto", "pretrained", "random"] = "auto"
-    resolution: int = Field(518, gt=0, multiple_of=14)
-    # Epipolar: frames whose shorter side is below this are upscaled (bicubic) to it before SIFT,
-    # which finds too few keypoints on tiny frames (32 px) to fit F; 0 = native size.
-    epipolar_min_size: int = Field(0, ge=0)
 
 
 # ----------------------------------------------------------------------------- LPIPS
