@@ -273,13 +273,15 @@ def check_backend(cfg: ScoringConfig) -> None:
     and local weights exist. One InputError naming the key."""
     import importlib.util
 
+    from actors.model_source import looks_local
+
     if cfg.backend in _BACKEND_PACKAGES:
         module, hint = _BACKEND_PACKAGES[cfg.backend]
         if importlib.util.find_spec(module) is None:
             raise _missing(cfg.backend, module, hint)
     if cfg.weights is None:
         return
-    local = cfg.backend == "tiny" or cfg.weights.startswith(("/", ".", "~"))
+    local = cfg.backend == "tiny" or looks_local(cfg.weights)
     if local and not os.path.exists(os.path.expanduser(cfg.weights)):
         raise InputError(f"scoring.weights: {cfg.weights!r} does not exist")
     if cfg.backend == "tiny" and not os.path.isfile(os.path.expanduser(cfg.weights)):

@@ -25,8 +25,10 @@ from actors.models import (
 )
 
 
-def _looks_local(pretrained: str) -> bool:
-    return pretrained.startswith(("/", ".", "~")) or os.path.exists(pretrained)
+def looks_local(source: str) -> bool:
+    """Whether a model source (``model.pretrained``, ``scoring.weights``) is a local path rather than a
+    Hugging Face model id: it starts like a path or exists."""
+    return source.startswith(("/", ".", "~")) or os.path.exists(source)
 
 
 def _offline() -> bool:
@@ -40,7 +42,7 @@ def check_model_source(model: ModelConfig) -> None:
     source = model.pretrained
     if source == "tiny":
         return
-    if _looks_local(source):
+    if looks_local(source):
         path = Path(source).expanduser()
         if not path.is_dir():
             raise InputError(f"model.pretrained: directory {source!r} does not exist")
@@ -65,7 +67,7 @@ def check_model_source(model: ModelConfig) -> None:
 
 def _component_config(model: ModelConfig, component: str) -> dict[str, Any]:
     """``<component>/config.json`` of a real model (check_model_source first)."""
-    if _looks_local(model.pretrained):
+    if looks_local(model.pretrained):
         path = Path(model.pretrained).expanduser() / component / "config.json"
     else:
         from huggingface_hub import hf_hub_download
