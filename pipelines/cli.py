@@ -53,7 +53,7 @@ def _config_on_ray(args: argparse.Namespace):
     """The validated config, with Ray joined: the cluster a `ray job submit` runs us on
     (RAY_ADDRESS), the configured address, or a new local one. Refused before any work where
     the cluster's nodes could not all reach ``output_uri`` or anything else the driver can check
-    is wrong (``pipelines.preflight``)."""
+    is wrong (``pipelines.preflight``). Returned with the prompts preflight read for the command."""
     import os
 
     import ray
@@ -67,9 +67,9 @@ def _config_on_ray(args: argparse.Namespace):
     if not ray.is_initialized():
         started_here = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(address=cfg.ray.address, log_to_driver=True)
-    preflight(cfg, args.command, getattr(args, "round", None), started_here)
+    prompts = preflight(cfg, args.command, getattr(args, "round", None), started_here)
     check_output_shared(cfg)
-    return cfg
+    return cfg, prompts
 
 
 def _open_run(args: argparse.Namespace, cfg):
@@ -84,8 +84,8 @@ def _open_run(args: argparse.Namespace, cfg):
 def _cmd_align(args: argparse.Namespace) -> int:
     from pipelines.rounds import run_align
 
-    cfg = _config_on_ray(args)
-    results = run_align(cfg, _open_run(args, cfg))
+    cfg, prompts = _config_on_ray(args)
+    results = run_align(cfg, _open_run(args, cfg), prompts)
     last = results[-1] if results else {}
     print(json.dumps({"run": cfg.run_name, "rounds": len(results), "last_round": last}, default=str))
     return 0
@@ -95,9 +95,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from pipelines.prompts import load_prompts
     from pipelines.rounds import run_round, storage_spec
 
-    cfg = _config_on_ray(args)
+    cfg, prompts = _config_on_ray(args)
     store = _open_run(args, cfg)
-    prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
+    if prompts is None:  # pairs, train: their preflight reads no prompts
+        prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
     run_round(cfg, store, prompts, args.round, stages=(STAGE_COMMANDS[args.command],))
     return 0
 
@@ -105,7 +106,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from pipelines.rounds import rescore_round
 
-    cfg = _config_on_ray(args)
+    cfg, _ = _config_on_ray(args)
     listing = rescore_round(cfg, _open_run(args, cfg), args.round)
     print(json.dumps({"round": args.round, "candidates": listing["rows"]}))
     return 0
@@ -114,8 +115,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import run_evaluate
 
-    cfg = _config_on_ray(args)
-    result = run_evaluate(cfg, args.round, _open_run(args, cfg))
+    cfg, prompts = _config_on_ray(args)
+    result = run_evaluate(cfg, args.round, _open_run(args, cfg), prompts)
     print(result["table"])
     return 0
 

@@ -28,7 +28,7 @@ import ray
 from actors.errors import InputError
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
-from pipelines.prompts import BUILTIN_EVAL_PROMPTS, load_prompts
+from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
 from pipelines.rounds import RoundPaths, candidate_seed, open_run, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
@@ -119,12 +119,16 @@ def _base_samples(cfg: VideoGPAConfig, base_store: RunStore, rows: list[dict[str
     return samples
 
 
-def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: RunStore | None = None) -> dict[str, Any]:
+def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: RunStore | None = None,
+                 prompts: list[Prompt] | None = None) -> dict[str, Any]:
+    """Base vs the round's LoRA on the evaluation prompts (``prompts``: those the command's
+    preflight read, else they are read here)."""
     store = store or open_run(cfg, "evaluate")
     index = round_to_evaluate(store, cfg.rounds, round_index)
     lora = RoundPaths(index).lora
     ev = cfg.evaluation
-    prompts = load_prompts(ev.prompts.path, ev.prompts.limit, storage_spec(cfg), builtin=BUILTIN_EVAL_PROMPTS)
+    if prompts is None:
+        prompts = load_prompts(ev.prompts.path, ev.prompts.limit, storage_spec(cfg), builtin=BUILTIN_EVAL_PROMPTS)
     rows = [{"round": index, "prompt_id": p.prompt_id, "prompt": p.text, "image": p.image or "",
              "seed": candidate_seed(ev.seed, 0, p.prompt_id, k)}
             for p in prompts for k in range(ev.seeds_per_prompt)]

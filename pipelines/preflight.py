@@ -12,7 +12,7 @@ from actors.model_source import check_model
 from pipelines.config import VideoGPAConfig
 from pipelines.evaluate import round_to_evaluate
 from pipelines.placement import check_resources
-from pipelines.prompts import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS, check_images, load_prompts
+from pipelines.prompts import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS, Prompt, check_images, load_prompts
 from pipelines.rounds import check_stage_inputs, storage_spec
 from pipelines.storage import RunStore
 
@@ -24,9 +24,13 @@ _LOADS_MODEL = {"align", "generate", "pairs", "train", "evaluate"}
 _SCORES = {"align", "generate", "score", "evaluate"}
 
 
-def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, started_here: bool) -> None:
-    """Raise the first InputError this command would meet once distributed; otherwise return."""
+def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, started_here: bool) -> list[Prompt] | None:
+    """Raise the first InputError this command would meet once distributed; otherwise return the
+    prompts it checked (align, generate: the training prompts; evaluate: the evaluation prompts;
+    None for the other commands). The command runs on these, read once: not on a second read of a
+    file that may have changed since its images were checked."""
     spec = storage_spec(cfg)
+    prompts = None
     if command in _LOADS_MODEL:
         check_model(cfg.model, cfg.sampling)
     if command in _SCORES:
@@ -44,3 +48,4 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
         check_stage_inputs(store, _STAGE_OF[command], round_index or 0)
     check_resources(cfg, command, started_here)
     log.info("%s: config, model, prompts and cluster checked before starting", command)
+    return prompts

@@ -109,10 +109,13 @@ def check_stage_inputs(store: RunStore, stage: str, index: int) -> None:
                          f"({store.uri(RoundPaths(index - 1).manifest)} is missing); run `videogpa align` first")
 
 
-def run_align(cfg: VideoGPAConfig, store: RunStore | None = None) -> list[dict[str, Any]]:
-    """Every round, resuming where the run stopped; returns each round's metrics."""
+def run_align(cfg: VideoGPAConfig, store: RunStore | None = None,
+              prompts: list[Prompt] | None = None) -> list[dict[str, Any]]:
+    """Every round, resuming where the run stopped; returns each round's metrics. ``prompts``: those
+    the command's preflight read (else they are read here)."""
     store = store or open_run(cfg)
-    prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
+    if prompts is None:
+        prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, storage_spec(cfg))
     results = []
     for index in range(cfg.rounds):
         paths = RoundPaths(index)
