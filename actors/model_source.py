@@ -14,15 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.errors import InputError
-from actors.models import (
-    ModelConfig,
-    SamplingConfig,
-    SamplingShape,
-    _tiny_transformer,
-    _tiny_vae,
-    check_sampling,
-    sampling_shape_from_configs,
-)
+from actors.families import get_family
+from actors.model_config import ModelConfig, SamplingConfig, SamplingShape, check_sampling
 
 
 def looks_local(source: str) -> bool:
@@ -82,11 +75,12 @@ def _component_config(model: ModelConfig, component: str) -> dict[str, Any]:
 
 def model_sampling_shape(model: ModelConfig) -> SamplingShape:
     """The sizes ``model`` can sample, from its configs alone (no weights loaded)."""
+    family = get_family(model.family)
     if model.pretrained == "tiny":
-        vae, transformer = _tiny_vae(model.family).config, _tiny_transformer(model.family).config
+        vae, transformer = family.tiny_component_configs()
     else:
         vae, transformer = _component_config(model, "vae"), _component_config(model, "transformer")
-    return sampling_shape_from_configs(model.family, vae, transformer)
+    return family.sampling_shape(vae, transformer)
 
 
 def check_model(model: ModelConfig, sampling: SamplingConfig) -> None:

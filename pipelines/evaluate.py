@@ -26,13 +26,13 @@ import numpy as np
 import ray
 
 from actors.errors import InputError
+from actors.families.base import LORA_WEIGHT_NAME
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
 from pipelines.rounds import RoundPaths, candidate_seed, open_run, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
-from trainers.lora import LORA_WEIGHT_NAME
 
 log = logging.getLogger(__name__)
 

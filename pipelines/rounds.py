@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from actors.errors import InputError
+from actors.families.base import LORA_WEIGHT_NAME
 from pipelines.config import VideoGPAConfig
 from pipelines.pairing import make_pairs
 from pipelines.prompts import Prompt, load_prompts
@@ -34,7 +35,6 @@ from pipelines.stages import (
     build_rescoring_dataset,
 )
 from pipelines.storage import TEMP_MARK, RunStore, StorageSpec
-from trainers.lora import LORA_WEIGHT_NAME
 from trainers.schema import SCHEMA_VERSION
 from trainers.train import train_dpo
 

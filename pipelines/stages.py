@@ -21,18 +21,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from actors.errors import InputError
-from actors.models import (
-    ModelConfig,
-    SamplingConfig,
-    build_pipeline,
-    encode_training_inputs,
-    generate_videos,
-    load_lora,
-)
+from actors.model_config import ModelConfig, SamplingConfig
+from actors.models import build_pipeline, encode_training_inputs, generate_videos, load_lora
 from actors.scoring import SCORE_KEYS, ScoringConfig, VideoScorer
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import PoolConfig
-from pipelines.storage import RunStore, StorageSpec, make_filesystem, read_bytes
+from pipelines.storage import RunStore, StorageSpec, make_filesystem, read_bytes, storage_error
 from trainers.schema import PAIR_SCHEMA, SCHEMA_VERSION, tensor_to_bytes
 from trainers.storage_dirs import local_copy
 
@@ -92,8 +86,12 @@ class GenerateCandidates:
         self.pipe = build_pipeline(self.model, _device())
         if lora_rel:
             # Online rounds sample from the current policy: base + the previous round's LoRA.
-            with local_copy(self.store.path(lora_rel), self.store.fs) as lora_dir:
-                load_lora(self.pipe, lora_dir, self.sampling.lora_scale, source=self.store.uri(lora_rel))
+            try:
+                with local_copy(self.store.path(lora_rel), self.store.fs) as lora_dir:
+                    load_lora(self.pipe, self.model, lora_dir, self.sampling.lora_scale,
+                              source=self.store.uri(lora_rel))
+            except OSError as err:  # fetching it from storage failed
+                raise storage_error(self.store.uri(lora_rel), err) from None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         groups: OrderedDict[str, list[int]] = OrderedDict()

@@ -90,7 +90,7 @@ class RunStore:
         try:
             return self.fs.get_file_info(self.path(rel))
         except OSError as err:
-            raise _storage_error(self.uri(rel), err) from None
+            raise storage_error(self.uri(rel), err) from None
 
     def read_bytes(self, rel: str) -> bytes:
         return read_bytes(self.fs, self.path(rel), attempts=self.spec.max_attempts)
@@ -115,7 +115,7 @@ class RunStore:
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
         except OSError as err:
-            raise _storage_error(self.uri(rel), err) from None
+            raise storage_error(self.uri(rel), err) from None
         prefix = self.root + "/"
         return sorted(i.path[len(prefix):] for i in infos if i.type == kind and i.path.endswith(suffix))
 
@@ -160,7 +160,7 @@ def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = 5) -> bytes:
                             " ".join(str(err).split())[:200])
                 time.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
                 continue
-            raise _storage_error(path, err) from None
+            raise storage_error(path, err) from None
     raise AssertionError("unreachable")
 
 
@@ -183,10 +183,11 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             with fs.open_output_stream(path) as out:  # one PUT: the object appears only when complete
                 out.write(data)
     except OSError as err:
-        raise _storage_error(path, err) from None
+        raise storage_error(path, err) from None
 
 
-def _storage_error(where: str, err: OSError) -> InputError:
+def storage_error(where: str, err: OSError) -> InputError:
+    """The one-line error of a storage failure at ``where`` (a path or URI), naming its likely cause."""
     text = " ".join(str(err).split())
     if "AWS Error ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
         cause = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"

@@ -80,7 +80,8 @@ def _skip_cpu_shm_op() -> None:
 
 def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop)
     from actors.families import get_family
-    from actors.models import ModelConfig, build_transformer_and_scheduler
+    from actors.model_config import ModelConfig
+    from actors.models import build_denoiser
     from trainers.config import TrainerConfig
     from trainers.deepspeed_config import (
         build_deepspeed_config,
@@ -110,15 +111,17 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     device = torch.device("cpu") if on_cpu else ray.train.torch.get_device()
     filesystem = config.get("filesystem")
 
-    # -- model: base transformer (frozen) + LoRA policy (+ frozen reference adapter) --
+    # -- model: base transformer(s) (frozen) + LoRA policy (+ frozen reference adapter) on each expert --
     family = get_family(model.family)
-    transformer, scheduler = build_transformer_and_scheduler(model, device)
+    transformer, scheduler = build_denoiser(model, device)
+    experts = family.lora_experts(transformer)
     prev_dir = config.get("previous_lora_dir")
     has_ref_adapter = bool(prev_dir) and cfg.reference == "previous_round"
     with local_copy(prev_dir, filesystem) if prev_dir else contextlib.nullcontext() as prev_local:
-        add_lora(transformer, cfg, family.lora_target_modules, prev_local, reference_is_previous=has_ref_adapter)
+        add_lora(experts, cfg, family.lora_target_modules, prev_local, reference_is_previous=has_ref_adapter)
     if cfg.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        for expert in experts.values():
+            expert.enable_gradient_checkpointing()
     transformer.train()
     named = [(n, p) for n, p in transformer.named_parameters() if p.requires_grad]
     n_train = sum(p.numel() for _, p in named)
@@ -225,10 +228,11 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
         break
 
     # -- export the policy LoRA (diffusers format) --
-    state_dict = policy_state_dict(transformer, cfg.zero_stage)  # collective under ZeRO-3
+    states = {name: policy_state_dict(expert, cfg.zero_stage) for name, expert in experts.items()}  # collective
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
-            export_lora(state_dict, transformer, family.pipeline_class, d)
+            for name, expert in experts.items():
+                export_lora(states[name], expert, name, family.pipeline_class, d)
             upload_dir(d, config["lora_out_dir"], filesystem)
         _log(rank, f"LoRA written to {config['lora_out_dir']}")
     if checkpoint is not None and step >= cfg.max_steps and not metrics:
