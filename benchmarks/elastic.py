@@ -1,6 +1,6 @@
 """Elastic at cluster scale: `videogpa align` on an autoscaling Ray cluster that starts with no GPU node.
 
-The cluster is ``cluster/raycluster.yaml`` rehearsed on this machine (``tests/ray_clusters.py``:
+The cluster is ``cluster/raycluster.yaml`` rehearsed on this machine (``benchmarks/rehearsal/clusters.py``:
 Ray's own autoscaler, its fake multi-node provider, the manifest's node groups; every node a real
 raylet). The run goes in through ``ray job submit`` and writes to S3 (a moto server on 127.0.0.1),
 since a node's disk dies with it. While it runs:
@@ -35,8 +35,8 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tests.processes import free_port
-from tests.ray_clusters import AutoscalingCluster, Timeline
+from benchmarks.rehearsal.clusters import AutoscalingCluster, Timeline
+from benchmarks.rehearsal.processes import free_port
 
 PROMPTS, CANDIDATES = 8, 6
 RUN_NAME = "elastic"

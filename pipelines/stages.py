@@ -64,7 +64,7 @@ def pool_args(pool: PoolConfig) -> dict[str, Any]:
 
     A pool actor that dies (node lost, OOM-killed, preempted) is restarted without limit and its
     in-flight batch retried on a live actor; outputs are keyed by (prompt, seed), so a retried batch
-    overwrites its own files and every candidate still appears exactly once (tests/test_faults.py).
+    overwrites its own files and every candidate still appears exactly once (tests/faults/test_faults.py).
     """
     return dict(
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),

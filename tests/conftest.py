@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import subprocess
 import sys
@@ -11,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import free_port
+from benchmarks.rehearsal.processes import free_port
+from tests.support.quickstart import QUICKSTART_ARGS, QuickstartRun
+from tests.support.ray_runtime import local_ray
 
 
 @pytest.fixture(scope="module")
@@ -57,42 +57,11 @@ def s3_bucket(s3_server):
     return name
 
 
-@contextlib.contextmanager
-def local_ray():
-    """A local Ray runtime for this process, shut down on exit.
-
-    Kept short-lived on purpose: while two Ray clusters run on one host, Ray Train's
-    placement-group cleaner can query the wrong one and kill a healthy run, so tests never
-    hold a runtime open while a `videogpa` subprocess starts its own cluster.
-    """
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def ray_local(s3_server):
     """A local Ray runtime for one test module; started after the S3 env so workers inherit it."""
     with local_ray() as ray:
         yield ray
-
-
-# The quickstart as a user runs it, into a run many tests read: `videogpa align` with its own local Ray.
-QUICKSTART_ARGS = ("--config", "configs/quickstart.yaml", "run_name=e2e", "prompts.limit=3")
-
-
-@dataclasses.dataclass(frozen=True)
-class QuickstartRun:
-    output_uri: Path
-    result: subprocess.CompletedProcess
-
-    @property
-    def root(self) -> Path:
-        return self.output_uri / "e2e"
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 MARKER_VAR = "VIDEOGPA_TEST_PROCESS_GROUP"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def marked_pids(marker: str) -> list[int]:

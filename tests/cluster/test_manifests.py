@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = REPO_ROOT / "cluster"
 RAY_API = "ray.io/v1"
 KNOWN_KINDS = {"RayCluster": RAY_API, "RayJob": RAY_API, "Secret": "v1"}
@@ -165,9 +165,14 @@ def test_autoscaling_gpu_group_scales_from_zero():
 
 def test_every_cluster_autoscales_as_the_rehearsal_cluster():
     """Ray's KubeRay translator (what the autoscaler sidecar runs) gives every manifest's cluster the
-    same autoscaler settings, and the rehearsal cluster of tests/test_elastic.py runs exactly them
+    same autoscaler settings, and the rehearsal cluster of tests/e2e/test_elastic.py runs exactly them
     but for the declared LOCAL_OVERRIDES (idle timeout, GPU node count, object store size)."""
-    from tests.ray_clusters import LOCAL_OVERRIDES, kuberay_autoscaling_config, manifest_cluster_spec, rehearsal_config
+    from benchmarks.rehearsal.clusters import (
+        LOCAL_OVERRIDES,
+        kuberay_autoscaling_config,
+        manifest_cluster_spec,
+        rehearsal_config,
+    )
 
     reference = kuberay_autoscaling_config(manifest_cluster_spec())
     for where, spec in _cluster_specs():
@@ -180,7 +185,7 @@ def test_every_cluster_autoscales_as_the_rehearsal_cluster():
     assert reference["available_node_types"]["headgroup"]["resources"]["CPU"] == 0
 
     rehearsal = rehearsal_config(reference, "127.0.0.1:1", "/tmp/nodes")
-    assert rehearsal["provider"]["module"] == "tests.ray_clusters.RehearsalNodeProvider"
+    assert rehearsal["provider"]["module"] == "benchmarks.rehearsal.clusters.RehearsalNodeProvider"
     assert rehearsal["upscaling_speed"] == reference["upscaling_speed"]
     assert rehearsal["idle_timeout_minutes"] * 60 == LOCAL_OVERRIDES["idle_timeout_s"]
     local_gpu = rehearsal["available_node_types"]["gpu"]

@@ -29,12 +29,12 @@ import yaml
 
 from actors.video_io import encode_mp4
 from benchmarks.miniature_lab.world import render_clip
+from benchmarks.rehearsal.processes import free_port
 from pipelines.pairing import make_pairs
 from pipelines.stages import CANDIDATE_META_COLUMNS, SCORE_KEYS, ScoreCandidates
-from tests.conftest import QUICKSTART_ARGS
-from tests.processes import free_port
+from tests.support.quickstart import QUICKSTART_ARGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
 SCORING = dict(backend="tiny", scorer="3dcs", num_frames=9, resolution=56, lpips_backbone="random")
 
@@ -408,7 +408,7 @@ def test_unscorable_and_static_candidates_are_dropped_and_counted(tmp_path, ray_
 
 
 def test_train_refuses_a_shard_of_another_schema_version(tmp_path, ray_address):
-    from tests.test_trainer import synthetic_pairs
+    from tests.support.pairs import synthetic_pairs
     from trainers.schema import PAIR_SCHEMA
 
     run = tmp_path / "out" / "old"

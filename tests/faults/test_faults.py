@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tests.flaky_s3_proxy import FlakyS3Proxy
-from tests.processes import cmdline, kill_driver_when, kill_marked, marked_pids, snapshot, start_cli
+from benchmarks.rehearsal.processes import cmdline, kill_driver_when, kill_marked, marked_pids, snapshot, start_cli
+from tests.support.flaky_s3_proxy import FlakyS3Proxy
 
 pytestmark = pytest.mark.slow
 

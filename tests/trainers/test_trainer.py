@@ -10,56 +10,22 @@ import json
 import math
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from actors.models import ModelConfig
+from tests.support.pairs import SHAPE, write_shards
 from trainers.config import TrainerConfig
-from trainers.schema import PAIR_SCHEMA, SCHEMA_VERSION, tensor_to_bytes
 from trainers.train import train_dpo
 from trainers.worker import FAULT_ENV
 
 MODEL = ModelConfig(family="cogvideox-t2v")
-SHAPE = (3, 4, 4, 4)  # [F, C, H, W] latents of the tiny cogvideox-t2v preset
 # Tiny LoRA, large lr/beta so a few full-batch steps move the loss clearly on 8 pairs. adam_eps 1e-6:
 # Adam's first steps are ~lr·sign(g), so with eps 1e-8 gradient entries that are 0 up to float
 # rounding (whose order changes with the worker count) would flip sign and split trajectories.
 BASE = dict(lora_rank=4, lora_alpha=4, learning_rate=1e-2, beta=100.0, warmup_steps=0, weight_decay=0.0, adam_eps=1e-6,
             micro_batch_size=2, effective_batch_size=8, gradient_checkpointing=False, cpus_per_worker=0.5,
             log_every=1, max_failures=0, max_steps=5, checkpoint_every=5)
-
-
-def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Preference pairs with a learnable preference: winners are near-constant latent fields,
-    losers white noise (what an 'easier', smoother winner looks like to the model)."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        winner = torch.full(SHAPE, float(torch.randn(1, generator=g)) * 0.3)
-        loser = torch.randn(SHAPE, generator=g)
-        rows.append(dict(
-            schema_version=SCHEMA_VERSION, pair_id=f"pair-{i:03d}", round=0, prompt_id=f"q{i}", prompt="a cube",
-            model_id="tiny:cogvideox-t2v", scorer="3dcs:oracle", winner_seed=2 * i, loser_seed=2 * i + 1,
-            winner_score=0.1, loser_score=0.5, winner_motion=0.1, loser_motion=0.1,
-            winner_latents=tensor_to_bytes(winner), loser_latents=tensor_to_bytes(loser),
-            latent_shape=list(SHAPE), latent_dtype="float32",
-            prompt_embeds=tensor_to_bytes(torch.randn(16, 32, generator=g)), image_latents=None,
-        ))
-    return rows
-
-
-def write_shards(root: str, n: int, files: int = 2, filesystem=None) -> list[str]:
-    rows, per, out = synthetic_pairs(n), n // files, []
-    if filesystem is None:
-        os.makedirs(root, exist_ok=True)
-    for k in range(files):
-        path = f"{root}/pairs-{k:03d}.parquet"
-        pq.write_table(pa.Table.from_pylist(rows[k * per:(k + 1) * per], schema=PAIR_SCHEMA), path,
-                       filesystem=filesystem)
-        out.append(path)
-    return out
 
 
 def history(ckpt_dir: str) -> list[dict]:

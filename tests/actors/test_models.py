@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import subprocess
 import sys
@@ -25,23 +24,15 @@ from actors.models import (
     load_lora,
     tiny_sampling,
 )
+from tests.support.tiny import tiny_image, tiny_pipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPT = "a red cube in a room, the camera orbits slowly"
 
 
-@functools.cache
-def _pipe(family: str):
-    """One shared pipeline per family for read-only tests (tests that load LoRAs build their own)."""
-    return build_pipeline(ModelConfig(family=family))
-
-
 def _image(family: str, seed: int = 0) -> np.ndarray | None:
-    if family == "cogvideox-i2v":
-        s = tiny_sampling(family)
-        return np.random.RandomState(seed).randint(0, 256, (s.height, s.width, 3), dtype=np.uint8)
-    return None
+    return tiny_image(family, seed) if get_family(family).requires_image else None
 
 
 def _generate(pipe, family: str, seeds: list[int], image: np.ndarray | None = None) -> np.ndarray:
@@ -63,7 +54,7 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generate_shape_dtype_and_seed_determinism(family):
-    pipe = _pipe(family)
+    pipe = tiny_pipe(family)
     s = tiny_sampling(family)
     videos = _generate(pipe, family, [0, 1])
     assert videos.shape == (2, s.num_frames, s.height, s.width, 3)
@@ -110,7 +101,7 @@ def test_two_builds_have_identical_weights(family):
     rng_before = torch.random.get_rng_state()
     a = build_pipeline(ModelConfig(family=family))
     assert torch.equal(rng_before, torch.random.get_rng_state()), "building must not consume the global RNG"
-    b = _pipe(family)
+    b = tiny_pipe(family)
     for name in ("transformer", "vae", "text_encoder"):
         _assert_same_weights(getattr(a, name), getattr(b, name))
     denoiser, scheduler = build_denoiser(ModelConfig(family=family))
@@ -122,7 +113,7 @@ def test_two_builds_have_identical_weights(family):
 
 def test_wan_text_and_image_modes():
     family = "wan2.2-ti2v"
-    pipe = _pipe(family)
+    pipe = tiny_pipe(family)
     s = tiny_sampling(family)
     image = np.random.RandomState(3).randint(0, 256, (s.height, s.width, 3), dtype=np.uint8)
     with_image = _generate(pipe, family, [0], image=image)
@@ -142,7 +133,7 @@ def test_wan_text_and_image_modes():
 )
 def test_image_errors(family, image, message):
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        generate_videos(_pipe(family), ModelConfig(family=family), tiny_sampling(family), PROMPT, [0], image=image)
+        generate_videos(tiny_pipe(family), ModelConfig(family=family), tiny_sampling(family), PROMPT, [0], image=image)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +145,7 @@ def test_sampling_errors(update, message):
     sampling = tiny_sampling(family).model_copy(update=update)
     seeds = [0] if update else []
     with pytest.raises(InputError, match=message):
-        generate_videos(_pipe(family), ModelConfig(family=family), sampling, PROMPT, seeds)
+        generate_videos(tiny_pipe(family), ModelConfig(family=family), sampling, PROMPT, seeds)
 
 
 def test_configs_forbid_extra_keys_and_list_real_ids():
@@ -183,7 +174,7 @@ _EXPECTED_LAYOUT = {
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_encode_training_inputs_layout(family):
-    pipe = _pipe(family)
+    pipe = tiny_pipe(family)
     videos = _generate(pipe, family, [0, 1])
     image = _image(family)
     if family == "wan2.2-ti2v":
@@ -215,7 +206,7 @@ def test_encode_training_inputs_layout(family):
 def test_encode_training_inputs_rejects_bad_videos():
     family = "cogvideox-t2v"
     with pytest.raises(InputError, match="videos"):
-        encode_training_inputs(_pipe(family), ModelConfig(family=family), np.zeros((9, 32, 32, 3)), PROMPT, None)
+        encode_training_inputs(tiny_pipe(family), ModelConfig(family=family), np.zeros((9, 32, 32, 3)), PROMPT, None)
 
 
 def _perturbed_lora_dir(family: str, tmp_path) -> str:
@@ -239,7 +230,7 @@ def _perturbed_lora_dir(family: str, tmp_path) -> str:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_round_trip_changes_generation(family, tmp_path):
     lora_dir = _perturbed_lora_dir(family, tmp_path)
-    base = _generate(_pipe(family), family, [7])
+    base = _generate(tiny_pipe(family), family, [7])
     pipe = build_pipeline(ModelConfig(family=family))
     load_lora(pipe, ModelConfig(family=family), lora_dir, scale=1.0)
     adapted = _generate(pipe, family, [7])

@@ -15,7 +15,7 @@ import pytest
 from actors.video_io import encode_mp4
 from benchmarks.miniature_lab.world import render_clip
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_score_video_prints_metrics_per_file(tmp_path):

@@ -6,7 +6,7 @@ import yaml
 from actors.errors import InputError
 from pipelines.config import dump_config, load_config, parse_override
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 

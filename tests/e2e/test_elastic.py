@@ -1,4 +1,4 @@
-"""Elastic at cluster scale, on the rehearsal of cluster/raycluster.yaml (tests/ray_clusters.py: Ray's
+"""Elastic at cluster scale, on the rehearsal of cluster/raycluster.yaml (benchmarks/rehearsal/clusters.py: Ray's
 own autoscaler with its fake multi-node provider, the manifest's head with no GPU and its GPU group
 from 0; every node a real raylet).
 
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import elastic
-from tests.ray_clusters import AutoscalingCluster
+from benchmarks.rehearsal.clusters import AutoscalingCluster
 
 pytestmark = pytest.mark.slow
 

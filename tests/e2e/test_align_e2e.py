@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from actors.models import ModelConfig, build_pipeline
-from tests.conftest import QUICKSTART_ARGS, local_ray
+from tests.support.quickstart import QUICKSTART_ARGS
+from tests.support.ray_runtime import local_ray
 from trainers.schema import PAIR_SCHEMA, tensor_from_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 SPEC_COLUMNS = [

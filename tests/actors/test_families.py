@@ -13,32 +13,24 @@ from actors.families import FAMILIES, get_family
 from actors.families.cogvideox import cogvideox_rotary_emb
 from actors.model_config import ModelConfig
 from actors.models import (
-    build_pipeline,
     encode_training_inputs,
     generate_videos,
     tiny_sampling,
 )
+from tests.support.tiny import tiny_image, tiny_pipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPT = "a blue sphere on a table"
 
 
-@functools.cache
-def _pipe(family: str):
-    return build_pipeline(ModelConfig(family=family))
-
-
 def _image(family: str) -> np.ndarray | None:
-    if not get_family(family).accepts_image:
-        return None
-    s = tiny_sampling(family)
-    return np.random.RandomState(5).randint(0, 256, (s.height, s.width, 3), dtype=np.uint8)
+    return tiny_image(family, 5) if get_family(family).accepts_image else None
 
 
 @functools.cache
 def _inputs(family: str, with_image: bool = True) -> dict:
-    pipe = _pipe(family)
+    pipe = tiny_pipe(family)
     model = ModelConfig(family=family)
     image = _image(family) if with_image else None
     videos = generate_videos(pipe, model, tiny_sampling(family), PROMPT, [0, 1], image=image)
@@ -62,7 +54,7 @@ def test_family_attributes():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_targets_name_linear_layers(family):
     targets = get_family(family).lora_target_modules
-    names = [n for n, m in _pipe(family).transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    names = [n for n, m in tiny_pipe(family).transformer.named_modules() if isinstance(m, torch.nn.Linear)]
     for target in targets:
         assert any(n.endswith("." + target) for n in names), target
     if family == "wan2.2-ti2v":  # Wan's q, k, v, o: self-attention and cross-attention
@@ -70,7 +62,7 @@ def test_lora_targets_name_linear_layers(family):
 
 
 def test_v_prediction_targets_match_scheduler():
-    fam, scheduler = get_family("cogvideox-t2v"), _pipe("cogvideox-t2v").scheduler
+    fam, scheduler = get_family("cogvideox-t2v"), tiny_pipe("cogvideox-t2v").scheduler
     t = fam.sample_timesteps(scheduler, 64, torch.Generator().manual_seed(0), "cpu")
     assert t.dtype == torch.long and t.min() >= 0 and t.max() < 1000
     assert torch.equal(t, fam.sample_timesteps(scheduler, 64, torch.Generator().manual_seed(0), "cpu"))
@@ -85,7 +77,7 @@ def test_v_prediction_targets_match_scheduler():
 
 
 def test_flow_matching_targets():
-    fam, scheduler = get_family("wan2.2-ti2v"), _pipe("wan2.2-ti2v").scheduler
+    fam, scheduler = get_family("wan2.2-ti2v"), tiny_pipe("wan2.2-ti2v").scheduler
     gen = torch.Generator().manual_seed(0)
     t = fam.sample_timesteps(scheduler, 4096, gen, "cpu")
     assert t.dtype == torch.float32 and t.min() > 0 and t.max() < 1000
@@ -102,7 +94,7 @@ def test_flow_matching_targets():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_predict_shape_matches_target(family):
-    fam, pipe = get_family(family), _pipe(family)
+    fam, pipe = get_family(family), tiny_pipe(family)
     enc = _inputs(family)
     x0 = enc["latents"]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
@@ -115,7 +107,7 @@ def test_predict_shape_matches_target(family):
 
 
 def test_wan_condition_frame_carries_no_loss():
-    fam, pipe = get_family("wan2.2-ti2v"), _pipe("wan2.2-ti2v")
+    fam, pipe = get_family("wan2.2-ti2v"), tiny_pipe("wan2.2-ti2v")
     enc = _inputs("wan2.2-ti2v")
     x0, cond = enc["latents"], enc["image_latents"]
     noise = torch.randn_like(x0)
@@ -158,7 +150,7 @@ def _capture_transformer_call(pipe, family: str, image) -> tuple[dict, torch.Ten
 def test_predict_reproduces_the_pipeline_transformer_call(family):
     """predict(), fed what the pipeline fed its transformer, returns what the transformer returned:
     same rotary embeddings, channel concat, ofs, per-token timesteps, condition frame."""
-    fam, pipe = get_family(family), _pipe(family)
+    fam, pipe = get_family(family), tiny_pipe(family)
     image = _image(family)
     kwargs, expected = _capture_transformer_call(pipe, family, image)
     hidden, prompt_embeds = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
@@ -185,7 +177,7 @@ def test_predict_reproduces_the_pipeline_transformer_call(family):
 def test_wan_text_only_predict_matches_pipeline_per_token_timesteps():
     # WanPipeline(expand_timesteps=True) passes per-token timesteps; predict passes one per sample.
     family = "wan2.2-ti2v"
-    fam, pipe = get_family(family), _pipe(family)
+    fam, pipe = get_family(family), tiny_pipe(family)
     kwargs, expected = _capture_transformer_call(pipe, family, None)
     assert kwargs["timestep"].ndim == 2
     with torch.no_grad():
@@ -197,7 +189,7 @@ def test_wan_text_only_predict_matches_pipeline_per_token_timesteps():
 
 @pytest.mark.parametrize("family", ["cogvideox-t2v", "cogvideox1.5-t2v"])
 def test_rotary_embeddings_match_pipeline(family):
-    pipe = _pipe(family)
+    pipe = tiny_pipe(family)
     s = tiny_sampling(family)
     frames = 4
     ours = cogvideox_rotary_emb(
@@ -218,7 +210,7 @@ def test_a14b_experts_route_each_timestep_like_the_pipeline():
     from actors.models import build_denoiser
 
     family = "wan2.2-t2v-a14b"
-    fam, pipe = get_family(family), _pipe(family)
+    fam, pipe = get_family(family), tiny_pipe(family)
     seen: dict[str, list] = {"transformer": [], "transformer_2": []}
     handles = [getattr(pipe, name).register_forward_hook(
         lambda _m, _a, kwargs, out, name=name: seen[name].append((kwargs, out[0])), with_kwargs=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.processes import kill_driver_when, kill_marked, snapshot, start_cli
+from benchmarks.rehearsal.processes import kill_driver_when, kill_marked, snapshot, start_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 ARGS = ["align", "--config", "configs/quickstart.yaml", "run_name=online", "rounds=2", "prompts.limit=2",

@@ -28,7 +28,7 @@ from trainers.schema import tensor_from_bytes
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["prompts.limit=2", "pairing.candidates_per_prompt=2", "sampling.height=32", "sampling.width=32",
              "trainer.max_steps=2", "trainer.checkpoint_every=2", "trainer.warmup_steps=1"]
 NEW_FAMILIES = ("wan2.1-t2v", "wan2.2-t2v-a14b")

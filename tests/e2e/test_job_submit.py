@@ -5,7 +5,7 @@ dashboard / job API) and a second node started with `ray start` as separate proc
 repository uploaded as the job's working_dir with cluster/runtime_env.yaml, the job driven
 to SUCCEEDED through the Job API, and the run layout checked on disk.
 
-The cluster and its isolation from anything else running Ray here: tests/ray_clusters.py. The
+The cluster and its isolation from anything else running Ray here: benchmarks/rehearsal/clusters.py. The
 align job writes to a local path on two nodes, which the driver proves shared (both nodes read its
 probe file) before any work.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import marked_pids
-from tests.ray_clusters import StaticCluster
+from benchmarks.rehearsal.clusters import StaticCluster
+from benchmarks.rehearsal.processes import marked_pids
 
 pytestmark = pytest.mark.slow
 

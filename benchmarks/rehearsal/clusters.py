@@ -52,9 +52,9 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from tests.processes import MARKER_VAR, cmdline, kill_marked, marked_pids
+from benchmarks.rehearsal.processes import MARKER_VAR, cmdline, kill_marked, marked_pids
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_ENV_FILE = REPO_ROOT / "cluster" / "runtime_env.yaml"
 RAYCLUSTER_MANIFEST = REPO_ROOT / "cluster" / "raycluster.yaml"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
