@@ -74,3 +74,13 @@ def quickstart_run(tmp_path_factory) -> QuickstartRun:
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return QuickstartRun(out, result)
+
+
+@pytest.fixture(scope="session")
+def interrupted_run(tmp_path_factory):
+    """The two-round run of tests/support/shared_runs.py that every process fault hits in turn,
+    checked by tests/faults/test_faults.py (actors, trainer worker, driver between stages) and
+    tests/faults/test_resume.py (driver inside round 1)."""
+    from tests.support.shared_runs import interrupted_run
+
+    return interrupted_run(tmp_path_factory.mktemp("interrupted"))

@@ -2,6 +2,10 @@
 stages, S3 failing a share of its requests (or all of them). Each fault hits the real process or
 the real network path of a `videogpa align` run; nothing in the product is mocked or patched.
 
+The process faults all hit one two-round run, in turn (``interrupted_run``, see
+tests/support/shared_runs.py; tests/faults/test_resume.py checks its round 1): each test checks
+its promises on the shared run.
+
 Every test prints one `FAULT-FIGURES {...}` line (run with `-s` to see it): the README's
 Reliability table quotes those figures.
 """
@@ -9,9 +13,7 @@ Reliability table quotes those figures.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.rehearsal.processes import cmdline, kill_driver_when, kill_marked, marked_pids, snapshot, start_cli
+from benchmarks.rehearsal.processes import kill_marked, snapshot, start_cli
 from tests.support.flaky_s3_proxy import FlakyS3Proxy
 
 pytestmark = pytest.mark.slow
@@ -28,75 +30,25 @@ pytestmark = pytest.mark.slow
 BASE_ARGS = ["align", "--config", "configs/quickstart.yaml", "prompts.limit=2", "trainer.log_every=1"]
 
 
-def _kill_one(marker: str, title: str) -> int | None:
-    """SIGKILL the one process of this run whose title names ``title`` (a Ray actor); its pid or None."""
-    for pid in marked_pids(marker):
-        if title in cmdline(pid):
-            os.kill(pid, signal.SIGKILL)
-            return pid
-    return None
-
-
 def _candidate_keys(read_table, manifest: dict) -> list[tuple[str, int]]:
     table = read_table([f["path"] for f in manifest["candidates"]["files"]])
     return list(zip(table["prompt_id"].to_pylist(), table["seed"].to_pylist()))
-
-
-def _registered_checkpoints(run: Path) -> list[str]:
-    """Checkpoints Ray Train has registered so far (from its manager snapshot; [] before the first)."""
-    try:
-        snapshot = (run / "checkpoints" / "checkpoint_manager_snapshot.json").read_text()
-    except OSError:
-        return []
-    return sorted(set(re.findall(r"checkpoint_\d{7}", snapshot)))
 
 
 def _figures(name: str, **figures) -> None:
     print(f"FAULT-FIGURES {json.dumps({'test': name, **figures}, default=str)}", flush=True)
 
 
-def test_pool_actors_and_trainer_worker_killed_mid_round(tmp_path):
-    """SIGKILL the generation actor, then the scoring actor, then a Ray Train worker, each once,
-    while their stage runs: Ray restarts them, the round completes, every candidate appears exactly
-    once and training resumes from its last checkpoint. AWS_SECRET_ACCESS_KEY is set to a unique
-    value and must appear nowhere in the run folder or the logs."""
-    secret = f"secret-{uuid.uuid4().hex}"
-    marker, log = uuid.uuid4().hex, tmp_path / "align.log"
-    run = tmp_path / "faults" / "round-000"
-    start = time.monotonic()
-    proc = start_cli([*BASE_ARGS, "run_name=faults", f"output_uri={tmp_path}"], marker, log,
-                  env={"AWS_SECRET_ACCESS_KEY": secret})
-    killed: dict[str, dict] = {}
-
-    def mp4s() -> int:
-        return len(list((run / "videos").glob("*.mp4"))) if (run / "videos").exists() else 0
-
-    # (name, process title, when to strike) — each fires once, in order.
-    plan = [
-        ("generation", "MapBatches(GenerateCandidates)", lambda: mp4s() >= 1),
-        # The 6th video is written before its batch is handed on: scoring still has work to do.
-        ("scoring", "MapBatches(ScoreCandidates)", lambda: mp4s() >= 6 and not (run / "candidates.done.json").exists()),
-        # Once Ray Train has registered the step-3 checkpoint (it writes its manager snapshot then),
-        # not the driver's log, which trails the worker by seconds under load.
-        ("trainer", "RayTrainWorker", lambda: _registered_checkpoints(run) == ["checkpoint_0000003"]),
-    ]
-    try:
-        deadline = time.monotonic() + 900
-        while proc.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            if plan and plan[0][2]():
-                name, title, _ = plan[0]
-                pid = _kill_one(marker, title)
-                if pid is not None:
-                    killed[name] = {"pid": pid, "at_s": round(time.monotonic() - start, 1)}
-                    plan.pop(0)
-            time.sleep(0.1)
-        wall = time.monotonic() - start
-    finally:
-        assert kill_marked(marker) == []
-    text = log.read_text(errors="replace")
-    assert proc.returncode == 0, text[-4000:]
-    assert set(killed) == {"generation", "scoring", "trainer"}, (killed, text[-3000:])
+def test_pool_actors_and_trainer_worker_killed_mid_round(interrupted_run):
+    """SIGKILL the generation actor, then the scoring actor (first command), then a Ray Train worker
+    (second command), each once, while their stage of round 0 runs: Ray restarts them, the round
+    completes, every candidate appears exactly once and training resumes from its last checkpoint.
+    AWS_SECRET_ACCESS_KEY is set to a unique value and must appear nowhere in the run folder or the logs."""
+    first, second, _ = interrupted_run.commands
+    killed = {**{k: v for k, v in first.struck.items() if k != "driver"},
+              **{k: v for k, v in second.struck.items() if k != "driver"}}
+    assert set(killed) == {"generation", "scoring", "trainer"}, killed
+    run = interrupted_run.run / "round-000"
 
     manifest = json.loads((run / "manifest.json").read_text())
     keys = _candidate_keys(lambda files: pq.ParquetDataset([str(run.parent / f) for f in files]).read(), manifest)
@@ -109,8 +61,8 @@ def test_pool_actors_and_trainer_worker_killed_mid_round(tmp_path):
     assert pairs.num_rows == 2 and len(set(pairs["pair_id"].to_pylist())) == 2
 
     # Training restarted from the step-3 checkpoint, not from scratch, and ran each step once.
-    resumed = re.findall(r"resumed at step (\d+)", text)
-    assert resumed == ["3"], (resumed, killed, text[-3000:])
+    resumed = re.findall(r"resumed at step (\d+)", second.log)
+    assert resumed == ["3"], (resumed, killed, second.log[-3000:])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 6
     final = sorted((run / "checkpoints").glob("checkpoint_0*"))[-1]
@@ -118,51 +70,37 @@ def test_pool_actors_and_trainer_worker_killed_mid_round(tmp_path):
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
 
     # Secrets: only ever in the environment.
+    secret = interrupted_run.secret
     needle = secret.encode()
-    leaked = [str(p) for p in (tmp_path / "faults").rglob("*") if p.is_file() and needle in p.read_bytes()]
-    assert leaked == [] and secret not in text
-    _figures("actors_and_trainer_killed", killed=killed, leftover_tmp_files=torn, wall_s=round(wall, 1),
-             candidates=len(keys),
+    leaked = [str(p) for p in interrupted_run.run.rglob("*") if p.is_file() and needle in p.read_bytes()]
+    assert leaked == [] and not any(secret in c.log for c in interrupted_run.commands)
+    _figures("actors_and_trainer_killed", killed=killed, leftover_tmp_files=torn, candidates=len(keys),
              distinct_candidates=len(set(keys)), stage_seconds=metrics["stage_seconds"])
 
 
-def test_driver_killed_between_stages_resumes(tmp_path):
+def test_driver_killed_between_stages_resumes(interrupted_run):
     """SIGKILL the driver (and its whole local Ray) the moment the pairs stage is marked done; the
     same command finishes the round without touching the candidates, videos or pair shards."""
-    args = [*BASE_ARGS, "run_name=between", "pairing.candidates_per_prompt=2", "trainer.max_steps=2",
-            f"output_uri={tmp_path}"]
-    run = tmp_path / "between" / "round-000"
-    marker = uuid.uuid4().hex
-    proc = start_cli(args, marker, tmp_path / "first.log")
-    try:
-        kill_driver_when(proc, (run / "pairs.done.json").exists, tmp_path / "first.log", 600, "the pairs stage ending")
-    finally:
-        assert kill_marked(marker) == []
-    assert not (run / "train.done.json").exists() and not (run / "manifest.json").exists()
-    kept = {k: v for k, v in snapshot(run).items() if k.split("/")[0] in ("videos", "candidates", "pairs")
+    first, second, _ = interrupted_run.commands
+    assert "driver" in first.struck and first.returncode is None
+    # What was on disk when the driver died, relative to the round (as the round's own snapshot).
+    before = {k.split("/", 1)[1]: v for k, v in interrupted_run.after[0].items() if k.startswith("round-000/")}
+    assert "train.done.json" not in before and "manifest.json" not in before
+    kept = {k: v for k, v in before.items() if k.split("/")[0] in ("videos", "candidates", "pairs")
             or k in ("candidates.done.json", "pairs.done.json")}
 
-    marker = uuid.uuid4().hex
-    start = time.monotonic()
-    resumed = start_cli(args, marker, tmp_path / "resume.log")
-    try:
-        resumed.wait(timeout=600)
-    finally:
-        assert kill_marked(marker) == []
-    resume_s = time.monotonic() - start
-    text = (tmp_path / "resume.log").read_text(errors="replace")
-    assert resumed.returncode == 0, text[-4000:]
+    text = second.log
     assert "stage 1/3 candidates: already done" in text and "stage 2/3 pairs: already done" in text
+    run = interrupted_run.run / "round-000"
     after = snapshot(run)
     assert {k: after.get(k) for k in kept} == kept, "nothing done before the kill was rewritten"
     manifest = json.loads((run / "manifest.json").read_text())
     shards = {f["path"].split("/", 1)[1] for f in manifest["pairs"]["files"]}
     assert shards == {k for k in kept if k.startswith("pairs/")}
     keys = _candidate_keys(lambda files: pq.ParquetDataset([str(run.parent / f) for f in files]).read(), manifest)
-    assert len(keys) == len(set(keys)) == 2 * 2
-    _figures("driver_killed_between_stages", files_kept=len(kept), rewritten=0, resume_wall_s=round(resume_s, 1))
-
-
+    assert len(keys) == len(set(keys)) == 2 * 3
+    _figures("driver_killed_between_stages", files_kept=len(kept), rewritten=0,
+             killed_at_s=first.struck["driver"]["at_s"])
 def _objects(fs: pafs.FileSystem, root: str) -> dict[str, tuple[int, int]]:
     return {i.path: (i.size, i.mtime_ns) for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
             if i.type == pafs.FileType.File}

@@ -1,47 +1,35 @@
 """Online rounds and crash safety of the driver: kill `videogpa align` inside a stage of round 1,
-run the same command again, and check nothing was lost, duplicated or rewritten."""
+run the same command again, and check nothing was lost, duplicated or rewritten.
+
+The run is the shared two-round ``interrupted_run`` (tests/support/shared_runs.py): its second
+command is killed once round 1's candidates stage has written a video, and its third finishes
+the run."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.rehearsal.processes import kill_driver_when, kill_marked, snapshot, start_cli
+from benchmarks.rehearsal.processes import snapshot
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-ARGS = ["align", "--config", "configs/quickstart.yaml", "run_name=online", "rounds=2", "prompts.limit=2",
-        "trainer.reference=previous_round"]
 
+def test_driver_killed_inside_round_one_resumes(interrupted_run):
+    run = interrupted_run.run
+    _, killed, resumed = interrupted_run.commands
+    assert "driver" in killed.struck and killed.returncode is None
+    assert "round-001/manifest.json" not in interrupted_run.after[1]
+    round0 = interrupted_run.files_after(1, "round-000/")
 
-def test_driver_killed_inside_round_one_resumes(tmp_path):
-    run = tmp_path / "online"
-    marker = uuid.uuid4().hex
-    log = tmp_path / "first-attempt.log"
-    proc = start_cli([*ARGS, f"output_uri={tmp_path}"], marker, log)
-    try:
-        # Once round 1 is inside its candidates stage (its first video is on disk).
-        kill_driver_when(proc, lambda: bool(list((run / "round-001" / "videos").glob("*.mp4"))), log, 480,
-                         "round 1 starting")
-    finally:
-        assert kill_marked(marker) == []
-    assert not (run / "round-001" / "manifest.json").exists()
-    round0 = snapshot(run / "round-000")
-
-    resumed = subprocess.run([sys.executable, "-m", "pipelines.cli", *ARGS, f"output_uri={tmp_path}"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "round 1/2 already complete" in resumed.stderr and "round 2/2 already complete" not in resumed.stderr
+    assert resumed.returncode == 0, resumed.log[-4000:]
+    assert "round 1/2 already complete" in resumed.log and "round 2/2 already complete" not in resumed.log
 
     # Round 0 was complete: not one of its files was touched.
-    assert snapshot(run / "round-000") == round0
+    assert {k: v for k, v in snapshot(run).items() if k.startswith("round-000/")} == round0
     for index in (0, 1):
         folder = run / f"round-{index:03d}"
         manifest = json.loads((folder / "manifest.json").read_text())

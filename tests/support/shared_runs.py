@@ -1,0 +1,150 @@
+"""Runs of `videogpa align` that several tests check, each made once per session (fixtures in
+tests/conftest.py). A run costs minutes, mostly fixed per-command start-up (imports, Ray, actors,
+the trainer's worker group), so a run that can carry the faults or checks of several tests does.
+
+- :func:`interrupted_run`: one two-round run hit by every process fault in turn: pool actors and a
+  trainer worker SIGKILLed mid-stage, the driver SIGKILLed between stages and again inside round 1
+  (tests/faults/test_faults.py, tests/faults/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.rehearsal.processes import cmdline, kill_marked, marked_pids, snapshot, start_cli
+
+# ----------------------------------------------------------------------------- process faults
+
+
+def kill_one(marker: str, title: str) -> int | None:
+    """SIGKILL the one process of this run whose title names ``title`` (a Ray actor); its pid or None."""
+    for pid in marked_pids(marker):
+        if title in cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
+            return pid
+    return None
+
+
+def registered_checkpoints(round_dir: Path) -> list[str]:
+    """Checkpoints Ray Train has registered so far (from its manager snapshot; [] before the first)."""
+    try:
+        text = (round_dir / "checkpoints" / "checkpoint_manager_snapshot.json").read_text()
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"checkpoint_\d{7}", text)))
+
+
+def mp4s(folder: Path) -> int:
+    return len(list(folder.glob("*.mp4"))) if folder.exists() else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Strike:
+    """SIGKILL, once ``ready()`` holds, the actor whose process title names ``title``, or (title
+    None) the driver, as a lost head node would; killing the driver ends the command."""
+
+    name: str
+    ready: Callable[[], bool]
+    title: str | None = None
+
+
+@dataclasses.dataclass
+class Command:
+    returncode: int | None  # None: the driver was killed
+    log: str
+    wall_s: float
+    struck: dict[str, dict]  # name -> {"pid", "at_s"}
+
+
+def drive(args: list[str], log: Path, strikes: list[Strike], env: dict | None = None,
+          timeout_s: float = 900) -> Command:
+    """Run one `videogpa` command (marked, output to ``log``) and strike in order as each becomes
+    ready; afterwards stop whatever of it is left (its local Ray after a driver kill)."""
+    marker, start = uuid.uuid4().hex, time.monotonic()
+    proc = start_cli(args, marker, log, env=env)
+    struck: dict[str, dict] = {}
+    plan, driver_killed = list(strikes), False
+    try:
+        while proc.poll() is None:
+            assert time.monotonic() - start < timeout_s, (plan[0].name if plan else None, log.read_text()[-3000:])
+            if plan and plan[0].ready():
+                strike = plan[0]
+                if strike.title is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    struck[strike.name] = {"pid": proc.pid, "at_s": round(time.monotonic() - start, 1)}
+                    plan.pop(0)
+                    driver_killed = True
+                    break
+                pid = kill_one(marker, strike.title)
+                if pid is not None:
+                    struck[strike.name] = {"pid": pid, "at_s": round(time.monotonic() - start, 1)}
+                    plan.pop(0)
+            time.sleep(0.05)
+        wall = time.monotonic() - start
+    finally:
+        assert kill_marked(marker) == []
+    text = log.read_text(errors="replace")
+    assert not plan, (f"never struck: {[s.name for s in plan]}", text[-3000:])
+    return Command(None if driver_killed else proc.returncode, text, wall, struck)
+
+
+# Two rounds (round 1 trains against round 0's LoRA), 2 prompts × 3 candidates, 6 steps with a
+# checkpoint every 3 (the quickstart's), every step logged.
+INTERRUPTED_ARGS = ["align", "--config", "configs/quickstart.yaml", "run_name=online", "rounds=2", "prompts.limit=2",
+                    "trainer.reference=previous_round", "trainer.log_every=1"]
+
+
+@dataclasses.dataclass
+class InterruptedRun:
+    """The run folder, the three commands (in order) and what was on disk after the first two."""
+
+    run: Path
+    commands: list[Command]
+    after: list[dict[str, int]]  # snapshot(run) after the first and the second command
+    secret: str
+
+    def files_after(self, command: int, prefix: str) -> dict[str, int]:
+        return {k: v for k, v in self.after[command].items() if k.startswith(prefix)}
+
+
+def interrupted_run(tmp: Path) -> InterruptedRun:
+    """One `videogpa align` run, every process fault in turn, the same command run again after each
+    driver kill; AWS_SECRET_ACCESS_KEY is a unique value throughout (it must appear nowhere):
+
+    1. the generation actor SIGKILLed once its first video is on disk, the scoring actor while its
+       stage still has work, then the driver the moment round 0's pairs stage is marked done;
+    2. (the same command) a Ray Train worker SIGKILLed once the step-3 checkpoint of round 0 is
+       registered, then the driver once round 1's candidates stage has written a video;
+    3. (the same command) runs to the end.
+    """
+    secret = f"secret-{uuid.uuid4().hex}"
+    env = {"AWS_SECRET_ACCESS_KEY": secret}
+    run = tmp / "online"
+    r0, r1 = run / "round-000", run / "round-001"
+    args = [*INTERRUPTED_ARGS, f"output_uri={tmp}"]
+    first = drive(args, tmp / "first.log", [
+        Strike("generation", lambda: mp4s(r0 / "videos") >= 1, "MapBatches(GenerateCandidates)"),
+        # The 6th video is written before its batch is handed on: scoring still has work to do.
+        Strike("scoring", lambda: mp4s(r0 / "videos") >= 6 and not (r0 / "candidates.done.json").exists(),
+               "MapBatches(ScoreCandidates)"),
+        Strike("driver", (r0 / "pairs.done.json").exists),
+    ], env=env)
+    after_first = snapshot(run)
+    second = drive(args, tmp / "second.log", [
+        # Once Ray Train has registered the step-3 checkpoint (it writes its manager snapshot then),
+        # not the driver's log, which trails the worker by seconds under load.
+        Strike("trainer", lambda: registered_checkpoints(r0) == ["checkpoint_0000003"], "RayTrainWorker"),
+        Strike("driver", lambda: mp4s(r1 / "videos") >= 1),
+    ], env=env)
+    after_second = snapshot(run)
+    third = drive(args, tmp / "third.log", [], env=env)
+    assert third.returncode == 0, third.log[-4000:]
+    return InterruptedRun(run, [first, second, third], [after_first, after_second], secret)
