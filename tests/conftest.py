@@ -84,3 +84,13 @@ def interrupted_run(tmp_path_factory):
     from tests.support.shared_runs import interrupted_run
 
     return interrupted_run(tmp_path_factory.mktemp("interrupted"))
+
+
+@pytest.fixture(scope="session")
+def flaky_s3_run(s3_server, tmp_path_factory):
+    """One run to S3 through a flaky proxy (tests/support/shared_runs.py): tests/faults/test_faults.py
+    checks that it survived the faults, tests/e2e/test_align_e2e.py that it left what a clean run to
+    S3 leaves."""
+    from tests.support.shared_runs import flaky_s3_run
+
+    return flaky_s3_run(tmp_path_factory.mktemp("flaky-s3"), s3_server)

@@ -3,8 +3,9 @@ stages, S3 failing a share of its requests (or all of them). Each fault hits the
 the real network path of a `videogpa align` run; nothing in the product is mocked or patched.
 
 The process faults all hit one two-round run, in turn (``interrupted_run``, see
-tests/support/shared_runs.py; tests/faults/test_resume.py checks its round 1): each test checks
-its promises on the shared run.
+tests/support/shared_runs.py; tests/faults/test_resume.py checks its round 1), and the flaky-S3
+run is the one tests/e2e/test_align_e2e.py checks as a run to S3: each test checks its promises
+on a shared run.
 
 Every test prints one `FAULT-FIGURES {...}` line (run with `-s` to see it): the README's
 Reliability table quotes those figures.
@@ -14,20 +15,16 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
-from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.rehearsal.processes import kill_marked, snapshot, start_cli
+from benchmarks.rehearsal.processes import snapshot
 from tests.support.flaky_s3_proxy import FlakyS3Proxy
+from tests.support.shared_runs import s3_align
 
 pytestmark = pytest.mark.slow
-
-BASE_ARGS = ["align", "--config", "configs/quickstart.yaml", "prompts.limit=2", "trainer.log_every=1"]
 
 
 def _candidate_keys(read_table, manifest: dict) -> list[tuple[str, int]]:
@@ -106,32 +103,14 @@ def _objects(fs: pafs.FileSystem, root: str) -> dict[str, tuple[int, int]]:
             if i.type == pafs.FileType.File}
 
 
-def test_flaky_s3_run_completes_and_dead_s3_stops_cleanly(tmp_path, s3_server, s3_bucket):
+def test_flaky_s3_run_completes_and_dead_s3_stops_cleanly(flaky_s3_run, tmp_path, s3_server):
     """An S3 endpoint answering 500/503 or dropping the connection on ~15% of requests: the run
     retries and completes, every candidate exactly once. Then the same command against an endpoint
     that fails every request: one clear line, exit 2, and the stored run untouched."""
-    secret = f"secret-{uuid.uuid4().hex}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
+    run = flaky_s3_run
+    secret, root, text, stats = run.secret, run.root, run.command.log, run.proxy_stats
     direct = pafs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http", region="us-east-1")
-    root = f"{s3_bucket}/runs/flaky"
-
-    def align(proxy: FlakyS3Proxy, log: Path, timeout: float) -> tuple[int, str, float]:
-        args = [*BASE_ARGS, "run_name=flaky", "pairing.candidates_per_prompt=2", "trainer.max_steps=2",
-                f"output_uri=s3://{s3_bucket}/runs", f"storage.endpoint_url={proxy.endpoint_url}",
-                "storage.region=us-east-1", "storage.max_attempts=5"]
-        marker, start = uuid.uuid4().hex, time.monotonic()
-        proc = start_cli(args, marker, log, env=env)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            assert kill_marked(marker) == []
-        return proc.returncode, log.read_text(errors="replace"), time.monotonic() - start
-
-    with FlakyS3Proxy(s3_server, fail_rate=0.15, seed=7, max_failures_per_key=2) as proxy:
-        rc, text, wall = align(proxy, tmp_path / "flaky.log", 900)
-        stats = dict(proxy.stats)
-    assert rc == 0, text[-4000:]
+    assert run.command.returncode == 0, text[-4000:]
     injected = stats.get("error_500", 0) + stats.get("error_503", 0) + stats.get("drop", 0)
     assert injected >= 10, stats  # the faults did happen
     manifest = json.loads(direct.open_input_stream(f"{root}/round-000/manifest.json").read())
@@ -147,12 +126,12 @@ def test_flaky_s3_run_completes_and_dead_s3_stops_cleanly(tmp_path, s3_server, s
 
     # S3 down: every request fails. The completed run must survive untouched.
     with FlakyS3Proxy(s3_server, fail_rate=1.0, seed=7) as dead:
-        rc, text, dead_wall = align(dead, tmp_path / "dead.log", 300)
+        down = s3_align(run.bucket, dead, tmp_path / "dead.log", run.env, 300)
         dead_stats = dict(dead.stats)
-    assert rc == 2, text[-3000:]
-    last = text.strip().splitlines()[-1]
-    assert last.startswith("videogpa: error: storage error at ") and "Traceback" not in text, text[-3000:]
+    assert down.returncode == 2, down.log[-3000:]
+    last = down.log.strip().splitlines()[-1]
+    assert last.startswith("videogpa: error: storage error at ") and "Traceback" not in down.log, down.log[-3000:]
     assert _objects(direct, root) == objects
     _figures("flaky_s3", fail_rate=0.15, requests=stats["requests"], injected_failures=injected, stats=stats,
-             wall_s=round(wall, 1), candidates=len(keys), dead_s3_exit=rc, dead_s3_seconds=round(dead_wall, 1),
-             dead_s3_requests=dead_stats["requests"], dead_s3_message=last)
+             wall_s=round(run.command.wall_s, 1), candidates=len(keys), dead_s3_exit=down.returncode,
+             dead_s3_seconds=round(down.wall_s, 1), dead_s3_requests=dead_stats["requests"], dead_s3_message=last)

@@ -5,6 +5,8 @@ the trainer's worker group), so a run that can carry the faults or checks of sev
 - :func:`interrupted_run`: one two-round run hit by every process fault in turn: pool actors and a
   trainer worker SIGKILLed mid-stage, the driver SIGKILLed between stages and again inside round 1
   (tests/faults/test_faults.py, tests/faults/test_resume.py).
+- :func:`flaky_s3_run`: one run to S3 through a proxy failing a share of requests, which must
+  still leave what a clean run leaves (tests/faults/test_faults.py, tests/e2e/test_align_e2e.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.rehearsal.processes import cmdline, kill_marked, marked_pids, snapshot, start_cli
+from tests.support.flaky_s3_proxy import FlakyS3Proxy
 
 # ----------------------------------------------------------------------------- process faults
 
@@ -148,3 +151,46 @@ def interrupted_run(tmp: Path) -> InterruptedRun:
     third = drive(args, tmp / "third.log", [], env=env)
     assert third.returncode == 0, third.log[-4000:]
     return InterruptedRun(run, [first, second, third], [after_first, after_second], secret)
+
+
+# ----------------------------------------------------------------------------- S3 faults
+
+
+S3_ENV_BASE = {"AWS_ACCESS_KEY_ID": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def s3_align_args(bucket: str, endpoint_url: str) -> list[str]:
+    """2 prompts × 2 candidates, 2 steps, to s3://BUCKET/runs/flaky through ``endpoint_url``."""
+    return ["align", "--config", "configs/quickstart.yaml", "prompts.limit=2", "trainer.log_every=1",
+            "run_name=flaky", "pairing.candidates_per_prompt=2", "trainer.max_steps=2",
+            f"output_uri=s3://{bucket}/runs", f"storage.endpoint_url={endpoint_url}", "storage.region=us-east-1",
+            "storage.max_attempts=5"]
+
+
+@dataclasses.dataclass
+class S3Run:
+    bucket: str
+    root: str  # the run's prefix, bucket included
+    command: Command
+    proxy_stats: dict
+    secret: str
+    env: dict
+
+
+def s3_align(bucket: str, proxy: FlakyS3Proxy, log: Path, env: dict, timeout_s: float) -> Command:
+    return drive(s3_align_args(bucket, proxy.endpoint_url), log, [], env=env, timeout_s=timeout_s)
+
+
+def flaky_s3_run(tmp: Path, s3_server: str) -> S3Run:
+    """`videogpa align` to a fresh bucket through a proxy answering 500/503 or dropping the connection
+    on ~15% of requests (seeded, at most 2 per request); AWS_SECRET_ACCESS_KEY is a unique value."""
+    import boto3
+
+    bucket = f"videogpa-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    secret = f"secret-{uuid.uuid4().hex}"
+    env = {**S3_ENV_BASE, "AWS_SECRET_ACCESS_KEY": secret}
+    with FlakyS3Proxy(s3_server, fail_rate=0.15, seed=7, max_failures_per_key=2) as proxy:
+        command = s3_align(bucket, proxy, tmp / "flaky.log", env, 900)
+        stats = dict(proxy.stats)
+    return S3Run(bucket, f"{bucket}/runs/flaky", command, stats, secret, env)
