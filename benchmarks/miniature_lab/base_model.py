@@ -267,7 +267,8 @@ def encode_dataset(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents ``[N,F,C,h,w]`` (via ``encode_training_inputs``), their prompt embeddings ``[N,L,D]``
     and the empty prompt's embedding ``[1,L,D]`` (for prompt dropout / CFG)."""
-    from actors.models import ModelConfig, encode_training_inputs
+    from actors.model_config import ModelConfig
+    from actors.models import encode_training_inputs
 
     # The saved model is sampled as a local diffusers directory, i.e. with the real models' text length
     # (226 tokens, not the tiny preset's 16): train on embeddings of that same length, or the

@@ -15,7 +15,8 @@ import torch
 
 from actors.errors import InputError
 from actors.gfm import build_tiny_gfm
-from actors.models import ModelConfig, SamplingConfig, build_pipeline, generate_videos
+from actors.model_config import ModelConfig, SamplingConfig
+from actors.models import build_pipeline, generate_videos
 from benchmarks.miniature_lab.base_model import (
     MINIATURE_PROMPTS,
     _train,

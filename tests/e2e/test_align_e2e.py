@@ -17,7 +17,8 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from actors.models import ModelConfig, build_pipeline
+from actors.model_config import ModelConfig
+from actors.models import build_pipeline
 from tests.support.quickstart import QUICKSTART_ARGS
 from tests.support.ray_runtime import local_ray
 from trainers.schema import PAIR_SCHEMA, tensor_from_bytes

@@ -98,7 +98,8 @@ def test_the_trainer_resumes_from_its_checkpoint_on_a_replacement_node(scenario)
 
 
 def test_the_run_passes_the_checks_of_a_clean_run(scenario):
-    from actors.models import ModelConfig, build_pipeline, load_lora
+    from actors.model_config import ModelConfig
+    from actors.models import build_pipeline, load_lora
 
     run = _round(scenario)
     manifest = json.loads((run / "manifest.json").read_text())
@@ -107,6 +108,7 @@ def test_the_run_passes_the_checks_of_a_clean_run(scenario):
     pairs = pq.ParquetDataset([str(run.parent / f["path"]) for f in manifest["pairs"]["files"]]).read()
     assert pairs.num_rows == manifest["pairs"]["rows"] == elastic.PROMPTS
     assert len(set(pairs["pair_id"].to_pylist())) == elastic.PROMPTS
-    pipe = build_pipeline(ModelConfig(family="cogvideox-t2v", pretrained="tiny", dtype="float32"), "cpu")
-    load_lora(pipe, str(run / "lora"), 1.0)  # the exported LoRA loads into the model it was trained for
+    model = ModelConfig(family="cogvideox-t2v", pretrained="tiny", dtype="float32")
+    pipe = build_pipeline(model, "cpu")
+    load_lora(pipe, model, str(run / "lora"), 1.0)  # the exported LoRA loads into the model it was trained for
     assert Path(scenario["timeline_png"]).stat().st_size > 0

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from actors.models import ModelConfig
+from actors.model_config import ModelConfig
 from tests.support.pairs import SHAPE, write_shards
 from trainers.config import TrainerConfig
 from trainers.train import train_dpo
@@ -87,7 +87,7 @@ def test_exported_lora_loads_in_the_family_pipeline(one_worker_run):
     t = pipe.transformer
     g = torch.Generator().manual_seed(0)
     x, e = torch.randn(1, *SHAPE, generator=g), torch.randn(1, 16, 32, generator=g)
-    from actors.families import cogvideox_rotary_emb
+    from actors.families.cogvideox import cogvideox_rotary_emb
 
     rot = cogvideox_rotary_emb(t.config, SHAPE[0], SHAPE[2], SHAPE[3], "cpu")
     run = lambda: t(hidden_states=x, encoder_hidden_states=e, timestep=torch.tensor([500]),  # noqa: E731
@@ -98,7 +98,7 @@ def test_exported_lora_loads_in_the_family_pipeline(one_worker_run):
         tuned = run()
     assert not torch.allclose(base, tuned)
     assert t.peft_config["dpo"].lora_alpha == 4 and t.peft_config["dpo"].r == 4
-    load_lora(pipe, lora_dir, scale=0.2)  # the inference scale used for CogVideoX1.5 / Wan
+    load_lora(pipe, MODEL, lora_dir, scale=0.2)  # the inference scale used for CogVideoX1.5 / Wan
 
 
 @pytest.mark.slow
