@@ -64,6 +64,20 @@ def ray_local(s3_server):
         yield ray
 
 
+@pytest.fixture(scope="module")
+def ray_address(ray_local):
+    """The module's Ray runtime, for `videogpa` subprocesses to join through RAY_ADDRESS (as a `ray
+    job submit` would) instead of each starting and stopping a local cluster of its own."""
+    return ray_local.get_runtime_context().gcs_address
+
+
+@pytest.fixture()
+def ray_test(s3_server):
+    """A local Ray runtime for one test, closed before the next test's runs may start their own."""
+    with local_ray() as ray:
+        yield ray
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory) -> QuickstartRun:
     """One complete quickstart run, shared by the tests that check it (test_align_e2e) and those that

@@ -5,6 +5,7 @@ S3 one with test_faults, which sends it through a flaky proxy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,8 +39,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def _align(output_uri: str, *extra: str) -> subprocess.CompletedProcess:
-    result = run_cli("align", *QUICKSTART_ARGS, f"output_uri={output_uri}", *extra)
+def _align(output_uri: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = run_cli("align", *QUICKSTART_ARGS, f"output_uri={output_uri}", *extra, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -59,9 +60,9 @@ def _check_run(fs: pafs.FileSystem, root: str, candidates: int = 9) -> dict:
     return manifest
 
 
-def _check_shards(uri: str, filesystem=None) -> list[dict]:
-    """Read the shards as a user would, with Ray Data (in a runtime that ends before the next run)."""
-    with local_ray() as ray:
+def _check_shards(uri: str, filesystem=None, ray=None) -> list[dict]:
+    """Read the shards as a user would, with Ray Data (in ``ray``, or a runtime that ends before the next run)."""
+    with contextlib.nullcontext(ray) if ray is not None else local_ray() as ray:
         ds = ray.data.read_parquet(uri, filesystem=filesystem)
         assert ds.schema().names == SPEC_COLUMNS
         rows = ds.take_all()
@@ -88,13 +89,16 @@ def _lora_changes_output(lora_dir: str) -> None:
     assert np.abs(sample(pipe) - base).max() > 0
 
 
-def test_align_local_then_resume(quickstart_run):
+def test_align_local_then_resume(quickstart_run, ray_test):
+    # The later commands join the test's Ray runtime (RAY_ADDRESS, as on a cluster) instead of each
+    # starting and stopping a local one; it also serves the shard read.
+    joined = {"RAY_ADDRESS": ray_test.get_runtime_context().gcs_address}
     tmp_path = quickstart_run.output_uri
     summary = json.loads(quickstart_run.result.stdout.strip().splitlines()[-1])
     assert summary["rounds"] == 1
     root = f"{tmp_path}/e2e"
     manifest = _check_run(pafs.LocalFileSystem(), root)
-    _check_shards(f"{root}/round-000/pairs")
+    _check_shards(f"{root}/round-000/pairs", ray=ray_test)
     _lora_changes_output(f"{root}/round-000/lora")
 
     # The same command again: the completed round is skipped and nothing is rewritten; the only new
@@ -103,7 +107,7 @@ def test_align_local_then_resume(quickstart_run):
         return {p: p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file() and p.parent.name != "logs"}
 
     before, logs_before = stamps(), set(Path(root, "logs").iterdir())
-    again = _align(str(tmp_path))
+    again = _align(str(tmp_path), env=joined)
     assert "already complete" in again.stderr
     assert stamps() == before
     new_logs = set(Path(root, "logs").iterdir()) - logs_before
@@ -113,7 +117,7 @@ def test_align_local_then_resume(quickstart_run):
     # Held-out evaluation of the round's LoRA against the base model, through the CLI.
     def evaluate(*extra: str) -> subprocess.CompletedProcess:
         ev = run_cli("evaluate", "--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=e2e",
-                     "evaluation.prompts.limit=2", "evaluation.seeds_per_prompt=1", *extra)
+                     "evaluation.prompts.limit=2", "evaluation.seeds_per_prompt=1", *extra, env=joined)
         assert ev.returncode == 0, ev.stderr[-4000:]
         return ev
 

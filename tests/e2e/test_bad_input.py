@@ -59,11 +59,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     return line
 
 
-@pytest.fixture(scope="module")
-def ray_address(ray_local):
-    return ray_local.get_runtime_context().gcs_address
-
-
 def write_config(path: Path, **changes) -> Path:
     cfg = {**QUICKSTART, **changes}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

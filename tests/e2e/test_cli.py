@@ -43,8 +43,9 @@ def test_help_lists_every_command():
 
 
 @pytest.mark.slow
-def test_stages_one_by_one_with_rescoring(tmp_path):
-    """generate → score (again, with the epipolar scorer) → pairs → train: the round completes as with align."""
+def test_stages_one_by_one_with_rescoring(tmp_path, ray_address):
+    """generate → score (again, with the epipolar scorer) → pairs → train: the round completes as with align.
+    Each command joins the module's Ray runtime (RAY_ADDRESS, as on a cluster) instead of starting its own."""
     # Epipolar on upscaled frames: at the tiny model's 64 px, SIFT finds fewer than 20 matches on
     # most candidates (NaN, no pair), and whether two per prompt pass was down to float noise.
     common = ["--config", "configs/quickstart.yaml", f"output_uri={tmp_path}", "run_name=stages", "prompts.limit=2",
@@ -52,7 +53,7 @@ def test_stages_one_by_one_with_rescoring(tmp_path):
 
     def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600, env={**os.environ, **(env or {})})
+                             text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ray_address, **(env or {})})
         return out
 
     assert cli("generate", *common).returncode == 0
