@@ -72,8 +72,9 @@ def test_cluster_requires_token_and_sees_both_nodes(ray_cluster):
 
 def test_videogpa_align_job_writes_round(ray_cluster, tmp_path):
     out = tmp_path / "out"
-    entrypoint = ["videogpa", "align", "--config", "configs/quickstart.yaml",
-                  f"output_uri={out}", "run_name=jobtest"]
+    # The smallest run that has every stage (what is checked is the path to the cluster and the layout).
+    entrypoint = ["videogpa", "align", "--config", "configs/quickstart.yaml", f"output_uri={out}", "run_name=jobtest",
+                  "prompts.limit=2", "pairing.candidates_per_prompt=2", "trainer.max_steps=2"]
     logs = _run_job(ray_cluster, entrypoint, "videogpa-align")
 
     round_dir = out / "jobtest" / "round-000"
