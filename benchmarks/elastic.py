@@ -38,15 +38,16 @@ import pyarrow.parquet as pq
 from benchmarks.rehearsal.clusters import AutoscalingCluster, Timeline
 from benchmarks.rehearsal.processes import free_port
 
-PROMPTS, CANDIDATES = 8, 6
+PROMPTS, CANDIDATES = 8, 4
 RUN_NAME = "elastic"
 # The quickstart's tiny models on pools shaped as on a GPU cluster. The tiny transformer takes ~3 ms
-# a step: 400 steps make a video cost about twice its scoring (GFM input raised to 84 px), so the
-# candidates stage outlasts the autoscaler's reaction (Ray Data asks for a node at most every 10 s),
-# generation is the bottleneck at first, and scoring, fed by several generation actors, later.
+# a step: 300 steps make a video cost about 1.5 times its scoring (GFM input raised to 112 px), so
+# the candidates stage outlasts the autoscaler's reaction (Ray Data asks for a node at most every
+# 10 s), generation is the bottleneck at first, and scoring, fed by several generation actors, later.
+# No larger than that needs: tests/e2e/test_elastic.py runs this scenario in every suite.
 OVERRIDES = [
     f"prompts.limit={PROMPTS}", f"pairing.candidates_per_prompt={CANDIDATES}",
-    "sampling.num_inference_steps=400", "scoring.resolution=112",
+    "sampling.num_inference_steps=300", "scoring.resolution=112",
     *[f"{pool}_pool.{key}={value}" for pool in ("generation", "scoring")
       for key, value in (("num_gpus", 1), ("min_size", 1), ("max_size", 3), ("batch_size", 1))],
     "encoding_pool.num_gpus=1",

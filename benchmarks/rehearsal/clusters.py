@@ -155,10 +155,14 @@ class _MarkedCluster:
             time.sleep(1)
 
     def client(self):
-        from ray.job_submission import JobSubmissionClient
+        """One Job API client (each new one costs the dashboard a version handshake, and the
+        scenarios poll job status twice a second)."""
+        if getattr(self, "_client", None) is None:
+            from ray.job_submission import JobSubmissionClient
 
-        # The header, not os.environ: this process may host other tests' Ray runtimes.
-        return JobSubmissionClient(self.dashboard_url, headers={"Authorization": f"Bearer {self.token}"})
+            # The header, not os.environ: this process may host other tests' Ray runtimes.
+            self._client = JobSubmissionClient(self.dashboard_url, headers={"Authorization": f"Bearer {self.token}"})
+        return self._client
 
     def submit(self, entrypoint: list[str], submission_id: str) -> str:
         """`ray job submit` as cluster/README.md shows it (--no-wait: the caller polls)."""
