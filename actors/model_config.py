@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.errors import InputError
 from actors.families import Family
 
+# ``model.pretrained`` of the real-size rehearsal: the denoiser with the published architecture,
+# random weights, no download (trainer only: no VAE or text encoder is built).
+RANDOM_FULL_SIZE = "random-full-size"
 
 class ModelConfig(BaseModel):
     """Which base model to run and how to load it."""
@@ -21,7 +24,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: Family
-    pretrained: str = "tiny"  # hub id, local diffusers directory, or "tiny" (offline random-init preset)
+    # hub id, local diffusers directory, "tiny" (offline random-init preset), or "random-full-size"
+    # (the trainer's denoiser with the published architecture, random weights: a real-size rehearsal)
+    pretrained: str = "tiny"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     revision: str | None = None
 

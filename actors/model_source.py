@@ -15,7 +15,7 @@ from typing import Any
 
 from actors.errors import InputError
 from actors.families import get_family
-from actors.model_config import ModelConfig, SamplingConfig, SamplingShape, check_sampling
+from actors.model_config import RANDOM_FULL_SIZE, ModelConfig, SamplingConfig, SamplingShape, check_sampling
 
 
 def looks_local(source: str) -> bool:
@@ -33,7 +33,7 @@ def _offline() -> bool:
 def check_model_source(model: ModelConfig) -> None:
     """The model's files are where ``model.pretrained`` says, or one InputError naming it."""
     source = model.pretrained
-    if source == "tiny":
+    if source in ("tiny", RANDOM_FULL_SIZE):
         return
     if looks_local(source):
         path = Path(source).expanduser()
@@ -76,6 +76,9 @@ def _component_config(model: ModelConfig, component: str) -> dict[str, Any]:
 def model_sampling_shape(model: ModelConfig) -> SamplingShape:
     """The sizes ``model`` can sample, from its configs alone (no weights loaded)."""
     family = get_family(model.family)
+    if model.pretrained == RANDOM_FULL_SIZE:
+        raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} builds only the trainer's denoiser (a real-size "
+                         "rehearsal with random weights); it cannot generate")
     if model.pretrained == "tiny":
         vae, transformer = family.tiny_component_configs()
     else:

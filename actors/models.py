@@ -10,6 +10,7 @@ between models (classes, dtypes, latent layouts, conditioning) is asked of the f
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ from actors.errors import InputError
 from actors.families import get_family
 from actors.families.base import DTYPES
 from actors.families.tiny import TINY_SEED
-from actors.model_config import ModelConfig, SamplingConfig, check_sampling
+from actors.model_config import RANDOM_FULL_SIZE, ModelConfig, SamplingConfig, check_sampling
+from actors.partitioned_weights import partitioned_build
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +46,26 @@ def build_pipeline(model: ModelConfig, device: str | torch.device = "cpu"):
     return pipe
 
 
-def build_denoiser(model: ModelConfig, device: str | torch.device = "cpu"):
+def build_denoiser(model: ModelConfig, device: str | torch.device = "cpu", zero3: dict[str, Any] | None = None):
     """Only what training needs: the denoising network (in ``model.dtype``) and the scheduler.
-    For ``"tiny"`` its weights are bit-identical to those ``build_pipeline`` builds."""
+    For ``"tiny"`` its weights are bit-identical to those ``build_pipeline`` builds; ``"random-full-size"``
+    is the family's published architecture with random weights. ``zero3``: the DeepSpeed config of
+    a ZeRO-3 run, to build the network already partitioned over its ranks (on their device)."""
     family = get_family(model.family)
-    if model.pretrained == "tiny":
-        logger.info("building tiny %s denoiser and scheduler", model.family)
-        denoiser, scheduler = family.tiny_denoiser(DTYPES[model.dtype])
-    else:
-        logger.info("loading %s denoiser and scheduler from %s", model.family, model.pretrained)
-        denoiser, scheduler = family.load_denoiser(model)
-    return denoiser.to(device), scheduler
+    dtype = DTYPES[model.dtype]
+    with partitioned_build(zero3, None if model.pretrained == "tiny" else dtype) if zero3 else nullcontext():
+        if model.pretrained == "tiny":
+            logger.info("building tiny %s denoiser and scheduler%s", model.family, ", partitioned" if zero3 else "")
+            denoiser, scheduler = family.tiny_denoiser(dtype)
+        elif model.pretrained == RANDOM_FULL_SIZE:
+            logger.info("building %s denoiser with the published architecture, random weights%s", model.family,
+                        ", partitioned" if zero3 else "")
+            denoiser, scheduler = family.full_size_denoiser(dtype)
+        else:
+            logger.info("loading %s denoiser and scheduler from %s%s", model.family, model.pretrained,
+                        ", partitioned" if zero3 else "")
+            denoiser, scheduler = family.load_denoiser(model)
+    return (denoiser if zero3 else denoiser.to(device)), scheduler
 
 
 def load_lora(pipe, model: ModelConfig, lora_dir: str, scale: float, adapter_name: str = "videogpa",

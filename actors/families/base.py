@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from actors.errors import InputError
-from actors.model_config import ModelConfig, SamplingConfig, SamplingShape
+from actors.model_config import RANDOM_FULL_SIZE, ModelConfig, SamplingConfig, SamplingShape
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class VideoFamily:
 
     name: str
     real_model_ids: tuple[str, ...]  # hub ids of its checkpoints; the first is the default recipe's
+    # The published transformer config of ``real_model_ids[0]`` (items), for the ``random-full-size``
+    # rehearsal; None where the family has none.
+    full_size_config: tuple[tuple[str, Any], ...] | None = None
 
     prediction: ClassVar[Literal["v_prediction", "flow_matching"]]
     lora_target_modules: ClassVar[tuple[str, ...]] = ATTENTION_LORA_TARGETS
@@ -97,6 +100,21 @@ class VideoFamily:
         transformer = self._tiny_transformer()
         cast_like_from_pretrained(transformer, dtype)
         return transformer, self.tiny_scheduler()
+
+
+    def full_size_denoiser(self, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+        """The ``random-full-size`` preset: the real architecture, random weights, the tiny scheduler
+        (the real checkpoints' scheduler config)."""
+        if self.full_size_config is None:
+            raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} has no published config for {self.name} here")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            transformer = self.full_size_transformer_class().from_config(dict(self.full_size_config)).eval()
+        cast_like_from_pretrained(transformer, dtype)
+        return transformer, self.tiny_scheduler()
+
+    def full_size_transformer_class(self) -> type:
+        raise NotImplementedError
 
     def tiny_component_configs(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         """The tiny preset's VAE and transformer configs (for ``sampling_shape``)."""
@@ -202,8 +220,32 @@ def vae_mean(vae, x: torch.Tensor) -> torch.Tensor:
 
 def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast as ``from_pretrained(torch_dtype=...)`` does: modules listed in ``_keep_in_fp32_modules``
-    (Wan's norms, time embedder, ...) stay float32, so the tiny preset runs the real mixed precision."""
+    (Wan's norms, time embedder, ...) are float32, so the tiny preset runs the real mixed precision.
+    A parameter partitioned by ZeRO-3 (``actors.partitioned_weights``) has its shard cast."""
+    from actors.partitioned_weights import is_partitioned, set_partition_dtype
+
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and not any(k in name.split(".") for k in keep):
-            tensor.data = tensor.data.to(dtype)
+        if not tensor.is_floating_point():
+            continue
+        target = torch.float32 if any(k in name.split(".") for k in keep) else dtype
+        if is_partitioned(tensor):
+            set_partition_dtype(tensor, target)
+        else:
+            tensor.data = tensor.data.to(target)
+
+
+def load_transformer(cls: type, model: ModelConfig, subfolder: str) -> torch.nn.Module:
+    """``cls.from_pretrained`` of one component in ``model.dtype``. Inside a ZeRO-3 partitioned build
+    (the trainer's ``zero_stage: 3``) it is built from its config already partitioned and each rank
+    reads only its share of every tensor (``actors.partitioned_weights``), with the same dtype rules."""
+    from actors import partitioned_weights as pw
+
+    dtype = DTYPES[model.dtype]
+    if not pw.partitioned_build_active():
+        return cls.from_pretrained(model.pretrained, subfolder=subfolder, torch_dtype=dtype, revision=model.revision)
+    directory = pw.checkpoint_dir(model.pretrained, subfolder, model.revision)
+    module = cls.from_config(cls.load_config(directory)).eval()
+    cast_like_from_pretrained(module, dtype)
+    pw.load_partitioned(module, directory)
+    return module

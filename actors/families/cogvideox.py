@@ -24,12 +24,23 @@ from actors.families.base import (
     VideoFamily,
     batch_like,
     cast_like_from_pretrained,
+    load_transformer,
     rand_on,
     vae_mean,
     video_to_vae_input,
 )
 from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, TINY_TEXT_DIM, seeded, tiny_text_encoder, tiny_tokenizer
 from actors.model_config import ModelConfig, SamplingConfig, SamplingShape
+
+# THUDM/CogVideoX-5b transformer/config.json (the published architecture, for random-full-size).
+COGVIDEOX_5B_TRANSFORMER = dict(
+    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
+    freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42, dropout=0.0, attention_bias=True,
+    sample_width=90, sample_height=60, sample_frames=49, patch_size=2, temporal_compression_ratio=4,
+    max_text_seq_length=226, activation_fn="gelu-approximate", timestep_activation_fn="silu",
+    norm_elementwise_affine=True, norm_eps=1e-5, spatial_interpolation_scale=1.875,
+    temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+)
 
 _TINY_Z = 4  # latent channels of the tiny VAE (16 in the real one)
 
@@ -164,6 +175,11 @@ class CogVideoXFamily(VideoFamily):
 
     # ---- real weights --------------------------------------------------------------------------
 
+    def full_size_transformer_class(self) -> type:
+        from diffusers import CogVideoXTransformer3DModel
+
+        return CogVideoXTransformer3DModel
+
     def load_pipeline(self, model: ModelConfig):
         pipe = self.pipeline_class.from_pretrained(model.pretrained, torch_dtype=DTYPES[model.dtype],
                                                    revision=model.revision)
@@ -174,9 +190,7 @@ class CogVideoXFamily(VideoFamily):
     def load_denoiser(self, model: ModelConfig):
         from diffusers import CogVideoXDPMScheduler, CogVideoXTransformer3DModel
 
-        transformer = CogVideoXTransformer3DModel.from_pretrained(
-            model.pretrained, subfolder="transformer", torch_dtype=DTYPES[model.dtype], revision=model.revision
-        )
+        transformer = load_transformer(CogVideoXTransformer3DModel, model, "transformer")
         scheduler = CogVideoXDPMScheduler.from_pretrained(model.pretrained, subfolder="scheduler",
                                                           revision=model.revision)
         return transformer, scheduler
@@ -254,6 +268,7 @@ class CogVideoXFamily(VideoFamily):
         )[0]
 
 
-COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",))
+COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",),
+                                full_size_config=tuple(COGVIDEOX_5B_TRANSFORMER.items()))
 COGVIDEOX_I2V = CogVideoXFamily("cogvideox-i2v", ("THUDM/CogVideoX-5b-I2V",), image_to_video=True)
 COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True)

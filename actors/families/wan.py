@@ -24,6 +24,7 @@ from actors.families.base import (
     VideoFamily,
     batch_like,
     cast_like_from_pretrained,
+    load_transformer,
     rand_on,
     vae_mean,
     video_to_vae_input,
@@ -118,6 +119,11 @@ class WanFamily(VideoFamily):
 
     # ---- real weights --------------------------------------------------------------------------
 
+    def full_size_transformer_class(self) -> type:
+        from diffusers import WanTransformer3DModel
+
+        return WanTransformer3DModel
+
     def _real_vae(self, model: ModelConfig):
         from diffusers import AutoencoderKLWan
 
@@ -136,9 +142,7 @@ class WanFamily(VideoFamily):
     def load_denoiser(self, model: ModelConfig):
         from diffusers import WanTransformer3DModel
 
-        transformer = WanTransformer3DModel.from_pretrained(
-            model.pretrained, subfolder="transformer", torch_dtype=DTYPES[model.dtype], revision=model.revision
-        )
+        transformer = load_transformer(WanTransformer3DModel, model, "transformer")
         return transformer, self._real_scheduler(model)
 
     def sampling_shape(self, vae: Mapping[str, Any], transformer: Mapping[str, Any]) -> SamplingShape:

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from actors.families.base import DTYPES, cast_like_from_pretrained, lora_weight_name
+from actors.families.base import cast_like_from_pretrained, load_transformer, lora_weight_name
 from actors.families.wan import WanFamily, tiny_wan_transformer_kwargs
 from actors.families.wan21_t2v import tiny_wan21_vae_kwargs
 from actors.model_config import ModelConfig, SamplingConfig
@@ -96,9 +96,7 @@ class Wan22A14BFamily(WanFamily):
     def load_denoiser(self, model: ModelConfig):
         from diffusers import DiffusionPipeline, WanTransformer3DModel
 
-        experts = [WanTransformer3DModel.from_pretrained(model.pretrained, subfolder=name,
-                                                         torch_dtype=DTYPES[model.dtype], revision=model.revision)
-                   for name in self.experts]
+        experts = [load_transformer(WanTransformer3DModel, model, name) for name in self.experts]
         # The boundary is the checkpoint's (model_index.json), so training routes as its pipeline does.
         boundary = DiffusionPipeline.load_config(model.pretrained, revision=model.revision)["boundary_ratio"]
         scheduler = self._real_scheduler(model)
