@@ -37,6 +37,11 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def _allreduce_mean(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
     import torch.distributed as dist
 
@@ -68,7 +73,7 @@ def _maybe_inject_fault(spec: str | None, step: int, rank: int) -> None:
         raise RuntimeError(f"injected fault after step {step}")
 
 
-def _skip_cpu_shm_op() -> None:
+def skip_cpu_shm_op() -> None:
     """DeepSpeed's CPU comm backend JIT-compiles a shared-memory all-reduce C++ op when it wraps
     the process group (needs a compiler, ~1 min the first time). Only its *inference* all-reduce
     uses it; training collectives go through torch.distributed (gloo). Mark it unavailable."""
@@ -96,7 +101,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     import deepspeed
 
     if on_cpu:
-        _skip_cpu_shm_op()
+        skip_cpu_shm_op()
     import ray.train
 
     from trainers import checkpoint as ckpt_io
@@ -113,7 +118,10 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
 
     # -- model: base transformer(s) (frozen) + LoRA policy (+ frozen reference adapter) on each expert --
     family = get_family(model.family)
-    transformer, scheduler = build_denoiser(model, device)
+    ds_config = build_deepspeed_config(cfg, world, device.type)
+    rss_before_model = _current_rss_mb()
+    # ZeRO-3: the frozen base is built partitioned; no worker ever holds all of its weights.
+    transformer, scheduler = build_denoiser(model, device, zero3=ds_config if cfg.zero_stage == 3 else None)
     experts = family.lora_experts(transformer)
     prev_dir = config.get("previous_lora_dir")
     has_ref_adapter = bool(prev_dir) and cfg.reference == "previous_round"
@@ -125,13 +133,14 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     transformer.train()
     named = [(n, p) for n, p in transformer.named_parameters() if p.requires_grad]
     n_train = sum(p.numel() for _, p in named)
-    n_total = sum(p.numel() for p in transformer.parameters())
+    # a ZeRO-3 partitioned parameter is an empty placeholder: its full size is ds_numel
+    n_total = sum(getattr(p, "ds_numel", p.numel()) for p in transformer.parameters())
 
     accum = gradient_accumulation_steps(cfg, world)
     engine, _, _, _ = deepspeed.initialize(
         model=transformer,
         model_parameters=[p for _, p in named],
-        config=build_deepspeed_config(cfg, world, device.type),
+        config=ds_config,
         lr_scheduler=make_lr_scheduler(cfg),
         dist_init_required=False,  # Ray Train already created the process group; reuse it
     )
@@ -158,6 +167,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
                      cfg.shuffle_buffer_size, cfg.seed, cfg.data_cache_mb,
                      all_agree=lambda ok: _allreduce_max(float(not ok), world, device) == 0.0)
     t_start, window = time.perf_counter(), []
+    t_step = t_start
     fault = config.get("fault")
 
     def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
@@ -198,8 +208,12 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
             m = _allreduce_mean({**{k: float(np.mean([x[k] for x in ms])) for k in ms[0]}, **feed.wait_figures()},
                                 world, device)
             gn = engine.get_global_grad_norm()
+            now = time.perf_counter()
             metrics = {**m, "step": step, "epoch": epoch, "lr": lr, "pairs_seen": step * cfg.effective_batch_size,
-                       "grad_norm": float(gn) if gn is not None else float("nan")}
+                       "grad_norm": float(gn) if gn is not None else float("nan"),
+                       "step_s": _allreduce_max(now - t_step, world, device),
+                       "model_params": n_total, "lora_params": n_train}
+            t_step = now
             history.append({k: metrics[k] for k in ("step", "loss", "reward_accuracy", "reward_margin")})
             window.append(metrics)
             done = step >= cfg.max_steps
@@ -210,6 +224,9 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
                            f"({sps:.2f}s/step, data wait {100 * m['data_wait_fraction']:.1f}%"
                            f"{', epochs from memory' if feed.cached else ''})")
             metrics["peak_memory_mb"] = _allreduce_max(_peak_memory_mb(device), world, device)
+            if device.type == "cpu":  # what the model and training added to a worker's host memory
+                metrics["peak_rss_growth_mb"] = _allreduce_max(_peak_memory_mb(device) - rss_before_model,
+                                                               world, device)
             if step % cfg.checkpoint_every == 0 or done:
                 save_and_report(metrics, with_checkpoint=True)
             elif step % cfg.log_every == 0:
