@@ -80,13 +80,16 @@ def _ensure_adam_state(engine, adam_step: int) -> None:
     """torch AdamW creates its state lazily at the first step; a resumed run must create it
     (zeros, then overwritten) and re-link ZeRO's per-param views onto it."""
     opt = _inner_optimizer(engine)
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state[p]
-            for key in ADAM_KEYS:
-                if key not in st:
-                    st[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["step"] = torch.tensor(float(adam_step), dtype=torch.float32)
+    # ZeRO-3 hands its flat fp32 partitions to the optimizer only inside step() (param_groups are
+    # empty between steps); its state is keyed by those partitions.
+    flat = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
+    params = flat if flat is not None else [p for group in opt.param_groups for p in group["params"]]
+    for p in params:
+        st = opt.state[p]
+        for key in ADAM_KEYS:
+            if key not in st:
+                st[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["step"] = torch.tensor(float(adam_step), dtype=torch.float32)
     zero_opt = engine.optimizer
     if hasattr(zero_opt, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2 fragment links
         zero_opt._hp_optimizer_states_linked = False
