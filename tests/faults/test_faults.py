@@ -14,6 +14,7 @@ Reliability table quotes those figures.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pyarrow.fs as pafs
@@ -65,6 +66,8 @@ def test_pool_actors_and_trainer_worker_killed_mid_round(interrupted_run):
     final = sorted((run / "checkpoints").glob("checkpoint_0*"))[-1]
     history = json.loads((final / "trainer_state.json").read_text())["history"]
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert "ZeRO-3, 2 worker(s)" in second.log  # the partitioned build, killed and resumed
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
 
     # Secrets: only ever in the environment.
     secret = interrupted_run.secret

@@ -100,9 +100,13 @@ def drive(args: list[str], log: Path, strikes: list[Strike], env: dict | None = 
 
 
 # Two rounds (round 1 trains against round 0's LoRA), 2 prompts × 3 candidates, 6 steps with a
-# checkpoint every 3 (the quickstart's), every step logged.
+# checkpoint every 3 (the quickstart's), every step logged; 2 trainer workers under ZeRO-3, so the
+# worker kill and the resume hit the partitioned build, the previous-round reference adapter and
+# the export that gathers only the LoRA. Half a CPU each: the 2-CPU local Ray keeps one for
+# the Ray Data read that feeds them (with both CPUs held by the workers that read never starts).
 INTERRUPTED_ARGS = ["align", "--config", "configs/quickstart.yaml", "run_name=online", "rounds=2", "prompts.limit=2",
-                    "trainer.reference=previous_round", "trainer.log_every=1"]
+                    "trainer.reference=previous_round", "trainer.log_every=1", "trainer.zero_stage=3",
+                    "trainer.num_workers=2", "trainer.cpus_per_worker=0.5"]
 
 
 @dataclasses.dataclass
