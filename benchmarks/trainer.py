@@ -149,6 +149,9 @@ def main() -> None:
         "step_time_s_adapter": ad["step_time_s"], "step_time_s_copy": cp["step_time_s"],
         "peak_mem_ratio_adapter_vs_copy": ad["peak_mem_mb"] / cp["peak_mem_mb"],
         "step_time_ratio_adapter_vs_copy": ad["step_time_s"] / cp["step_time_s"],
+        # the spread: each round's adapter run against the copy run right after it
+        "step_time_ratio_per_round": [round(a["step_time_s"] / c["step_time_s"], 3)
+                                      for a, c in zip(runs["adapter"], runs["copy"])],
         "rounds": a.rounds, "steps_per_round": a.steps, "layers": a.layers, "threads": a.threads,
     }))
 
