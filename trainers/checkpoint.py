@@ -112,16 +112,7 @@ def restore(
         safe_set_full_fp32_param(p, full)  # fp32 master copy held by the ZeRO optimizer
         for key in ADAM_KEYS:
             safe_set_full_optimizer_state(p, tensors[f"{name}::{key}"].to(device), key)
-    # The module's (possibly bf16, possibly ZeRO-3-partitioned) working copy.
-    params = [p for _, p in named_params]
-    ctx: Any = contextlib.nullcontext()
-    if zero_stage == 3:
-        import deepspeed
-
-        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-    with ctx, torch.no_grad():
-        for name, p in named_params:
-            p.data.copy_(tensors[f"{name}::fp32"].to(p.device, p.dtype).reshape(p.data.shape))
+    load_weights(named_params, tensors, zero_stage)
     sched = engine.lr_scheduler
     if sched is not None:  # LambdaLR: the lr of the next update is base_lr * f(step)
         sched.last_epoch = step
@@ -133,3 +124,18 @@ def restore(
     engine.global_steps = step
     engine.micro_steps = step * accum_steps
     engine.global_samples = step * engine.train_batch_size()
+
+
+def load_weights(named_params: list[tuple[str, torch.nn.Parameter]], tensors: dict[str, torch.Tensor],
+                 zero_stage: int) -> None:
+    """Copy a checkpoint's LoRA weights into the module's (possibly bf16, possibly ZeRO-3-partitioned)
+    working copy. Collective under ZeRO-3 (rank 0's values are the ones kept)."""
+    params = [p for _, p in named_params]
+    ctx: Any = contextlib.nullcontext()
+    if zero_stage == 3:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    with ctx, torch.no_grad():
+        for name, p in named_params:
+            p.data.copy_(tensors[f"{name}::fp32"].to(p.device, p.dtype).reshape(p.data.shape))

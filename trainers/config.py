@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class TrainerConfig(BaseModel):
@@ -31,7 +31,7 @@ class TrainerConfig(BaseModel):
 
     # --- optimisation ---
     learning_rate: float = Field(5e-6, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(0.01, ge=0)  # torch AdamW's default, as the official trainer runs it
     # AdamW epsilon. Adam's first updates are ~lr·sign(g): gradients that are ~0 up to rounding
     # (order of reduction differs with the worker count) flip sign unless |g| << eps.
     adam_eps: float = Field(1e-8, gt=0)
@@ -47,6 +47,10 @@ class TrainerConfig(BaseModel):
     # supervised baseline; its reward metrics are still reported.
     objective: Literal["dpo", "sft"] = "dpo"
     beta: float = Field(1.0, gt=0)  # see trainers.dpo for the convention
+    # The preference loss on β·margin (trainers.dpo.preference_loss): "sigmoid" (DPO), "hinge",
+    # or "label_smoothed" with label_smoothing = ε, the assumed rate of wrong preference labels.
+    loss: Literal["sigmoid", "hinge", "label_smoothed"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     # "base": reference = the base network (adapter disabled). "previous_round": reference =
     # base + the previous round's LoRA, held as a frozen second adapter.
     reference: Literal["base", "previous_round"] = "base"
@@ -59,3 +63,24 @@ class TrainerConfig(BaseModel):
     data_cache_mb: float = Field(2048.0, ge=0)
     seed: int = 0
     log_every: PositiveInt = 10
+
+    # --- validation and the checkpoints kept ---
+    # Share of the pairs held out (chosen by a hash of seed and pair_id, so the split survives
+    # resumes and world-size changes; at least one pair when > 0). The official trainer holds out 2%.
+    # Validation DPO loss and accuracies are computed at every checkpoint and at the last step.
+    validation_fraction: float = Field(0.0, ge=0, lt=1)
+    # Checkpoints kept: the latest (for resume) plus, with validation, the best by validation loss.
+    keep_checkpoints: PositiveInt = 2
+    # Which policy is exported as the round's LoRA: the last step's, or the kept checkpoint with
+    # the lowest validation loss (needs validation_fraction > 0).
+    export: Literal["final", "best_validation"] = "final"
+
+    @model_validator(mode="after")
+    def _options_fit_together(self) -> TrainerConfig:
+        if self.loss == "label_smoothed" and self.label_smoothing == 0:
+            raise ValueError("trainer.loss=label_smoothed needs trainer.label_smoothing > 0")
+        if self.loss != "label_smoothed" and self.label_smoothing > 0:
+            raise ValueError(f"trainer.label_smoothing is set but trainer.loss={self.loss} ignores it")
+        if self.export == "best_validation" and self.validation_fraction == 0:
+            raise ValueError("trainer.export=best_validation needs trainer.validation_fraction > 0")
+        return self

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from trainers.data import PairBatch, pair_seed
-from trainers.dpo import dpo_loss, per_sample_error
+from trainers.dpo import LossType, dpo_loss, per_sample_error
 from trainers.lora import reference_mode
 
 
@@ -54,13 +54,16 @@ def dpo_micro_batch(
     epoch: int,
     has_reference_adapter: bool,
     objective: str = "dpo",
+    loss_type: LossType = "sigmoid",
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss (with graph through the policy's LoRA) and metrics of one micro-batch of pairs.
 
     Winner and loser are concatenated into one batch of 2B so the policy runs one forward and
     the reference one no-grad forward (adapter disabled / reference adapter active).
     ``objective="sft"``: the loss is the winners' denoising error alone (the SFT-on-winners
-    baseline); the DPO metrics are still computed, so both objectives are watched alike."""
+    baseline); the DPO metrics are still computed, so both objectives are watched alike.
+    ``loss_type`` / ``label_smoothing``: the preference loss (trainers.dpo.preference_loss)."""
     device = next(module.parameters()).device
     b = len(batch.pair_ids)
     noise, t = shared_noise_and_timesteps(family, scheduler, batch, seed, epoch, device)
@@ -76,7 +79,7 @@ def dpo_micro_batch(
         ref_err = per_sample_error(ref_pred, target)
     pred = family.predict(policy, noisy, t2, prompt, image)
     err = per_sample_error(pred, target)
-    loss, metrics = dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)
+    loss, metrics = dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta, loss_type, label_smoothing)
     if objective == "sft":
         loss = err[:b].mean()
         metrics = {**metrics, "dpo_loss": metrics["loss"], "loss": float(loss.detach())}

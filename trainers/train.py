@@ -23,6 +23,7 @@ from trainers.config import TrainerConfig
 from trainers.data import TRAIN_COLUMNS
 from trainers.deepspeed_config import gradient_accumulation_steps
 from trainers.schema import check_schema_version
+from trainers.validation import rows_where, validation_pair_ids
 from trainers.worker import FAULT_ENV, train_loop
 
 logger = logging.getLogger("videogpa.trainer")
@@ -59,19 +60,20 @@ def workers_have_cuda(cfg: TrainerConfig) -> bool:
     return has_cuda
 
 
-def check_pair_files(pair_files: list[str], filesystem=None) -> int:
-    """Refuse missing files and other schema versions, naming the file; returns the row count."""
+def read_pair_ids(pair_files: list[str], filesystem=None) -> list[str]:
+    """The pair ids of every shard (one small column each); refuses missing files and other schema
+    versions, naming the file."""
     if not pair_files:
         raise InputError("train: no pair shards given (did the pairs stage keep any pair?)")
-    rows = 0
+    ids: list[str] = []
     for f in pair_files:
         try:
-            table = pq.read_table(f, columns=["schema_version"], filesystem=filesystem)
+            table = pq.read_table(f, columns=["schema_version", "pair_id"], filesystem=filesystem)
         except (OSError, ValueError, KeyError) as e:  # missing file, not Parquet, no such column
             raise InputError(f"{f}: cannot read pair shard ({str(e).splitlines()[0]})") from None
         check_schema_version(table, source=f)
-        rows += table.num_rows
-    return rows
+        ids += [str(p) for p in table.column("pair_id").to_pylist()]
+    return ids
 
 
 def train_dpo(
@@ -102,10 +104,13 @@ def train_dpo(
     if cfg.reference == "previous_round" and not previous_lora_dir:
         raise InputError("trainer.reference=previous_round needs the previous round's LoRA (none given)")
     pair_files = [_strip_scheme(p, filesystem) for p in pair_files]
-    n_pairs = check_pair_files(pair_files, filesystem)
-    if n_pairs < cfg.effective_batch_size:
+    pair_ids = read_pair_ids(pair_files, filesystem)
+    held_out = validation_pair_ids(pair_ids, cfg.validation_fraction, cfg.seed)
+    n_train = len(pair_ids) - len(held_out)
+    if n_train < cfg.effective_batch_size:
         raise InputError(
-            f"train: {n_pairs} pairs < trainer.effective_batch_size={cfg.effective_batch_size} (one optimizer step)"
+            f"train: {n_train} training pairs ({len(held_out)} of {len(pair_ids)} held out for validation) "
+            f"< trainer.effective_batch_size={cfg.effective_batch_size} (one optimizer step)"
         )
 
     device = "cuda" if workers_have_cuda(cfg) else "cpu"
@@ -113,6 +118,13 @@ def train_dpo(
     ds = ray.data.read_parquet(pair_files, filesystem=filesystem, include_paths=True).select_columns(
         [*TRAIN_COLUMNS, "path"]  # pushed down into the Parquet read: metadata columns are not read
     )
+    datasets = {"train": ds}
+    if held_out:  # whole blocks (batch_size=None): a row of real-size latents is megabytes
+        logger.info(f"validation: {len(held_out)} of {len(pair_ids)} pairs held out")
+        datasets = {"train": ds.map_batches(rows_where(held_out, held_out=False), batch_format="pyarrow",
+                                            batch_size=None, zero_copy_batch=True),
+                    "validation": ds.map_batches(rows_where(held_out, held_out=True), batch_format="pyarrow",
+                                                 batch_size=None, zero_copy_batch=True)}
     loop_config = {
         "trainer": cfg.model_dump(),
         "model": model.model_dump(),
@@ -120,6 +132,8 @@ def train_dpo(
         "lora_out_dir": _strip_scheme(lora_out_dir, filesystem),
         "previous_lora_dir": _strip_scheme(previous_lora_dir, filesystem) if previous_lora_dir else None,
         "fault": os.environ.get(FAULT_ENV),
+        # where Ray Train puts this run's checkpoints (checkpoint_<step>), for exporting the best one
+        "checkpoint_root": _strip_scheme(storage_path, filesystem).rstrip("/") + "/" + name,
         "device": device,
     }
     trainer = TorchTrainer(
@@ -129,16 +143,23 @@ def train_dpo(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
         torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
-        datasets={"train": ds},
+        datasets=datasets,
         # preserve_order makes the split across workers (and so each worker's order) deterministic,
-        # which is what lets a resumed run skip exactly the pairs it had consumed.
-        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        # which is what lets a resumed run skip exactly the pairs it had consumed. Every worker reads
+        # all validation pairs and takes its own share (trainers.validation.rank_share).
+        dataset_config=DataConfig(datasets_to_split=["train"],
+                                  execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=name,
             storage_path=_strip_scheme(storage_path, filesystem),
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # the latest checkpoint is always kept (resume); with validation the others are the best
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute="val_loss" if held_out else None,
+                checkpoint_score_order="min",
+            ),
         ),
     )
     result = trainer.fit()

@@ -73,6 +73,21 @@ def _maybe_inject_fault(spec: str | None, step: int, rank: int) -> None:
         raise RuntimeError(f"injected fault after step {step}")
 
 
+def _load_best_validated(checkpoint_root: str, filesystem, history: list[dict[str, Any]], step: int,
+                         named: list[tuple[str, torch.nn.Parameter]], zero_stage: int, rank: int) -> None:
+    """Put the LoRA of the step with the lowest validation loss (a kept checkpoint) back into the
+    policy, so that it is the one exported. Collective under ZeRO-3."""
+    from trainers import checkpoint as ckpt_io
+
+    best = min((h for h in history if "val_loss" in h), key=lambda h: (h["val_loss"], -h["step"]))
+    _log(rank, f"exporting the policy of step {best['step']} (lowest validation loss, {best['val_loss']:.4f})")
+    if best["step"] == step:
+        return
+    with local_copy(f"{checkpoint_root}/checkpoint_{best['step']:07d}", filesystem) as d:
+        tensors, _, _ = ckpt_io.load(d)
+    ckpt_io.load_weights(named, tensors, zero_stage)
+
+
 def skip_cpu_shm_op() -> None:
     """DeepSpeed's CPU comm backend JIT-compiles a shared-memory all-reduce C++ op when it wraps
     the process group (needs a compiler, ~1 min the first time). Only its *inference* all-reduce
@@ -109,6 +124,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     from trainers.epochs import EpochFeed
     from trainers.lora import add_lora, export_lora, policy_state_dict
     from trainers.step import PolicyCall, dpo_micro_batch
+    from trainers.validation import VALIDATION_EPOCH, rank_share, validation_figures, weighted_sums
 
     model = ModelConfig(**config["model"])
     ctx = ray.train.get_context()
@@ -169,6 +185,22 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
     t_start, window = time.perf_counter(), []
     t_step = t_start
     fault = config.get("fault")
+    validating = cfg.validation_fraction > 0
+    held_out: list = []  # this rank's share of the validation pairs, decoded once
+
+    def validate() -> dict[str, float]:
+        """Validation DPO figures of the current policy over all held-out pairs. Collective."""
+        if not held_out:
+            rows = [decode_batch(b) for b in ray.train.get_dataset_shard("validation").iter_batches(
+                batch_size=1, batch_format="numpy")]
+            held_out.extend(rank_share(rows, rank, world))
+        transformer.eval()
+        with torch.no_grad():
+            figures = [(dpo_micro_batch(family, scheduler, transformer, PolicyCall(transformer), mb, cfg.beta,
+                                        cfg.seed, VALIDATION_EPOCH, has_ref_adapter, "dpo", cfg.loss,
+                                        cfg.label_smoothing)[1], w) for mb, w in held_out]
+        transformer.train()
+        return validation_figures(_allreduce_mean(weighted_sums(figures), world, device))
 
     def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
         if not with_checkpoint:
@@ -198,7 +230,8 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
             ms = []
             for mb in group:
                 loss, m = dpo_micro_batch(family, scheduler, transformer, policy, mb, cfg.beta,
-                                          cfg.seed, epoch, has_ref_adapter, cfg.objective)
+                                          cfg.seed, epoch, has_ref_adapter, cfg.objective, cfg.loss,
+                                          cfg.label_smoothing)
                 engine.backward(loss)
                 engine.step()
                 ms.append(m)
@@ -228,6 +261,11 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
                 metrics["peak_rss_growth_mb"] = _allreduce_max(_peak_memory_mb(device) - rss_before_model,
                                                                world, device)
             if step % cfg.checkpoint_every == 0 or done:
+                if validating:  # at every checkpoint: the kept checkpoints are the best by val_loss
+                    metrics.update(validate())
+                    history[-1].update({k: v for k, v in metrics.items() if k.startswith("val_")})
+                    _log(rank, f"step {step} validation loss {metrics['val_loss']:.4f} "
+                               f"acc {metrics['val_reward_accuracy']:.2f}")
                 save_and_report(metrics, with_checkpoint=True)
             elif step % cfg.log_every == 0:
                 save_and_report(metrics, with_checkpoint=False)
@@ -244,6 +282,8 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
             continue
         break
 
+    if cfg.export == "best_validation":
+        _load_best_validated(config["checkpoint_root"], filesystem, history, step, named, cfg.zero_stage, rank)
     # -- export the policy LoRA (diffusers format) --
     states = {name: policy_state_dict(expert, cfg.zero_stage) for name, expert in experts.items()}  # collective
     if rank == 0:

@@ -38,6 +38,37 @@ def test_loss_value_and_metrics_match_the_formula():
     assert m["policy_ref_gap_l"] == pytest.approx((ml - rl).mean().item())
 
 
+def test_official_loss_variants_and_policy_only_accuracy():
+    """hinge: max(0, 1 − z); label_smoothed: BCE of σ(z) against 1 − ε (torch's own BCE); the
+    policy-only reward of the official trainer: −E_θ, winner against loser."""
+    import torch.nn.functional as F
+
+    mw, ml, rw, rl = _errors()
+    beta, eps = 2.5, 0.1
+    z = beta * ((rw - mw) - (rl - ml))
+    hinge, m = dpo_loss(mw, ml, rw, rl, beta, loss_type="hinge")
+    assert hinge.item() == pytest.approx(torch.clamp(1 - z, min=0).mean().item(), rel=1e-12)
+    smoothed, _ = dpo_loss(mw, ml, rw, rl, beta, loss_type="label_smoothed", label_smoothing=eps)
+    bce = F.binary_cross_entropy(torch.sigmoid(z), torch.full_like(z, 1 - eps))
+    assert smoothed.item() == pytest.approx(bce.item(), rel=1e-9)
+    plain, _ = dpo_loss(mw, ml, rw, rl, beta)
+    assert dpo_loss(mw, ml, rw, rl, beta, loss_type="label_smoothed", label_smoothing=0.0)[0].item() == \
+        pytest.approx(plain.item(), rel=1e-12)
+    assert m["policy_reward_margin"] == pytest.approx((ml - mw).mean().item())
+    assert m["policy_reward_accuracy"] == pytest.approx((mw < ml).double().mean().item())
+    assert m["reward_accuracy"] == pytest.approx((z > 0).double().mean().item())  # both, named apart
+
+
+def test_loss_options_that_do_not_fit_together_are_refused():
+    from pydantic import ValidationError
+
+    for bad, key in [(dict(loss="label_smoothed"), "label_smoothing > 0"),
+                     (dict(label_smoothing=0.1), "ignores it"),
+                     (dict(export="best_validation"), "validation_fraction > 0")]:
+        with pytest.raises(ValidationError, match=key):
+            TrainerConfig(**bad)
+
+
 def test_gradient_equals_autograd_of_hand_written_formula():
     mw, ml, rw, rl = _errors()
     beta = 1.7
@@ -80,6 +111,7 @@ def test_trainer_config_defaults_are_the_paper_recipe():
     assert ((c.learning_rate, c.warmup_steps, c.max_steps, c.grad_clip, c.effective_batch_size)
             == (5e-6, 500, 10_000, 1.0, 16))
     assert (c.lora_rank, c.lora_alpha, c.lora_dropout, c.beta, c.zero_stage) == (64, 128, 0.0, 1.0, 2)
+    assert (c.weight_decay, c.loss, c.validation_fraction) == (0.01, "sigmoid", 0.0)  # official AdamW decay
     with pytest.raises(ValueError):
         TrainerConfig(unknown_key=1)
 

@@ -110,13 +110,13 @@ def test_other_schema_version_is_refused_with_one_line_naming_file(tmp_path):
 
 
 def test_driver_refuses_bad_shard_before_starting_workers(tmp_path):
-    from trainers.train import check_pair_files
+    from trainers.train import read_pair_ids
 
     good, bad = tmp_path / "a.parquet", tmp_path / "b.parquet"
     pq.write_table(pa.Table.from_pylist([make_row(0)], schema=PAIR_SCHEMA), good)
     pq.write_table(pa.Table.from_pylist([make_row(1, version=7)], schema=PAIR_SCHEMA), bad)
-    assert check_pair_files([str(good)]) == 1
+    assert read_pair_ids([str(good)]) == [make_row(0)["pair_id"]]
     with pytest.raises(InputError, match=r"b\.parquet: schema_version 7 found, expected 1"):
-        check_pair_files([str(good), str(bad)])
+        read_pair_ids([str(good), str(bad)])
     with pytest.raises(InputError, match="missing.parquet"):
-        check_pair_files([str(tmp_path / "missing.parquet")])
+        read_pair_ids([str(tmp_path / "missing.parquet")])
