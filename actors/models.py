@@ -130,6 +130,8 @@ def generate_videos(
         output_type="np",
         max_sequence_length=family.text_len(model),
     )
+    if sampling.negative_prompt:
+        kwargs["negative_prompt"] = [sampling.negative_prompt] * len(seeds)
     runner, kwargs = family.generation_call(pipe, kwargs, pil_image, sampling)
     logger.info(
         "generating %d video(s) %s: %dx%dx%d, %d steps, cfg %.2f",
