@@ -121,6 +121,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_lora(args: argparse.Namespace) -> int:
+    from actors.lora_formats import convert_lora
+
+    source_format = convert_lora(args.lora, args.out)
+    print(json.dumps({"lora": args.lora, "format": source_format, "diffusers_lora": args.out}))
+    return 0
+
+
 def _cmd_score_video(args: argparse.Namespace) -> int:
     from actors.scoring import ScoringConfig, VideoScorer
     from actors.video_io import decode_video
@@ -164,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("evaluate", "base vs base + LoRA on held-out prompts: PSNR, SSIM, LPIPS, MVCS, 3DCS, Epipolar",
                     _cmd_evaluate)
     p.add_argument("--round", type=int, default=None, help="whose LoRA (default: the last complete round)")
+
+    p = sub.add_parser("convert-lora", help="write a PEFT-format LoRA (e.g. an official VideoGPA release, Wan "
+                                            "module names too) as a diffusers-format LoRA directory")
+    p.add_argument("lora", help="PEFT adapter directory (adapter_model.safetensors + adapter_config.json)")
+    p.add_argument("out", help="new directory for the diffusers-format LoRA (pipe.load_lora_weights(out))")
+    p.set_defaults(handler=_cmd_convert_lora)
 
     p = sub.add_parser("score-video", help="print 3DCS, motion and evaluation metrics of video files")
     p.add_argument("videos", nargs="+")
