@@ -49,6 +49,8 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
             check_lora(cfg.model, lora_dir)
         else:
             round_to_evaluate(store, cfg.rounds, round_index)
+    if command in ("align", "train") and cfg.trainer.init_lora:
+        check_lora(cfg.model, cfg.trainer.init_lora, "trainer.init_lora " + cfg.trainer.init_lora)
     if command in _STAGE_OF:
         check_stage_inputs(store, _STAGE_OF[command], round_index or 0)
     check_resources(cfg, command, started_here)
