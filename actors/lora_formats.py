@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from actors.errors import InputError
-from actors.families.base import LORA_WEIGHT_NAME
+from actors.families.base import LORA_WEIGHT_NAME, lora_weight_name
 from actors.model_config import ModelConfig
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -72,6 +72,10 @@ def check_lora(model: ModelConfig, lora_dir: str, name: str | None = None) -> Lo
     if fmt != "diffusers" and len(experts) > 1:
         raise InputError(f"LoRA {name or lora_dir}: a PEFT adapter holds one transformer's LoRA; {model.family} has "
                          f"{len(experts)} experts and needs a diffusers LoRA with one file per expert")
+    for expert in experts if fmt == "diffusers" else ():
+        if not (Path(lora_dir) / lora_weight_name(expert)).is_file():
+            raise InputError(f"LoRA {name or lora_dir}: has no {lora_weight_name(expert)}, the LoRA of "
+                             f"{model.family}'s {expert}")
     return fmt
 
 

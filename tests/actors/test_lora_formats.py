@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from actors.errors import InputError
 from actors.families import get_family
 from actors.families.base import LORA_WEIGHT_NAME
-from actors.lora_formats import lora_format
+from actors.lora_formats import check_lora, lora_format
 from actors.model_config import ModelConfig
 from actors.models import build_pipeline, load_lora
 from pipelines.cli import build_parser
@@ -142,11 +142,15 @@ def test_a_bad_lora_dir_is_one_line_naming_it(tmp_path):
     assert not pipe.get_list_adapters().get("transformer"), "a refused LoRA leaves no adapter behind"
 
 
-def test_a_peft_lora_is_refused_for_two_experts(tmp_path):
-    peft_lora("wan2.1-t2v", tmp_path / "peft")  # same transformer layout as one A14B expert
+def test_two_experts_need_a_diffusers_lora_file_each(tmp_path):
+    adapter = peft_lora("wan2.1-t2v", tmp_path / "peft")  # same transformer layout as one A14B expert
     model = ModelConfig(family="wan2.2-t2v-a14b")
     with pytest.raises(InputError, match="wan2.2-t2v-a14b has 2 experts and needs a diffusers LoRA"):
         load_lora(build_pipeline(model), model, str(tmp_path / "peft"), scale=1.0)
+    one_file = _diffusers_equivalent(adapter, "wan2.1-t2v", tmp_path / "one-file")
+    with pytest.raises(InputError, match="has no pytorch_lora_weights_transformer_2.safetensors, the LoRA of "
+                                         "wan2.2-t2v-a14b's transformer_2"):
+        check_lora(model, str(one_file))
 
 
 def test_convert_command_bad_dir_exits_2_with_one_line(tmp_path):
