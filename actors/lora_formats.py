@@ -50,6 +50,8 @@ def lora_format(lora_dir: str, name: str | None = None) -> LoraFormat:
     if not path.is_dir():
         raise InputError(f"LoRA {name}: not a directory")
     if (path / LORA_WEIGHT_NAME).is_file():
+        if not any(".lora_" in k for k in _safetensors_keys(path / LORA_WEIGHT_NAME, name)):
+            raise InputError(f"LoRA {name}: {LORA_WEIGHT_NAME} holds no LoRA weights (keys <module>.lora_A/B.weight)")
         return "diffusers"
     if (path / PEFT_WEIGHTS).is_file():
         if not (path / PEFT_CONFIG).is_file():

@@ -111,6 +111,9 @@ def _bad_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     garbage.mkdir()
     (garbage / "adapter_model.safetensors").write_bytes(b"not safetensors")
     (garbage / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    not_lora = tmp_path / "not-lora"
+    not_lora.mkdir()
+    save_file({"transformer.proj_out.weight": torch.zeros(2, 2)}, str(not_lora / LORA_WEIGHT_NAME))
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
@@ -127,6 +130,7 @@ def _bad_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "no-config": (no_config, "without adapter_config.json"),
         "garbage": (garbage, "not a readable safetensors file"),
         "pickled": (pickled, "pickled PEFT weights"),
+        "not-lora": (not_lora, "pytorch_lora_weights.safetensors holds no LoRA weights"),
         "other-model": (peft_dir, "not a LoRA of this WanPipeline"),  # a CogVideoX LoRA
         "deeper": (deeper, "1 of its 17 modules are not in this wan2.1-t2v transformer .e.g. blocks.7.attn1.to_q."),
     }
