@@ -41,19 +41,30 @@ class SamplingConfig(BaseModel):
     width: int = Field(720, gt=0)
     num_inference_steps: int = Field(50, ge=1)
     guidance_scale: float = Field(6.0, ge=0.0)  # <= 1 disables classifier-free guidance
+    # Strength of the LoRA when sampling from base + LoRA, as diffusers' ``set_adapters`` weight: the
+    # LoRA's update is multiplied by lora_scale × lora_alpha / r. The official scripts: CogVideoX-5B(-I2V)
+    # at full strength (1.0); CogVideoX1.5 sets the PEFT scaling itself to 0.2, which for its LoRAs
+    # (r 64, alpha 128) is lora_scale 0.1; Wan2.2-TI2V multiplies the trained scaling by 0.2 (lora_scale 0.2).
     lora_scale: float = 1.0
+    # CogVideoX's dynamic classifier-free guidance (the scale rises over the steps), as the official
+    # CogVideoX1.5 sampling uses; Wan pipelines have none.
+    use_dynamic_cfg: bool = False
+    # What classifier-free guidance steers away from; "" is the plain unconditional prompt. The Wan recipes
+    # set Wan's own default negative prompt, as Wan's (and the official VideoGPA Wan) sampling does.
+    negative_prompt: str = ""
     fps: int = Field(8, gt=0)
 
 
 @dataclass(frozen=True)
 class SamplingShape:
-    """The video sizes a model can sample: ``temporal``k+1 frames, sides that are multiples of
-    ``multiple`` (VAE compression × patch), and only ``fixed`` (height, width) where the transformer
-    learned its positional embeddings for one size (CogVideoX-5B-I2V)."""
+    """What a model can sample: ``temporal``k+1 frames, sides that are multiples of ``multiple`` (VAE
+    compression × patch), only ``fixed`` (height, width) where the transformer learned its positional
+    embeddings for one size (CogVideoX-5B-I2V), and ``dynamic_cfg`` where its pipeline has it (CogVideoX)."""
 
     temporal: int
     multiple: int
     fixed: tuple[int, int] | None = None
+    dynamic_cfg: bool = False
 
 
 def check_sampling(shape: SamplingShape, model: ModelConfig, sampling: SamplingConfig) -> None:
@@ -64,6 +75,8 @@ def check_sampling(shape: SamplingShape, model: ModelConfig, sampling: SamplingC
     if sampling.height % shape.multiple or sampling.width % shape.multiple:
         raise InputError(f"sampling.height/width: {model.family} needs multiples of {shape.multiple}, "
                          f"got {sampling.height}x{sampling.width}")
+    if sampling.use_dynamic_cfg and not shape.dynamic_cfg:
+        raise InputError(f"sampling.use_dynamic_cfg: {model.family} pipelines have no dynamic CFG (CogVideoX only)")
     if shape.fixed is not None and (sampling.height, sampling.width) != shape.fixed:
         raise InputError(f"sampling.height/width: {model.pretrained} only generates {shape.fixed[0]}x{shape.fixed[1]}, "
                          f"got {sampling.height}x{sampling.width}")

@@ -18,8 +18,9 @@ import torch
 
 from actors.errors import InputError
 from actors.families import get_family
-from actors.families.base import DTYPES
+from actors.families.base import DTYPES, lora_weight_name
 from actors.families.tiny import TINY_SEED
+from actors.lora_formats import check_lora, diffusers_lora_dir, lora_module_names
 from actors.model_config import RANDOM_FULL_SIZE, ModelConfig, SamplingConfig, check_sampling
 from actors.partitioned_weights import partitioned_build
 
@@ -70,25 +71,53 @@ def build_denoiser(model: ModelConfig, device: str | torch.device = "cpu", zero3
 
 def load_lora(pipe, model: ModelConfig, lora_dir: str, scale: float, adapter_name: str = "videogpa",
               source: str | None = None) -> None:
-    """Load a diffusers-format LoRA directory into ``pipe`` and activate it at ``scale``.
+    """Load a LoRA directory into ``pipe`` and activate it at ``scale``: diffusers format, or a PEFT
+    adapter such as the official VideoGPA releases (``actors.lora_formats``). ``scale`` is the
+    ``set_adapters`` weight: the LoRA's update is scaled by ``scale × lora_alpha / r``.
     Loading again under the same ``adapter_name`` replaces the previous adapter (online rounds).
     ``source``: where the directory came from (a run's URI), for the error message."""
     from safetensors import SafetensorError
 
-    logger.info("loading LoRA %s as adapter %r at scale %s", source or lora_dir, adapter_name, scale)
+    name = source or lora_dir
+    family = get_family(model.family)
+    fmt = check_lora(model, lora_dir, name)
     if adapter_name in _adapter_names(pipe):
         pipe.delete_adapters(adapter_name)
-    try:
-        get_family(model.family).load_lora(pipe, lora_dir, adapter_name)
-    except (OSError, SafetensorError, ValueError, KeyError, RuntimeError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise InputError(f"LoRA {source or lora_dir}: not a diffusers LoRA of this {pipe.__class__.__name__} "
-                         f"({type(err).__name__}: {reason})") from None
+    with diffusers_lora_dir(lora_dir, name) as local:
+        try:
+            family.load_lora(pipe, local, adapter_name)
+        except (OSError, SafetensorError, ValueError, KeyError, RuntimeError, TypeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise InputError(f"LoRA {name}: not a LoRA of this {pipe.__class__.__name__} "
+                             f"({type(err).__name__}: {reason})") from None
+        for expert in family.experts:
+            # diffusers only warns about LoRA weights whose module it does not find: a LoRA of another
+            # architecture would load as (partly) nothing.
+            modules = lora_module_names(local, lora_weight_name(expert))
+            missing = modules - set(_lora_layers(getattr(pipe, expert), adapter_name))
+            if missing:
+                pipe.delete_adapters(adapter_name)
+                raise InputError(f"LoRA {name}: {len(missing)} of its {len(modules)} modules are not in this "
+                                 f"{model.family} {expert} (e.g. {sorted(missing)[0]}); is it a LoRA of another model?")
     pipe.set_adapters([adapter_name], adapter_weights=[scale])
+    logger.info("loaded LoRA %s (%s format) as adapter %r at scale %s: its update is scaled by %.4g", name, fmt,
+                adapter_name, scale, _scaling(pipe.transformer, adapter_name))
 
 
 def _adapter_names(pipe) -> set[str]:
     return {name for names in pipe.get_list_adapters().values() for name in names}
+
+
+def _lora_layers(module: torch.nn.Module, adapter_name: str) -> dict[str, Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return {n: m for n, m in module.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
+
+
+def _scaling(module: torch.nn.Module, adapter_name: str) -> float:
+    """The factor its LoRA update is multiplied by (PEFT's ``scaling``: weight × alpha / r)."""
+    layer = next(iter(_lora_layers(module, adapter_name).values()))
+    return float(layer.scaling[adapter_name])
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +159,8 @@ def generate_videos(
         output_type="np",
         max_sequence_length=family.text_len(model),
     )
+    if sampling.negative_prompt:
+        kwargs["negative_prompt"] = [sampling.negative_prompt] * len(seeds)
     runner, kwargs = family.generation_call(pipe, kwargs, pil_image, sampling)
     logger.info(
         "generating %d video(s) %s: %dx%dx%d, %d steps, cfg %.2f",

@@ -67,7 +67,7 @@ def _config_on_ray(args: argparse.Namespace):
     if not ray.is_initialized():
         started_here = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(address=cfg.ray.address, log_to_driver=True)
-    prompts = preflight(cfg, args.command, getattr(args, "round", None), started_here)
+    prompts = preflight(cfg, args.command, getattr(args, "round", None), started_here, getattr(args, "lora", None))
     check_output_shared(cfg)
     return cfg, prompts
 
@@ -116,8 +116,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import run_evaluate
 
     cfg, prompts = _config_on_ray(args)
-    result = run_evaluate(cfg, args.round, _open_run(args, cfg), prompts)
+    result = run_evaluate(cfg, args.round, _open_run(args, cfg), prompts, args.lora)
     print(result["table"])
+    return 0
+
+
+def _cmd_convert_lora(args: argparse.Namespace) -> int:
+    from actors.lora_formats import convert_lora
+
+    source_format = convert_lora(args.lora, args.out)
+    print(json.dumps({"lora": args.lora, "format": source_format, "diffusers_lora": args.out}))
     return 0
 
 
@@ -163,7 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config("evaluate", "base vs base + LoRA on held-out prompts: PSNR, SSIM, LPIPS, MVCS, 3DCS, Epipolar",
                     _cmd_evaluate)
-    p.add_argument("--round", type=int, default=None, help="whose LoRA (default: the last complete round)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--round", type=int, default=None, help="whose LoRA (default: the last complete round)")
+    which.add_argument("--lora", default=None,
+                       help="evaluate this LoRA directory instead (diffusers or PEFT format, e.g. an official release)")
+
+    p = sub.add_parser("convert-lora", help="write a PEFT-format LoRA (e.g. an official VideoGPA release, Wan "
+                                            "module names too) as a diffusers-format LoRA directory")
+    p.add_argument("lora", help="PEFT adapter directory (adapter_model.safetensors + adapter_config.json)")
+    p.add_argument("out", help="new directory for the diffusers-format LoRA (pipe.load_lora_weights(out))")
+    p.set_defaults(handler=_cmd_convert_lora)
 
     p = sub.add_parser("score-video", help="print 3DCS, motion and evaluation metrics of video files")
     p.add_argument("videos", nargs="+")

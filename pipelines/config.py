@@ -67,6 +67,9 @@ class PairingConfig(_Section):
     # the round, within prompts): pairs then favour neither faster nor sharper videos, where matching
     # (above) makes every winner faster and sharper. Each pair keeps its raw scores.
     adjust_for: list[Literal["motion", "sharpness"]] = []
+    # Drop a prompt whose winner (its best candidate) scores this or worse (lower is better): a winner that
+    # is itself inconsistent teaches little. The official training uses 0.8 on 3DCS; null: no threshold.
+    winner_threshold: float | None = None
 
 
 class EvaluationConfig(_Section):

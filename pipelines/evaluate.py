@@ -1,4 +1,6 @@
-"""`videogpa evaluate`: the base model against base + a round's LoRA on held-out prompts and seeds.
+"""`videogpa evaluate`: the base model against base + a round's LoRA on held-out prompts and seeds,
+or base + a LoRA directory from elsewhere (``--lora``: diffusers or PEFT format, e.g. an official
+VideoGPA release), copied into the run so that generation actors on any node read it.
 
 Both arms sample the same prompts with the same seeds through the same Ray Data graph as
 training candidates, and are scored with the paper's evaluation metrics on reprojected vs
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,7 @@ import ray
 
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
+from actors.lora_formats import lora_files
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
@@ -79,8 +83,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def format_table(base: dict, aligned: dict, round_index: int) -> str:
-    lines = [f"{'metric':<12}{'base':>18}{f'round-{round_index:03d} LoRA':>22}{'delta':>10}"]
+def format_table(base: dict, aligned: dict, label: str) -> str:
+    lines = [f"{'metric':<12}{'base':>18}{label:>22}{'delta':>10}"]
     for key, arrow in METRICS:
         b, a = base[key], aligned[key]
         lines.append(f"{key + ' ' + arrow:<12}{b['mean']:>11.4f} ± {b['sem']:<5.3f}"
@@ -119,25 +123,43 @@ def _base_samples(cfg: VideoGPAConfig, base_store: RunStore, rows: list[dict[str
     return samples
 
 
+def stage_lora(store: RunStore, lora_dir: str) -> str:
+    """Copy the LoRA files of ``lora_dir`` into the run, under a name from their contents; returns
+    their directory in the run (``evaluation/lora-<digest>/lora``)."""
+    blobs = {name: (Path(lora_dir) / name).read_bytes() for name in lora_files(lora_dir)}
+    digest = hashlib.sha256()
+    for name, data in blobs.items():
+        digest.update(name.encode())
+        digest.update(data)
+    rel = f"evaluation/lora-{digest.hexdigest()[:16]}/lora"
+    for name, data in blobs.items():
+        store.write_bytes(f"{rel}/{name}", data)
+    return rel
+
+
 def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: RunStore | None = None,
-                 prompts: list[Prompt] | None = None) -> dict[str, Any]:
-    """Base vs the round's LoRA on the evaluation prompts (``prompts``: those the command's
-    preflight read, else they are read here)."""
+                 prompts: list[Prompt] | None = None, lora_dir: str | None = None) -> dict[str, Any]:
+    """Base vs the round's LoRA (or the LoRA directory ``lora_dir``) on the evaluation prompts
+    (``prompts``: those the command's preflight read, else they are read here)."""
     store = store or open_run(cfg, "evaluate")
-    index = round_to_evaluate(store, cfg.rounds, round_index)
-    lora = RoundPaths(index).lora
+    if lora_dir is None:
+        index: int | None = round_to_evaluate(store, cfg.rounds, round_index)
+        lora, out, label = RoundPaths(index).lora, f"evaluation/round-{index:03d}", f"round-{index:03d} LoRA"
+    else:
+        index, lora = None, stage_lora(store, lora_dir)
+        out, label = lora.removesuffix("/lora"), f"LoRA {Path(lora_dir).name}"
     ev = cfg.evaluation
     if prompts is None:
         prompts = load_prompts(ev.prompts.path, ev.prompts.limit, storage_spec(cfg), builtin=BUILTIN_EVAL_PROMPTS)
-    rows = [{"round": index, "prompt_id": p.prompt_id, "prompt": p.text, "image": p.image or "",
-             "seed": candidate_seed(ev.seed, 0, p.prompt_id, k)}
+    rows = [{"round": -1 if index is None else index, "prompt_id": p.prompt_id, "prompt": p.text,
+             "image": p.image or "", "seed": candidate_seed(ev.seed, 0, p.prompt_id, k)}
             for p in prompts for k in range(ev.seeds_per_prompt)]
-    log.info("evaluating round %d: %d prompts × %d seeds, base vs LoRA", index, len(prompts), ev.seeds_per_prompt)
-    out = f"evaluation/round-{index:03d}"
+    log.info("evaluating %s: %d prompts × %d seeds, base vs LoRA", label, len(prompts), ev.seeds_per_prompt)
     base_store = RunStore(store.spec, ev.base_run) if ev.base_run else store
     arms = {"base": _base_samples(cfg, base_store, rows), "aligned": _sample(cfg, store, rows, f"{out}/aligned", lora)}
     result = {
         "round": index,
+        **({"lora": lora_dir} if lora_dir else {}),
         "samples": len(rows),
         "base": _summary(arms["base"]),
         "aligned": _summary(arms["aligned"]),
@@ -151,5 +173,5 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: Run
         for b, a in zip(arms["base"], arms["aligned"])
     ])
     store.write_json(f"{out}/results.json", result)
-    result["table"] = format_table(result["base"], result["aligned"], index)
+    result["table"] = format_table(result["base"], result["aligned"], label)
     return result

@@ -68,6 +68,10 @@ def _best_and_worst(
     return max(pairs, key=lambda p: p[1][RANK] - p[0][RANK], default=None)
 
 
+def _winner_good_enough(winner: dict[str, Any], threshold: float | None) -> bool:
+    return threshold is None or winner["score"] < threshold
+
+
 def covariate_adjusted(rows: list[dict[str, Any]], covariates: tuple[str, ...]) -> tuple[list[float], dict[str, float]]:
     """Each row's score less ``sum_k c_k * log(row[k])``, with the c_k fitted by least squares over all
     rows on values centred within each prompt (what differs between a prompt's candidates is what
@@ -92,12 +96,13 @@ def covariate_adjusted(rows: list[dict[str, Any]], covariates: tuple[str, ...]) 
 def make_pairs(
     candidates: Iterable[dict[str, Any]], round_index: int, min_gap: float, motion_threshold: float,
     motion_matched: bool = False, sharpness_matched: bool = False, pairs_per_prompt: int = 1,
-    adjust_for: tuple[str, ...] = (),
+    adjust_for: tuple[str, ...] = (), winner_threshold: float | None = None,
 ) -> PairingReport:
     """Rows need prompt_id, prompt, image, seed, score, motion (and sharpness when matched or adjusted
-    on it). Lower score is better; ``min_gap`` applies to the adjusted score when ``adjust_for`` is set.
-    A prompt is dropped (and counted) when not even its first pair can be made; further pairs stop at
-    the first one that would break ``min_gap`` or the matching."""
+    on it). Lower score is better; ``min_gap`` applies to the adjusted score when ``adjust_for`` is set,
+    ``winner_threshold`` to the raw score (a winner scoring it or worse is no winner, as in the official
+    code, which checks it before the gap). A prompt is dropped (and counted) when not even its first pair
+    can be made; further pairs stop at the first one that would break ``min_gap``, the threshold or the matching."""
     report = PairingReport()
     matched_on = (*(("motion",) if motion_matched else ()), *(("sharpness",) if sharpness_matched else ()))
     by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -128,11 +133,15 @@ def make_pairs(
         if chosen is None:
             report.dropped_prompts[f"no_winner_matching_a_loser_on_{'_and_'.join(matched_on)}"] += 1
             continue
+        if not _winner_good_enough(chosen[0], winner_threshold):
+            report.dropped_prompts["winner_not_below_threshold"] += 1
+            continue
         if chosen[1][RANK] - chosen[0][RANK] < min_gap:
             report.dropped_prompts["gap_below_min_gap"] += 1
             continue
         for _ in range(pairs_per_prompt):
-            if chosen is None or chosen[1][RANK] - chosen[0][RANK] < min_gap:
+            if chosen is None or chosen[1][RANK] - chosen[0][RANK] < min_gap or \
+                    not _winner_good_enough(chosen[0], winner_threshold):
                 break
             best, worst = chosen
             report.pairs.append(

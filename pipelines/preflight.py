@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from actors.gfm import check_backend
+from actors.lora_formats import check_lora
 from actors.model_source import check_model
 from pipelines.config import VideoGPAConfig
 from pipelines.evaluate import round_to_evaluate
@@ -24,11 +25,12 @@ _LOADS_MODEL = {"align", "generate", "pairs", "train", "evaluate"}
 _SCORES = {"align", "generate", "score", "evaluate"}
 
 
-def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, started_here: bool) -> list[Prompt] | None:
+def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, started_here: bool,
+              lora_dir: str | None = None) -> list[Prompt] | None:
     """Raise the first InputError this command would meet once distributed; otherwise return the
     prompts it checked (align, generate: the training prompts; evaluate: the evaluation prompts;
     None for the other commands). The command runs on these, read once: not on a second read of a
-    file that may have changed since its images were checked."""
+    file that may have changed since its images were checked. ``lora_dir``: evaluate's ``--lora``."""
     spec = storage_spec(cfg)
     prompts = None
     if command in _LOADS_MODEL:
@@ -43,7 +45,12 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
         ev = cfg.evaluation.prompts
         prompts = load_prompts(ev.path, ev.limit, spec, builtin=BUILTIN_EVAL_PROMPTS)
         check_images(prompts, cfg.model.family, ev.path, spec)
-        round_to_evaluate(store, cfg.rounds, round_index)
+        if lora_dir:
+            check_lora(cfg.model, lora_dir)
+        else:
+            round_to_evaluate(store, cfg.rounds, round_index)
+    if command in ("align", "train") and cfg.trainer.init_lora:
+        check_lora(cfg.model, cfg.trainer.init_lora, "trainer.init_lora " + cfg.trainer.init_lora)
     if command in _STAGE_OF:
         check_stage_inputs(store, _STAGE_OF[command], round_index or 0)
     check_resources(cfg, command, started_here)

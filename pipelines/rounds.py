@@ -231,7 +231,7 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         candidates = [{**c, "score": c[reward], "scorer": scored_as} for c in candidates]
     report = make_pairs(candidates, paths.index, cfg.pairing.min_gap, cfg.pairing.motion_threshold,
                          cfg.pairing.motion_matched, cfg.pairing.sharpness_matched, cfg.pairing.pairs_per_prompt,
-                         tuple(cfg.pairing.adjust_for))
+                         tuple(cfg.pairing.adjust_for), cfg.pairing.winner_threshold)
     summary = report.summary()
     log.info("pairing: %d pairs kept from %d candidates; candidates dropped %s, prompts dropped %s%s",
              len(report.pairs), len(candidates), summary["candidates_dropped"] or "none",

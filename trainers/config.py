@@ -28,6 +28,11 @@ class TrainerConfig(BaseModel):
     lora_rank: PositiveInt = 64
     lora_alpha: float = Field(128.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
+    # Warm start: round 0's policy starts from this LoRA directory instead of from zero (diffusers format,
+    # or a PEFT adapter such as an official VideoGPA release; actors.lora_formats), with its own r and
+    # alpha; the reference stays the base model. Later rounds start from the previous round's LoRA.
+    # A local path that the driver and every trainer worker can read (e.g. a shared volume).
+    init_lora: str | None = None
 
     # --- optimisation ---
     learning_rate: float = Field(5e-6, gt=0)

@@ -10,10 +10,14 @@ A family with two experts (Wan2.2-A14B) gets one policy (and reference) adapter 
 function here takes the family's ``lora_experts`` (pipeline component name -> module) and each
 expert exports to its own diffusers file (``actors.families.base.lora_weight_name``).
 
-Inference: the exported LoRA loads with ``pipe.load_lora_weights(dir)``; the SPEC uses a
-LoRA scale of 0.2 at inference for CogVideoX1.5 and Wan (``pipe.set_adapters(name, 0.2)`` /
-``actors.models.load_lora(pipe, model, dir, scale=0.2)``) and 1.0 for CogVideoX-5B. The scale is an
-inference-time choice; training always runs the adapter at scale 1 (alpha / r).
+Warm start (``trainer.init_lora``): round 0's policy starts from a given LoRA, e.g. an official
+release in PEFT format, exactly as that adapter computes (its r and alpha); the reference is the base.
+
+Inference: the exported LoRA loads with ``pipe.load_lora_weights(dir)``. ``sampling.lora_scale`` is
+the ``set_adapters`` weight, the update being scaled by weight × alpha / r: the recipes use 1.0 for
+CogVideoX-5B, 0.2 for Wan and 0.1 for CogVideoX1.5 (the official script's absolute PEFT scaling 0.2
+at alpha / r = 2). The scale is an inference-time choice; training always runs the adapter at
+scale 1 (alpha / r).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 
+from actors.errors import InputError
 from actors.families.base import lora_weight_name
+from actors.lora_formats import diffusers_lora_dir
 from trainers.config import TrainerConfig
 
 POLICY = "policy"
@@ -67,26 +73,32 @@ def add_lora(
     """Freeze the base weights and add the trainable ``policy`` adapter to each expert. With a
     previous round's LoRA (a local diffusers-format dir) the policy starts from it; it is also kept
     as the frozen ``reference`` adapter when ``reference_is_previous`` (else the reference is the base).
+    Without one, ``cfg.init_lora`` (any format ``actors.lora_formats`` reads) is the warm start.
     Returns the trainable parameters (exactly the policies' LoRA A/B matrices)."""
+    start = previous_lora_dir or cfg.init_lora
     params: list[torch.nn.Parameter] = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), \
+            diffusers_lora_dir(start) if start else contextlib.nullcontext() as start_dir:
         # LoRA A is randomly initialised: seed it so every rank, and every rerun, starts identical.
         torch.manual_seed(cfg.seed)
         for name, expert in experts.items():
-            params += _add_expert_lora(expert, name, cfg, target_modules, previous_lora_dir, reference_is_previous)
+            if start_dir and not os.path.isfile(os.path.join(start_dir, lora_weight_name(name))):
+                raise InputError(f"LoRA {start}: has no LoRA for the {name} expert ({lora_weight_name(name)}; "
+                                 "a PEFT adapter holds one transformer's)")
+            params += _add_expert_lora(expert, name, cfg, target_modules, start_dir, reference_is_previous)
     return params
 
 
 def _add_expert_lora(transformer: torch.nn.Module, expert: str, cfg: TrainerConfig,
-                     target_modules: tuple[str, ...] | list[str], previous_lora_dir: str | None,
+                     target_modules: tuple[str, ...] | list[str], start_dir: str | None,
                      reference_is_previous: bool) -> list[torch.nn.Parameter]:
     transformer.requires_grad_(False)
-    if previous_lora_dir is None:
+    if start_dir is None:
         transformer.add_adapter(lora_config(cfg, target_modules), adapter_name=POLICY)
     else:
-        # rank/alpha come from the file's adapter metadata (written by export_lora).
+        # rank/alpha come from the file's adapter metadata (written by export_lora or the conversion).
         transformer.load_lora_adapter(
-            previous_lora_dir, weight_name=lora_weight_name(expert), prefix="transformer", adapter_name=REFERENCE
+            start_dir, weight_name=lora_weight_name(expert), prefix="transformer", adapter_name=REFERENCE
         )
         pol_cfg = copy.deepcopy(transformer.peft_config[REFERENCE])
         pol_cfg.inference_mode = False

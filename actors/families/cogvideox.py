@@ -200,11 +200,12 @@ class CogVideoXFamily(VideoFamily):
         fixed = None
         if transformer.get("use_learned_positional_embeddings"):
             fixed = (transformer["sample_height"] * spatial, transformer["sample_width"] * spatial)
-        return SamplingShape(int(temporal), int(spatial * transformer["patch_size"]), fixed)
+        return SamplingShape(int(temporal), int(spatial * transformer["patch_size"]), fixed, dynamic_cfg=True)
 
     # ---- generation and encoding ---------------------------------------------------------------
 
     def generation_call(self, pipe, kwargs, image, sampling):
+        kwargs["use_dynamic_cfg"] = sampling.use_dynamic_cfg
         if image is not None:
             kwargs["image"] = [image] * len(kwargs["prompt"])  # CogVideoX-I2V encodes one image per generator
         return pipe, kwargs

@@ -60,6 +60,7 @@ class Wan22TI2VFamily(WanFamily):
         # package); WanPipeline.encode_prompt guards it, so the embeddings are made there.
         kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = pipe.encode_prompt(
             kwargs.pop("prompt"),
+            negative_prompt=kwargs.pop("negative_prompt", None),
             do_classifier_free_guidance=sampling.guidance_scale > 1.0,
             max_sequence_length=kwargs["max_sequence_length"],
             device=pipe._execution_device,

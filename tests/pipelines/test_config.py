@@ -84,3 +84,33 @@ def test_every_family_has_a_real_recipe_naming_one_of_its_checkpoints():
     assert set(recipes) == set(FAMILIES)
     for family, ids in recipes.items():
         assert set(ids) <= set(get_family(family).real_model_ids), (family, ids)
+
+
+# Wan's own default negative prompt (Wan2.1/2.2 wan/configs/shared_config.py, sample_neg_prompt).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
+
+def test_real_recipes_sample_and_train_as_the_official_code():
+    recipes = {path.name: load_config(path) for path in sorted((ROOT / "configs").glob("*.yaml"))}
+    real = {name: cfg for name, cfg in recipes.items() if cfg.model.pretrained != "tiny"}
+    for name, cfg in real.items():
+        s, t = cfg.sampling, cfg.trainer
+        wan = cfg.model.family.startswith("wan")
+        if wan:
+            assert s.num_frames == 81, name
+        assert s.negative_prompt == (WAN_NEGATIVE_PROMPT if wan else ""), name
+        assert s.use_dynamic_cfg == (cfg.model.family == "cogvideox1.5-t2v"), name
+        # AdamW weight decay: torch's default 0.01 (official CogVideoX/Wan training), 1e-3 for CogVideoX1.5.
+        assert t.weight_decay == (1e-3 if cfg.model.family == "cogvideox1.5-t2v" else 0.01), name
+        assert cfg.pairing.winner_threshold == 0.8 and cfg.scoring.scorer == "3dcs", name
+    # The LoRA strength at sampling, as the PEFT scaling (set_adapters weight × alpha / r) the official scripts use.
+    effective = {name: cfg.sampling.lora_scale * cfg.trainer.lora_alpha / cfg.trainer.lora_rank
+                 for name, cfg in real.items()}
+    assert effective["cogvideox1.5-5b.yaml"] == pytest.approx(0.2)  # scaling set to 0.2
+    assert effective["wan2.2-ti2v-5b.yaml"] == pytest.approx(0.2 * 2)  # 0.2 × the trained alpha / r
+    assert effective["cogvideox-5b.yaml"] == effective["cogvideox-5b-i2v.yaml"] == 2  # merged at full strength
+    assert (real["cogvideox1.5-5b.yaml"].sampling.fps, real["wan2.2-ti2v-5b.yaml"].sampling.fps) == (16, 24)

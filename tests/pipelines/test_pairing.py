@@ -119,3 +119,57 @@ def test_adjusted_pairs_rank_what_motion_does_not_explain():
     zero = make_pairs([*rows, _row("a", 9, 0.0, motion=0.0)], 0, min_gap=0.0, motion_threshold=0.0,
                       adjust_for=("motion",))
     assert zero.dropped_candidates["covariate_not_positive"] == 1
+
+
+def test_winner_threshold_drops_a_prompt_whose_best_is_not_below_it():
+    # As the official code: winner_score >= threshold -> no pair, checked before the gap.
+    rows = [_row("a", 1, 0.80), _row("a", 2, 0.95),  # best exactly at the threshold: dropped
+            _row("b", 3, 0.79), _row("b", 4, 0.95),  # best below it: kept
+            _row("c", 5, 0.85), _row("c", 6, 0.86)]  # both too bad and too close: counted as the threshold
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, winner_threshold=0.8)
+    assert [p.prompt_id for p in report.pairs] == ["b"]
+    assert report.summary()["prompts_dropped"] == {"winner_not_below_threshold": 2}
+    assert len(make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001).pairs) == 2  # no threshold: a and b
+
+
+def test_winner_threshold_stops_further_pairs_and_reads_the_raw_score():
+    rows = [_row("a", 1, 0.1), _row("a", 2, 0.85), _row("a", 3, 0.9), _row("a", 4, 1.5)]
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001, pairs_per_prompt=2, winner_threshold=0.8)
+    assert [(p.winner["seed"], p.loser["seed"]) for p in report.pairs] == [(1, 4)]  # 0.85 cannot win
+    # Ranked by a covariate-adjusted score, the threshold applies to the winner's raw score: prompt a's
+    # winner (seed 1, the slow one) is adjusted to 0.59 but scored 0.85.
+    rows = [_row("a", 1, 0.85, motion=0.1), _row("a", 2, 0.82, motion=1.0), _row("a", 3, 1.3, motion=1.0),
+            _row("b", 4, 0.2, motion=1.0), _row("b", 5, 0.9, motion=0.1), _row("b", 6, 0.95, motion=0.1)]
+    unchecked = make_pairs(rows, 0, min_gap=0.0, motion_threshold=0.001, adjust_for=("motion",))
+    assert {p.prompt_id: p.winner["seed"] for p in unchecked.pairs} == {"a": 1, "b": 4}
+    assert unchecked.pairs[0].winner["pairing_score"] < 0.8
+    report = make_pairs(rows, 0, min_gap=0.0, motion_threshold=0.001, adjust_for=("motion",), winner_threshold=0.8)
+    assert [p.prompt_id for p in report.pairs] == ["b"]
+    assert report.dropped_prompts == {"winner_not_below_threshold": 1}
+
+
+def test_the_pairs_stage_applies_pairing_winner_threshold_and_reports_its_drops(tmp_path):
+    # Before any pair is encoded: a round whose every prompt fails the threshold stops with the count
+    # by reason that metrics.json would hold (its prompts_dropped).
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from actors.errors import InputError
+    from pipelines.config import load_config
+    from pipelines.rounds import RoundPaths, _pairs_stage, storage_spec
+    from pipelines.stages import CANDIDATE_META_COLUMNS
+    from pipelines.storage import RunStore
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml",
+                      [f"output_uri={tmp_path}", "pairing.winner_threshold=0.5"])
+    store, paths = RunStore(storage_spec(cfg), cfg.run_name), RoundPaths(0)
+    rows = [{**{k: 0.5 for k in CANDIDATE_META_COLUMNS}, **_row(p, s, score), "round": 0, "video_uri": "",
+             "scorer": f"{cfg.scoring.scorer}:{cfg.scoring.backend}", cfg.scoring.scorer: score}
+            for p, s, score in (("a", 1, 0.6), ("a", 2, 0.9), ("b", 3, 0.5), ("b", 4, 0.8))]
+    Path(store.path(paths.candidates)).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), store.path(f"{paths.candidates}/part-0.parquet"))
+    store.write_json(paths.marker("candidates"), {"files": [{"path": f"{paths.candidates}/part-0.parquet"}]})
+    with pytest.raises(InputError, match=r"no preference pairs \(prompts dropped: \{'winner_not_below_threshold': 2\}"):
+        _pairs_stage(cfg, store, [], paths)

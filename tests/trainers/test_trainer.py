@@ -107,7 +107,7 @@ def test_exported_lora_loads_in_the_family_pipeline(one_worker_run):
         tuned = run()
     assert not torch.allclose(base, tuned)
     assert t.peft_config["dpo"].lora_alpha == 4 and t.peft_config["dpo"].r == 4
-    load_lora(pipe, MODEL, lora_dir, scale=0.2)  # the inference scale used for CogVideoX1.5 / Wan
+    load_lora(pipe, MODEL, lora_dir, scale=0.2)  # the Wan recipes' inference scale
 
 
 def test_the_checkpoint_of_lowest_validation_loss_is_kept_and_exported(one_worker_run):

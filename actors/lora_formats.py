@@ -1,0 +1,202 @@
+"""The LoRA directory formats videogpa reads, and their conversion to the one it loads: diffusers format.
+
+* ``diffusers``: ``pytorch_lora_weights.safetensors`` (+ ``pytorch_lora_weights_transformer_2.safetensors``
+  for a second expert), keys ``transformer.<module>.lora_A.weight``, the LoRA config (r, alpha, targets)
+  in the file's metadata. What videogpa exports and ``pipe.load_lora_weights(dir)`` reads.
+* ``peft``: a PEFT ``save_pretrained`` of the transformer, as the official VideoGPA code trains and
+  releases its LoRAs: ``adapter_model.safetensors`` with keys ``base_model.model.<module>.lora_A.weight``
+  and ``adapter_config.json`` (r, lora_alpha, target_modules), modules named as in diffusers.
+* ``peft-wan``: the same for a Wan model trained on the original Wan code (the official Wan2.2-TI2V
+  LoRA): modules named ``blocks.N.self_attn.q`` … ``blocks.N.cross_attn.o``. diffusers' own converter
+  of original Wan LoRAs (``WanPipeline.lora_state_dict``) renames them to ``blocks.N.attn1.to_q`` ….
+
+A converted LoRA keeps its r and lora_alpha in the diffusers metadata, so its strength at a given
+``set_adapters`` weight is the same as the PEFT adapter's (weight × lora_alpha / r).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from actors.errors import InputError
+from actors.families.base import LORA_WEIGHT_NAME, lora_weight_name
+from actors.model_config import ModelConfig
+
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
+# A module of the original Wan code: the q/k/v/o projections of blocks.N.self_attn / cross_attn.
+_WAN_ORIGINAL = re.compile(r"(^|\.)blocks\.\d+\.(self_attn|cross_attn)\.")
+# What the LoRA's strength depends on; the rest of a LoraConfig (paths, task, peft version) is not copied,
+# so the converted file loads with any peft that diffusers accepts.
+_CONFIG_KEYS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "lora_bias")
+
+LoraFormat = Literal["diffusers", "peft", "peft-wan"]
+
+
+def lora_format(lora_dir: str, name: str | None = None) -> LoraFormat:
+    """Which format ``lora_dir`` holds, or one InputError naming it (as ``name``: where it came from,
+    when that is not the local path) and what is wrong."""
+    name = name or lora_dir
+    path = Path(lora_dir)
+    if not path.is_dir():
+        raise InputError(f"LoRA {name}: not a directory")
+    if (path / LORA_WEIGHT_NAME).is_file():
+        if not any(".lora_" in k for k in _safetensors_keys(path / LORA_WEIGHT_NAME, name)):
+            raise InputError(f"LoRA {name}: {LORA_WEIGHT_NAME} holds no LoRA weights (keys <module>.lora_A/B.weight)")
+        return "diffusers"
+    if (path / PEFT_WEIGHTS).is_file():
+        if not (path / PEFT_CONFIG).is_file():
+            raise InputError(f"LoRA {name}: PEFT weights without {PEFT_CONFIG} (its r and lora_alpha)")
+        keys = _safetensors_keys(path / PEFT_WEIGHTS, name)
+        return "peft-wan" if any(_WAN_ORIGINAL.search(k) for k in keys) else "peft"
+    if (path / "adapter_model.bin").is_file():
+        raise InputError(f"LoRA {name}: pickled PEFT weights (adapter_model.bin) are not read; save the adapter "
+                         f"with safe_serialization=True ({PEFT_WEIGHTS})")
+    raise InputError(f"LoRA {name}: neither a diffusers LoRA ({LORA_WEIGHT_NAME}) nor a PEFT adapter "
+                     f"({PEFT_WEIGHTS} + {PEFT_CONFIG})")
+
+
+def check_lora(model: ModelConfig, lora_dir: str, name: str | None = None) -> LoraFormat:
+    """The format of a LoRA directory that ``model`` can load, or one InputError naming it."""
+    from actors.families import get_family
+
+    fmt = lora_format(lora_dir, name)
+    experts = get_family(model.family).experts
+    if fmt != "diffusers" and len(experts) > 1:
+        raise InputError(f"LoRA {name or lora_dir}: a PEFT adapter holds one transformer's LoRA; {model.family} has "
+                         f"{len(experts)} experts and needs a diffusers LoRA with one file per expert")
+    for expert in experts if fmt == "diffusers" else ():
+        if not (Path(lora_dir) / lora_weight_name(expert)).is_file():
+            raise InputError(f"LoRA {name or lora_dir}: has no {lora_weight_name(expert)}, the LoRA of "
+                             f"{model.family}'s {expert}")
+    return fmt
+
+
+def lora_files(lora_dir: str, name: str | None = None) -> list[str]:
+    """The files of ``lora_dir`` that make up its LoRA (weights and config; not a model card)."""
+    fmt = lora_format(lora_dir, name)
+    if fmt == "diffusers":
+        return sorted(f.name for f in Path(lora_dir).glob("pytorch_lora_weights*.safetensors"))
+    return [PEFT_WEIGHTS, PEFT_CONFIG]
+
+
+def _safetensors_keys(file: Path, name: str) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return list(f.keys())
+    except (OSError, SafetensorError) as err:
+        raise InputError(f"LoRA {name}: {file.name} is not a readable safetensors file ({err})") from None
+
+
+def lora_module_names(lora_dir: str, weight_name: str = LORA_WEIGHT_NAME) -> set[str]:
+    """The transformer modules a diffusers-format LoRA file adapts (``transformer.`` prefix removed)."""
+    keys = _safetensors_keys(Path(lora_dir) / weight_name, lora_dir)
+    return {k.split(".lora_")[0].removeprefix("transformer.") for k in keys if ".lora_" in k}
+
+
+def peft_to_diffusers(lora_dir: str, name: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A PEFT adapter directory as a diffusers LoRA: (state dict keyed by transformer module, no prefix;
+    the LoRA config for the diffusers metadata). ``peft-wan`` keys are renamed by diffusers' converter."""
+    import safetensors.torch
+    from peft import LoraConfig
+    from safetensors import SafetensorError
+
+    name = name or lora_dir
+    fmt = lora_format(lora_dir, name)
+    if fmt == "diffusers":
+        raise InputError(f"LoRA {name}: already in diffusers format")
+    try:
+        config = LoraConfig.from_pretrained(lora_dir)
+    except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError) as err:
+        raise InputError(f"LoRA {name}: {PEFT_CONFIG} is not a LoRA config ({type(err).__name__}: {err})") from None
+    if not isinstance(config, LoraConfig):
+        raise InputError(f"LoRA {name}: {PEFT_CONFIG} is a {type(config).__name__}, not a LoRA")
+    try:
+        state = safetensors.torch.load_file(str(Path(lora_dir) / PEFT_WEIGHTS))
+    except (OSError, SafetensorError) as err:
+        raise InputError(f"LoRA {name}: {PEFT_WEIGHTS} is not a readable safetensors file ({err})") from None
+    if not state or not all(k.startswith(PEFT_PREFIX) and ".lora_" in k for k in state):
+        raise InputError(f"LoRA {name}: {PEFT_WEIGHTS} does not hold PEFT LoRA weights "
+                         f"(keys {PEFT_PREFIX}<module>.lora_A/B.weight)")
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+    if fmt == "peft-wan":
+        if config.rank_pattern or config.alpha_pattern:
+            raise InputError(f"LoRA {name}: rank_pattern/alpha_pattern on original Wan module names cannot be "
+                             "renamed to diffusers modules")
+        from diffusers import WanPipeline
+
+        try:
+            state = WanPipeline.lora_state_dict({f"diffusion_model.{k}": v for k, v in state.items()})
+        except (ValueError, KeyError) as err:
+            raise InputError(f"LoRA {name}: original Wan module names diffusers cannot convert "
+                             f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+        state = {k.removeprefix("transformer."): v for k, v in state.items()}
+    metadata = {key: getattr(config, key) for key in _CONFIG_KEYS}
+    # The exact modules of the file: a LoRA made for another architecture then fails to load instead
+    # of adapting whatever modules share a name.
+    metadata["target_modules"] = sorted({k.split(".lora_")[0] for k in state})
+    return state, metadata
+
+
+def write_diffusers_lora(state: dict[str, Any], metadata: dict[str, Any], out_dir: str,
+                         weight_name: str = LORA_WEIGHT_NAME) -> str:
+    """Write a transformer LoRA as diffusers does (``save_lora_weights`` of its LoRA loaders): keys and
+    metadata under the ``transformer`` prefix. Returns the file's path."""
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
+    os.makedirs(out_dir, exist_ok=True)
+    LoraBaseMixin.write_lora_layers(
+        state_dict=LoraBaseMixin.pack_weights(state, "transformer"),
+        save_directory=out_dir,
+        is_main_process=True,
+        weight_name=weight_name,
+        save_function=None,
+        safe_serialization=True,
+        lora_adapter_metadata=LoraBaseMixin.pack_weights(metadata, "transformer"),
+    )
+    return os.path.join(out_dir, weight_name)
+
+
+def convert_lora(lora_dir: str, out_dir: str) -> LoraFormat:
+    """Write ``lora_dir`` (PEFT format) as a diffusers-format LoRA directory ``out_dir`` (made whole
+    under a temporary name, then renamed, so a failure leaves nothing half-written). Returns the source format."""
+    fmt = lora_format(lora_dir)
+    if fmt == "diffusers":
+        raise InputError(f"LoRA {lora_dir}: already in diffusers format; nothing to convert")
+    if os.path.exists(out_dir):
+        raise InputError(f"{out_dir}: already exists; give a new directory for the converted LoRA")
+    state, metadata = peft_to_diffusers(lora_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
+    try:
+        write_diffusers_lora(state, metadata, tmp)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return fmt
+
+
+@contextlib.contextmanager
+def diffusers_lora_dir(lora_dir: str, name: str | None = None) -> Iterator[str]:
+    """``lora_dir`` itself when it is in diffusers format, else a temporary diffusers-format copy:
+    every format then loads through the one diffusers path."""
+    if lora_format(lora_dir, name) == "diffusers":
+        yield lora_dir
+        return
+    state, metadata = peft_to_diffusers(lora_dir, name)
+    with tempfile.TemporaryDirectory(prefix="videogpa-lora-") as tmp:
+        write_diffusers_lora(state, metadata, tmp)
+        yield tmp
