@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from actors.errors import InputError
-from pipelines.config import VideoGPAConfig, dump_config
+from pipelines.config import VideoGPAConfig, build_config, dump_config
 from pipelines.storage import RunStore
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,19 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _as_schema_reads_it(recorded: dict) -> dict:
+    """A recorded config as the current schema resolves it: keys added to the schema since it was
+    written take their defaults (a new option is no change of meaning); one the schema no longer
+    accepts leaves it as written, so the difference shows."""
+    try:
+        return yaml.safe_load(dump_config(build_config(recorded)))
+    except InputError:
+        return recorded
+
+
 def meaning_changes(first: dict, now: dict) -> list[str]:
     """Dotted keys whose value differs between two configs, less those in :data:`FREE_TO_CHANGE`."""
-    a, b = _flatten(first), _flatten(now)
+    a, b = _flatten(_as_schema_reads_it(first)), _flatten(now)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [k for k in changed if not any(k == free or k.startswith(free + ".") for free in FREE_TO_CHANGE)]
 
