@@ -107,6 +107,9 @@ def test_real_recipes_sample_and_train_as_the_official_code():
         # AdamW weight decay: torch's default 0.01 (official CogVideoX/Wan training), 1e-3 for CogVideoX1.5.
         assert t.weight_decay == (1e-3 if cfg.model.family == "cogvideox1.5-t2v" else 0.01), name
         assert cfg.pairing.winner_threshold == 0.8 and cfg.scoring.scorer == "3dcs", name
+        assert (t.validation_fraction, t.loss) == (0.02, "sigmoid"), name  # the official 98/2 split, DPO loss
+        if cfg.rounds == 1:  # online.yaml: 1,000 steps a round
+            assert t.max_steps == (1500 if cfg.model.family == "cogvideox1.5-t2v" else 10_000), name
     # The LoRA strength at sampling, as the PEFT scaling (set_adapters weight × alpha / r) the official scripts use.
     effective = {name: cfg.sampling.lora_scale * cfg.trainer.lora_alpha / cfg.trainer.lora_rank
                  for name, cfg in real.items()}
