@@ -11,7 +11,9 @@ All functions are pure tensor code that runs on whatever device the inputs are o
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,12 +30,16 @@ NEAR = 1e-6
 @dataclass
 class Geometry:
     """What a GFM predicts for T frames: depth and confidence ``[T,H,W]``,
-    pixel intrinsics ``[T,3,3]``, world->camera extrinsics ``[T,3,4]`` (OpenCV axes)."""
+    pixel intrinsics ``[T,3,3]``, world->camera extrinsics ``[T,3,4]`` (OpenCV axes), and
+    optionally a point map ``points [T,H,W,3]``: the world point seen at each pixel, as a
+    point-map head predicts it (VGGT's ``world_points``). With a point map, the re-rendered
+    cloud is built from it (``conf`` still filters it); without, from depth and cameras."""
 
     depth: Tensor
     conf: Tensor
     intrinsics: Tensor
     extrinsics: Tensor
+    points: Tensor | None = None
 
     def __post_init__(self) -> None:
         t, h, w = self.depth.shape if self.depth.ndim == 3 else (None, None, None)
@@ -45,6 +51,8 @@ class Geometry:
                 f"geometry: expected intrinsics [{t},3,3] and extrinsics [{t},3,4], got "
                 f"{tuple(self.intrinsics.shape)} / {tuple(self.extrinsics.shape)}"
             )
+        if self.points is not None and self.points.shape != (t, h, w, 3):
+            raise InputError(f"geometry: points must be [{t},{h},{w},3], got {tuple(self.points.shape)}")
 
     @property
     def num_frames(self) -> int:
@@ -54,25 +62,33 @@ class Geometry:
     def hw(self) -> tuple[int, int]:
         return self.depth.shape[1], self.depth.shape[2]
 
+    def _map(self, fn) -> Geometry:
+        return Geometry(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                           for f in fields(self)})
+
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Geometry:
-        return Geometry(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
+        return self._map(lambda x: x.to(device=device, dtype=dtype))
 
     def select(self, indices: list[int] | Tensor) -> Geometry:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.depth.device)
-        return Geometry(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        return self._map(lambda x: x[idx])
 
 
-def sample_frame_indices(num_frames: int, num_samples: int) -> list[int]:
-    """``num_samples`` indices spread uniformly over ``[0, num_frames)``, first and last included.
+def sample_frame_indices(num_frames: int, num_samples: int, rule: Literal["floor", "round"] = "floor") -> list[int]:
+    """``num_samples`` indices spread uniformly over ``[0, num_frames)``, first and last included:
+    ``linspace(0, F-1, T)`` floored to integers (the official code's rule) or rounded.
 
     A clip with fewer frames than requested is used whole (no duplicated frames:
     a repeated frame would re-render itself perfectly and flatter the score).
     """
     if num_frames <= 0 or num_samples <= 0:
         raise InputError(f"frame sampling: need positive counts, got num_frames={num_frames}, T={num_samples}")
+    if rule not in ("floor", "round"):
+        raise InputError(f"frame sampling: rule must be floor|round, got {rule!r}")
     if num_frames <= num_samples:
         return list(range(num_frames))
-    return np.linspace(0, num_frames - 1, num_samples).round().astype(int).tolist()
+    positions = np.linspace(0, num_frames - 1, num_samples)
+    return (np.floor(positions) if rule == "floor" else positions.round()).astype(int).tolist()
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -101,6 +117,24 @@ def patch_transform(h: int, w: int, resolution: int = 518, patch: int = 14) -> F
     return FrameTransform((h, w), (new_h, new_w), (new_h - out_h) // 2, 0, (out_h, new_w))
 
 
+def center_square_resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """The official scorer's input: the largest centred square of each ``[T,H,W,3]`` frame, resized
+    to ``size x size`` by OpenCV's bilinear ``INTER_LINEAR`` (no antialiasing), in the frames' dtype
+    (720x480 -> its central 480x480 -> 518x518)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise InputError(f"frames: expected [T,H,W,3], got shape {frames.shape}")
+    if size <= 0:
+        raise InputError(f"scoring.resolution: must be positive, got {size}")
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = frames[:, top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    return np.stack([cv2.resize(np.ascontiguousarray(f), (size, size), interpolation=cv2.INTER_LINEAR)
+                     for f in square])
+
+
 def resize_transform(h: int, w: int, out_h: int, out_w: int) -> FrameTransform:
     return FrameTransform((h, w), (out_h, out_w), 0, 0, (out_h, out_w))
 
@@ -117,14 +151,18 @@ def transform_frames(frames: Tensor, tf: FrameTransform) -> Tensor:
 
 
 def transform_geometry(geometry: Geometry, tf: FrameTransform) -> Geometry:
-    """Apply ``tf`` to a geometry: nearest resampling for depth/conf (no blending across
+    """Apply ``tf`` to a geometry: nearest resampling for depth/conf/points (no blending across
     depth edges), intrinsics rescaled and shifted so they still describe the pixels."""
     if geometry.hw != tf.in_hw:
         raise InputError(f"geometry: size {geometry.hw} does not match the frames {tf.in_hw}")
-    maps = torch.stack([geometry.depth, geometry.conf], dim=1)
+    channels = [geometry.depth[:, None], geometry.conf[:, None]]
+    if geometry.points is not None:
+        channels.append(geometry.points.permute(0, 3, 1, 2))
+    maps = torch.cat(channels, dim=1)
     if tf.resized_hw != tf.in_hw:
         maps = F.interpolate(maps, size=tf.resized_hw, mode="nearest-exact")
     maps = _crop(maps, tf)
+    points = maps[:, 2:].permute(0, 2, 3, 1).contiguous() if geometry.points is not None else None
     sy = tf.resized_hw[0] / tf.in_hw[0]
     sx = tf.resized_hw[1] / tf.in_hw[1]
     k = geometry.intrinsics.clone()
@@ -134,7 +172,7 @@ def transform_geometry(geometry: Geometry, tf: FrameTransform) -> Geometry:
     k[:, 1, 1] *= sy
     k[:, 0, 2] = (k[:, 0, 2] + 0.5) * sx - 0.5 - tf.left
     k[:, 1, 2] = (k[:, 1, 2] + 0.5) * sy - 0.5 - tf.top
-    return Geometry(maps[:, 0].contiguous(), maps[:, 1].contiguous(), k, geometry.extrinsics.clone())
+    return Geometry(maps[:, 0].contiguous(), maps[:, 1].contiguous(), k, geometry.extrinsics.clone(), points)
 
 
 def resize_geometry(geometry: Geometry, out_h: int, out_w: int) -> Geometry:
@@ -180,14 +218,20 @@ def depth_to_world(geometry: Geometry) -> Tensor:
 
 
 def unproject(geometry: Geometry, frames: Tensor, conf_threshold: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Back-project every kept pixel of every frame into one world point cloud.
+    """Back-project every kept pixel of every frame into one world point cloud: the point map
+    where the geometry has one, else depth and cameras (pixels with depth > 0).
 
     ``frames`` float ``[T,3,H,W]`` give the colours. Returns ``points [N,3]`` and ``colors [N,3]``.
     """
     if frames.shape[0] != geometry.num_frames or tuple(frames.shape[-2:]) != geometry.hw:
         raise InputError(f"frames {tuple(frames.shape)} do not match geometry {geometry.num_frames}x{geometry.hw}")
-    mask = confidence_mask(geometry.conf, conf_threshold) & (geometry.depth > 0)
-    points = depth_to_world(geometry)[mask]
+    mask = confidence_mask(geometry.conf, conf_threshold)
+    if geometry.points is None:
+        mask &= geometry.depth > 0
+        points = depth_to_world(geometry)[mask]
+    else:
+        mask &= torch.isfinite(geometry.points).all(dim=-1)
+        points = geometry.points[mask]
     colors = frames.permute(0, 2, 3, 1)[mask]
     return points, colors
 

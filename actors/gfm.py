@@ -1,21 +1,27 @@
 """Geometry foundation model (GFM) backends: frames -> per-frame depth, confidence and cameras.
 
-Every backend works at its own resolution: ``prepare`` maps input frames ``[T,3,H,W]``
-in [0,1] to the frames it actually sees, and ``predict`` returns a ``Geometry`` of
-those frames (``VideoScorer`` resizes the geometry to the prepared frames if a
-backend returns another size), so reprojection always compares like with like.
+Every backend works at its own input size (``resolution``, default ``DEFAULT_RESOLUTION``:
+vggt 518, da3 504, tiny 56, oracle the frames' own): ``prepare`` maps input frames
+``[T,3,H,W]`` in [0,1] to the frames it actually sees, and ``predict`` returns a ``Geometry``
+of those frames (``VideoScorer`` resizes the geometry to the prepared frames if a backend
+returns another size), so reprojection always compares like with like. By default
+(``input_layout: center_square``) ``prepare`` is the official scorer's: the largest centred
+square, resized to ``resolution`` x ``resolution``; ``full_width`` keeps the whole width.
 
-Backends: ``tiny`` (small built-in conv net, offline), ``oracle`` (ground truth of the
-synthetic world, passed alongside the frames), ``vggt`` and ``da3`` (optional packages,
-imported lazily).
+Backends: ``tiny`` (small built-in conv net, offline; random init unless weights are given),
+``oracle`` (ground truth of the synthetic world, passed alongside the frames), ``vggt`` and
+``da3`` (optional packages, imported lazily). ``random_weights`` says when a backend's
+network is untrained (its scores then rank nothing); building one logs it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -24,11 +30,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from actors.errors import InputError
-from actors.geometry import Geometry, patch_transform, resize_geometry, transform_frames
+from actors.geometry import Geometry, center_square_resize, patch_transform, resize_geometry, transform_frames
+
+logger = logging.getLogger(__name__)
 
 VGGT_DEFAULT_ID = "facebook/VGGT-1B"
-DA3_DEFAULT_ID = "depth-anything/DA3NESTED-GIANT-LARGE"
+DA3_DEFAULT_ID = "depth-anything/DA3-Large"  # the official evaluation GFM
 TINY_SEED = 0
+# The official sampler's square size: every frame becomes its central square at 518 x 518 before
+# any GFM sees it (DA3 then resizes it to its own process_res).
+OFFICIAL_SQUARE_SIZE = 518
+
+
+InputLayout = Literal["center_square", "full_width"]
 
 
 # The ``scoring`` config section. It lives here, beside the backends it selects, so that this
@@ -40,24 +54,52 @@ class ScoringConfig(BaseModel):
     weights: str | None = None  # tiny: safetensors file; vggt/da3: hub id or local dir
     scorer: Literal["3dcs", "epipolar"] = "3dcs"
     num_frames: int = Field(10, ge=2)
+    # linspace(0, F-1, T) floored (official) or rounded (this project's earlier rule)
+    frame_indices: Literal["floor", "round"] = "floor"
     conf_threshold: float = Field(0.0, ge=0.0, lt=100.0)  # percent of lowest-confidence points dropped
     lpips_weight: float = Field(1.0, ge=0.0)
     lpips_backbone: Literal["auto", "pretrained", "random"] = "auto"
-    resolution: int = Field(518, gt=0, multiple_of=14)
+    # GFM input size; null: the backend's own (vggt 518, da3 504 = DA3's process_res, tiny 56;
+    # oracle: always the frames' own size).
+    resolution: int | None = Field(None, gt=0, multiple_of=14)
+    # center_square (official): the largest centred square resized to resolution x resolution;
+    # full_width: width -> resolution, height to a patch-14 multiple (cropped to resolution if taller).
+    input_layout: InputLayout = "center_square"
+    # VGGT's re-rendered cloud: its point-map head (world_points, filtered by depth_conf: official)
+    # or its depth head unprojected with its cameras.
+    vggt_points: Literal["point_map", "depth"] = "point_map"
     # Epipolar: frames whose shorter side is below this are upscaled (bicubic) to it before SIFT,
     # which finds too few keypoints on tiny frames (32 px) to fit F; 0 = native size.
     epipolar_min_size: int = Field(0, ge=0)
 
 
+def _as_uint8_frames(frames: Tensor) -> np.ndarray:
+    """Float ``[T,3,H,W]`` in [0,1] -> uint8 ``[T,H,W,3]`` (exact for frames that came from uint8)."""
+    return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _as_float_frames(frames: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 255.0
+
+
 class GFMBackend(ABC):
     name: str = "base"
+    DEFAULT_RESOLUTION: int | None = 518
+    random_weights: bool = False  # True: an untrained network, whose scores rank nothing
 
-    def __init__(self, resolution: int = 518, device: torch.device | str = "cpu") -> None:
-        self.resolution = resolution
+    def __init__(
+        self, resolution: int | None = None, device: torch.device | str = "cpu",
+        input_layout: InputLayout = "center_square",
+    ) -> None:
+        self.resolution = resolution if resolution is not None else self.DEFAULT_RESOLUTION
         self.device = torch.device(device)
+        self.input_layout = input_layout
 
     def prepare(self, frames: Tensor) -> Tensor:
-        """Frames at the backend's working resolution: VGGT-style resize to a patch-14 multiple."""
+        """Frames as the backend sees them: ``center_square`` (official: the central square, uint8,
+        OpenCV bilinear to ``resolution``) or ``full_width`` (VGGT's "crop" preprocessing)."""
+        if self.input_layout == "center_square":
+            return _as_float_frames(center_square_resize(_as_uint8_frames(frames), self.resolution), frames.device)
         tf = patch_transform(frames.shape[-2], frames.shape[-1], self.resolution)
         return transform_frames(frames, tf)
 
@@ -138,10 +180,15 @@ def build_tiny_gfm(weights: str | None = None) -> TinyGFM:
 
 class TinyBackend(GFMBackend):
     name = "tiny"
+    DEFAULT_RESOLUTION = 56  # what the committed miniature GFM was trained at (benchmarks/miniature_lab)
 
-    def __init__(self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu") -> None:
-        super().__init__(resolution, device)
+    def __init__(
+        self, weights: str | None = None, resolution: int | None = None, device: torch.device | str = "cpu",
+        input_layout: InputLayout = "center_square",
+    ) -> None:
+        super().__init__(resolution, device, input_layout)
         self.model = build_tiny_gfm(weights).to(self.device)
+        self.random_weights = weights is None
 
     @torch.no_grad()
     def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
@@ -155,9 +202,10 @@ class OracleBackend(GFMBackend):
     """Returns the ground truth passed alongside the frames (synthetic world), at the frames' size."""
 
     name = "oracle"
+    DEFAULT_RESOLUTION = None
 
     def prepare(self, frames: Tensor) -> Tensor:
-        return frames  # ground truth exists at the native resolution: no resampling needed
+        return frames  # ground truth exists at the native resolution, for the whole frame: used as it is
 
     def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
         if ground_truth is None:
@@ -175,17 +223,22 @@ def _missing(backend: str, package: str, hint: str) -> InputError:
 
 
 class VGGTBackend(GFMBackend):
-    """VGGT (facebook/VGGT-1B): 518 px frames with patch 14; depth, depth_conf and a pose
-    encoding that ``pose_encoding_to_extri_intri`` turns into OpenCV world->camera extrinsics
-    (first camera = world) and pixel intrinsics."""
+    """VGGT (facebook/VGGT-1B): 518 px frames with patch 14; depth, depth_conf, the point map
+    ``world_points`` and a pose encoding that ``pose_encoding_to_extri_intri`` turns into OpenCV
+    world->camera extrinsics (first camera = world) and pixel intrinsics. ``points="point_map"``
+    (official) re-renders VGGT's point map, filtered by ``depth_conf``; ``"depth"`` unprojects
+    the depth head with the cameras. MVCS and motion use depth and cameras either way."""
 
     name = "vggt"
+    DEFAULT_RESOLUTION = 518
 
     def __init__(
-        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu",
-        model: nn.Module | None = None
+        self, weights: str | None = None, resolution: int | None = None, device: torch.device | str = "cpu",
+        model: nn.Module | None = None, input_layout: InputLayout = "center_square",
+        points: Literal["point_map", "depth"] = "point_map",
     ) -> None:
-        super().__init__(resolution, device)
+        super().__init__(resolution, device, input_layout)
+        self.points = points
         try:
             from vggt.utils.pose_enc import pose_encoding_to_extri_intri
         except ImportError:
@@ -204,30 +257,65 @@ class VGGTBackend(GFMBackend):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = self.model(images)
         extrinsics, intrinsics = self._to_cameras(out["pose_enc"].float(), images.shape[-2:])
+        points = None
+        if self.points == "point_map":
+            if out.get("world_points") is None:
+                raise InputError("GFM backend 'vggt': the model has no point-map head (world_points); "
+                                 "use scoring.vggt_points=depth")
+            points = out["world_points"][0].float()
         return Geometry(
             depth=out["depth"][0, ..., 0].float(),
             conf=out["depth_conf"][0].float(),
             intrinsics=intrinsics[0].float(),
             extrinsics=extrinsics[0].float(),
+            points=points,
         )
 
 
 # ----------------------------------------------------------------------------- da3
 
 
+def upper_bound_resize(frames: np.ndarray, size: int, patch: int = 14) -> np.ndarray:
+    """DA3's ``upper_bound_resize`` of uint8 ``[T,H,W,3]`` frames: the longest side to ``size``
+    (OpenCV INTER_AREA down, INTER_CUBIC up), then each side to its nearest ``patch`` multiple."""
+
+    def resize(x: np.ndarray, hw: tuple[int, int], up: bool) -> np.ndarray:
+        interp = cv2.INTER_CUBIC if up else cv2.INTER_AREA
+        return np.stack([cv2.resize(np.ascontiguousarray(f), hw[::-1], interpolation=interp) for f in x])
+
+    h, w = frames.shape[1:3]
+    if max(h, w) != size:
+        scale = size / max(h, w)
+        hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+        frames, (h, w) = resize(frames, hw, scale > 1), hw
+
+    def nearest(x: int) -> int:  # DA3's rule: the nearer multiple, up on a tie
+        down = x // patch * patch
+        return max(1, down + patch if down + patch - x <= x - down else down)
+
+    hw = (nearest(h), nearest(w))
+    if hw != (h, w):
+        frames = resize(frames, hw, hw[0] > h or hw[1] > w)
+    return frames
+
+
 class DA3Backend(GFMBackend):
     """Depth Anything 3 through its ``DepthAnything3.inference`` API (numpy in, numpy out:
     ``depth``/``conf`` [N,H,W], ``extrinsics`` [N,3,4] OpenCV world->camera, ``intrinsics``
-    [N,3,3], ``processed_images`` [N,H,W,3]). Frames are prepared to a patch-14 size no
-    larger than ``resolution`` so DA3's own "upper_bound_resize" keeps them as they are."""
+    [N,3,3], ``processed_images`` [N,H,W,3]). ``center_square`` prepares frames as the official
+    evaluation feeds DA3-Large: the 518 x 518 central square, then DA3's own upper-bound resize
+    to ``resolution`` (its process_res, 504), done here so the scored frames are the ones DA3
+    sees (it keeps frames already at that size as they are). ``full_width``: a patch-14 size no
+    larger than ``resolution``."""
 
     name = "da3"
+    DEFAULT_RESOLUTION = 504
 
     def __init__(
-        self, weights: str | None = None, resolution: int = 518, device: torch.device | str = "cpu",
-        model: nn.Module | None = None
+        self, weights: str | None = None, resolution: int | None = None, device: torch.device | str = "cpu",
+        model: nn.Module | None = None, input_layout: InputLayout = "center_square",
     ) -> None:
-        super().__init__(resolution, device)
+        super().__init__(resolution, device, input_layout)
         if model is None:
             try:
                 from depth_anything_3.api import DepthAnything3
@@ -236,13 +324,21 @@ class DA3Backend(GFMBackend):
             model = DepthAnything3.from_pretrained(weights or DA3_DEFAULT_ID)
         self.model = model.to(self.device).eval()
 
+    def prepare(self, frames: Tensor) -> Tensor:
+        if self.input_layout == "full_width":
+            return super().prepare(frames)
+        square = center_square_resize(_as_uint8_frames(frames), OFFICIAL_SQUARE_SIZE)
+        return _as_float_frames(upper_bound_resize(square, self.resolution), frames.device)
+
     @torch.no_grad()
     def predict(self, frames: Tensor, ground_truth: Geometry | None = None) -> Geometry:
-        images = [(f.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for f in frames]
+        images = list(_as_uint8_frames(frames))
         pred = self.model.inference(images, process_res=self.resolution, process_res_method="upper_bound_resize")
         as_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)  # noqa: E731
         extrinsics = as_tensor(pred.extrinsics)[:, :3, :4]  # some versions return 4x4
-        geometry = Geometry(as_tensor(pred.depth), as_tensor(pred.conf), as_tensor(pred.intrinsics), extrinsics)
+        depth = as_tensor(pred.depth)
+        conf = as_tensor(pred.conf) if pred.conf is not None else torch.ones_like(depth)  # as the official code
+        geometry = Geometry(depth, conf, as_tensor(pred.intrinsics), extrinsics)
         return resize_geometry(geometry, frames.shape[-2], frames.shape[-1])
 
 
@@ -250,16 +346,23 @@ class DA3Backend(GFMBackend):
 
 
 def build_backend(cfg: ScoringConfig, device: torch.device | str = "cpu") -> GFMBackend:
-    """The GFM backend named by ``cfg.backend``; optional packages are imported only here."""
+    """The GFM backend named by ``cfg.backend``; optional packages are imported only here.
+    Logs a warning when the backend's network has random weights."""
+    layout = cfg.input_layout
     if cfg.backend == "tiny":
-        return TinyBackend(cfg.weights, cfg.resolution, device)
-    if cfg.backend == "oracle":
-        return OracleBackend(cfg.resolution, device)
-    if cfg.backend == "vggt":
-        return VGGTBackend(cfg.weights, cfg.resolution, device)
-    if cfg.backend == "da3":
-        return DA3Backend(cfg.weights, cfg.resolution, device)
-    raise InputError(f"scoring.backend: unknown GFM backend {cfg.backend!r}")
+        backend: GFMBackend = TinyBackend(cfg.weights, cfg.resolution, device, layout)
+    elif cfg.backend == "oracle":
+        backend = OracleBackend(cfg.resolution, device, layout)
+    elif cfg.backend == "vggt":
+        backend = VGGTBackend(cfg.weights, cfg.resolution, device, input_layout=layout, points=cfg.vggt_points)
+    elif cfg.backend == "da3":
+        backend = DA3Backend(cfg.weights, cfg.resolution, device, input_layout=layout)
+    else:
+        raise InputError(f"scoring.backend: unknown GFM backend {cfg.backend!r}")
+    if backend.random_weights:
+        logger.warning("GFM backend '%s' has random weights (scoring.weights is not set): its geometry, and the "
+                       "3DCS/MVCS/motion computed from it, mean nothing", backend.name)
+    return backend
 
 
 _BACKEND_PACKAGES = {  # backend -> (module it imports, how to install it)
@@ -302,6 +405,7 @@ __all__ = [
     "DA3Backend",
     "build_backend",
     "check_backend",
+    "upper_bound_resize",
     "build_tiny_gfm",
     "count_parameters",
 ]

@@ -1,13 +1,20 @@
 """Video scoring: 3D-consistency (3DCS) by re-rendering, plus motion, epipolar and eval metrics.
 
 3DCS (lower = more 3D-consistent): back-project every frame with the GFM's depth and
-cameras into one point cloud, splat it into every frame's camera, and compare:
-``3DCS = mean_t [ MSE_t + lambda * LPIPS_t ]`` with MSE on [0,1] images and LPIPS-VGG on
-[-1,1] images. The static-camera filter (motion < threshold) is the pipeline's job.
+cameras (or its point map) into one point cloud, splat it into every frame's camera, and
+compare: ``3DCS = mean_t [ MSE_t + lambda * LPIPS_t ]`` with MSE on [0,1] images and
+LPIPS-VGG on [-1,1] images. The static-camera filter (motion < threshold) is the pipeline's job.
+
+The evaluation metrics are the official benchmark's definitions (github Hongyang-Du/VideoGPA,
+``metrics/``): PSNR from the video-level MSE, SSIM = ``piq.ssim``, MVCS in raw depth units
+with bilinear sampling, Epipolar = mean Sampson distance under an 8-point least-squares F of
+all SIFT ratio-test matches. ``mvcs_scale_invariant`` (score key ``mvcs_si``) is this
+project's variant, under its own name: it does not depend on the GFM's depth units.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Literal
@@ -23,6 +30,7 @@ from actors.geometry import (
     Geometry,
     confidence_mask,
     depth_to_world,
+    pixel_grid,
     reproject_frames,
     resize_geometry,
     sample_frame_indices,
@@ -32,8 +40,8 @@ from actors.gfm import ScoringConfig, build_backend
 VGG16_CHECKPOINT = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 file name in the hub cache
 LPIPS_RANDOM_SEED = 0
 SIFT_RATIO = 0.75
+MIN_KEYPOINTS = 8
 MIN_MATCHES = 20
-RANSAC_THRESHOLD_PX = 1.0
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -82,30 +90,22 @@ def _default_lpips(device: torch.device) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- image metrics
 
 
-def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None].repeat(3, 1, 1, 1)
+def video_psnr(mse: Tensor | float) -> float:
+    """PSNR of images in [0,1] from the video-level MSE (over all frames and pixels), as the official
+    benchmark: ``10 log10(1 / MSE)``, and 100 for identical videos."""
+    mse = float(mse)
+    return 100.0 if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """Per-image SSIM ``[N]`` of ``[N,3,H,W]`` images in [0,1] (Gaussian window, valid region)."""
-    if min(a.shape[-2:]) < window:  # tiny images: largest odd window that fits
-        window = (min(a.shape[-2:]) - 1) // 2 * 2 + 1
-    win = _gaussian_window(window, sigma, a.device, a.dtype)
-    c1, c2 = 0.01**2, 0.03**2
-    blur = lambda x: F.conv2d(x, win, groups=3)  # noqa: E731
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.mean(dim=(1, 2, 3))
+def ssim(a: Tensor, b: Tensor) -> float:
+    """SSIM of two videos ``[T,3,H,W]`` in [0,1]: ``piq.ssim`` with its defaults (11 px Gaussian
+    window, sigma 1.5, average-pooled by ``round(min(H, W) / 256)`` first: 2x at 518 px), mean over
+    frames, as the official benchmark. Only frames under 11 px (which piq refuses) get the largest
+    odd window that fits."""
+    import piq
 
-
-def psnr(mse_per_image: Tensor) -> Tensor:
-    return 10 * torch.log10(1.0 / mse_per_image.clamp(min=1e-10))
+    window = min(11, (min(a.shape[-2:]) - 1) // 2 * 2 + 1)
+    return float(piq.ssim(a.float(), b.float(), kernel_size=window, data_range=1.0, reduction="mean"))
 
 
 @torch.no_grad()
@@ -136,34 +136,76 @@ def reprojection_score(
     """3DCS and the eval metrics of re-rendered vs original frames.
 
     ``frames`` float ``[T,3,H,W]`` in [0,1] at the geometry's size. Returns ``3dcs``,
-    ``mse``, ``lpips`` (means over frames), ``psnr``, ``ssim`` (means of per-frame values).
+    ``mse`` (video-level: over all frames and pixels), ``lpips`` (mean over frames), ``psnr``
+    (from the video-level MSE) and ``ssim`` (``piq.ssim``, mean over frames), as the official benchmark.
     """
     _check_frames(frames)
     frames = frames.to(geometry.depth.device, torch.float32)
     rendered = reproject_frames(frames, geometry, conf_threshold)
     mse_t = ((rendered - frames) ** 2).mean(dim=(1, 2, 3))
+    mse = F.mse_loss(rendered, frames)  # = mse_t.mean(): every frame has the same size
     model = lpips_model if lpips_model is not None else _default_lpips(frames.device)
     lpips_t = lpips_distance(model, rendered, frames)
     return {
         "3dcs": float((mse_t + lpips_weight * lpips_t).mean()),
-        "mse": float(mse_t.mean()),
+        "mse": float(mse),
         "lpips": float(lpips_t.mean()),
-        "psnr": float(psnr(mse_t).mean()),
-        "ssim": float(ssim(rendered, frames).mean()),
+        "psnr": video_psnr(mse),
+        "ssim": ssim(frames, rendered),
     }
 
 
 # ----------------------------------------------------------------------------- geometry metrics
 
 
+def _homogeneous(extrinsics: Tensor) -> Tensor:
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=extrinsics.device, dtype=extrinsics.dtype)
+    return torch.cat([extrinsics, bottom.expand(extrinsics.shape[0], 1, 4)], dim=1)
+
+
 @torch.no_grad()
 def mvcs(geometry: Geometry) -> float:
-    """Multi-view consistency ``exp(-mean squared depth-reprojection error)`` over consecutive frames.
+    """Multi-view consistency score (higher = more consistent), the official definition
+    (``metrics/mvcs.py``): for each consecutive pair (i, i+1) every pixel of frame i goes with
+    its depth into camera i+1 (relative pose ``E_{i+1} E_i^-1``); where it lands inside the image
+    in front of the camera, its depth there is compared with frame i+1's depth sampled
+    bilinearly at that point (zeros outside, ``align_corners=True``). The pair's error is the
+    mean squared difference, in the GFM's raw depth units (not scale-invariant, no confidence
+    filter); ``MVCS = exp(-mean over pairs)``. 0 when no pixel of any pair lands in view (as the
+    official code), NaN for a single frame.
+    """
+    t = geometry.num_frames
+    if t < 2:
+        return float("nan")
+    h, w = geometry.hw
+    depth = geometry.depth.float()
+    k = geometry.intrinsics.float()
+    ext = _homogeneous(geometry.extrinsics.float())
+    rel = ext[1:] @ torch.linalg.inv(ext[:-1])  # camera i -> camera i+1, [T-1,4,4]
+    pix = pixel_grid(h, w, depth.device).reshape(-1, 3).T  # [3,HW]
+    cam_i = (torch.linalg.inv(k[:-1]) @ pix) * depth[:-1].reshape(t - 1, 1, -1)
+    cam_j = rel[:, :3, :3] @ cam_i + rel[:, :3, 3:]
+    img_j = k[1:] @ cam_j
+    z = img_j[:, 2].clamp(min=1e-8)
+    u, v = img_j[:, 0] / z, img_j[:, 1] / z
+    projected_depth = cam_j[:, 2]
+    grid = torch.stack([2 * u / (w - 1) - 1, 2 * v / (h - 1) - 1], dim=-1).view(t - 1, h, w, 2)
+    sampled = F.grid_sample(depth[1:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    keep = (u >= 0) & (u < w) & (v >= 0) & (v < h) & (projected_depth > 0)
+    sq_err = (sampled.view(t - 1, -1) - projected_depth) ** 2
+    counts = keep.sum(dim=1)
+    pair_err = torch.where(keep, sq_err, torch.zeros_like(sq_err)).sum(dim=1) / counts.clamp(min=1)
+    if not bool((counts > 0).any()):
+        return 0.0
+    return float(torch.exp(-pair_err[counts > 0].double().mean()))
 
-    Pixels of frame i go to the world with their depth and into camera i+1; their camera
-    depth is compared with frame i+1's depth at the (rounded) pixel they land on. Depths
-    are divided by the clip's median depth first, so the figure does not depend on the
-    GFM's arbitrary scale. Pixels that leave the image or have conf <= 1e-5 are skipped.
+
+@torch.no_grad()
+def mvcs_scale_invariant(geometry: Geometry) -> float:
+    """This project's MVCS variant: ``exp(-mean squared depth-reprojection error)`` over all
+    consecutive pairs' pixels, with depths divided by the clip's median depth first (so the
+    figure does not depend on the GFM's arbitrary scale), nearest-pixel lookup, and pixels with
+    conf <= 1e-5 (either end) skipped. NaN when nothing can be compared.
     """
     if geometry.num_frames < 2:
         return float("nan")
@@ -237,57 +279,65 @@ def frame_change(frames: Tensor) -> float:
 
 
 def _to_gray_u8(frames: Tensor | np.ndarray) -> list[np.ndarray]:
+    """Frames -> uint8 luma, converted as the official metric does: floats in [0,1] times 255,
+    clipped and truncated to uint8 (exact for frames that came from uint8), then OpenCV RGB2GRAY."""
     if isinstance(frames, Tensor):  # float [T,3,H,W] in [0,1]
-        frames = (frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        frames = frames.detach().float().permute(0, 2, 3, 1).cpu().numpy()
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise InputError(f"frames: expected [T,3,H,W] float or [T,H,W,3] uint8, got shape {frames.shape}")
     if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
-    return [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        frames = np.clip(frames * 255.0, 0, 255).astype(np.uint8)
+    return [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
 
 
-def sampson_distance(fmat: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    """Sampson distance in pixels of matches ``x1 [N,2] -> x2 [N,2]`` under ``fmat``.
-
-    The square root of the Sampson error ``(x2^T F x1)^2 / (|F x1|_12^2 + |F^T x2|_12^2)``
-    (which is what ``cv2.sampsonDistance`` returns): a first-order geometric distance to the
-    epipolar lines, in pixels, so a few mismatches cannot dominate the mean quadratically.
-    """
-    h1 = np.concatenate([x1, np.ones((len(x1), 1))], axis=1)
-    h2 = np.concatenate([x2, np.ones((len(x2), 1))], axis=1)
-    fx1 = h1 @ fmat.T
-    ftx2 = h2 @ fmat
-    num = np.einsum("ni,ni->n", h2, fx1) ** 2
-    den = fx1[:, 0] ** 2 + fx1[:, 1] ** 2 + ftx2[:, 0] ** 2 + ftx2[:, 1] ** 2
-    return np.sqrt(num / np.maximum(den, 1e-12))
-
-
-def _pair_epipolar_error(sift: cv2.SIFT, matcher: cv2.BFMatcher, feats: list, i: int) -> float | None:
-    (kp1, d1), (kp2, d2) = feats[i], feats[i + 1]
-    if d1 is None or d2 is None or len(kp1) < 2 or len(kp2) < 2:
+def sift_matches(feats: tuple, other: tuple, matcher: cv2.BFMatcher) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pixel coordinates ``[N,2]`` (float32) of the SIFT matches of two frames that pass Lowe's ratio
+    test (0.75); None when a frame has fewer than 8 keypoints or fewer than 20 matches pass."""
+    (kp1, d1), (kp2, d2) = feats, other
+    if d1 is None or d2 is None or len(kp1) < MIN_KEYPOINTS or len(kp2) < MIN_KEYPOINTS:
         return None
     good = [m for m, n in (p for p in matcher.knnMatch(d1, d2, k=2) if len(p) == 2)
             if m.distance < SIFT_RATIO * n.distance]
     if len(good) < MIN_MATCHES:
         return None
-    x1 = np.float64([kp1[m.queryIdx].pt for m in good])
-    x2 = np.float64([kp2[m.trainIdx].pt for m in good])
-    fmat, _ = cv2.findFundamentalMat(x1, x2, cv2.FM_RANSAC, RANSAC_THRESHOLD_PX, 0.999)
-    if fmat is None or fmat.shape != (3, 3):
-        return None
-    return float(sampson_distance(fmat, x1, x2).mean())
+    x1 = np.float32([kp1[m.queryIdx].pt for m in good])
+    x2 = np.float32([kp2[m.trainIdx].pt for m in good])
+    return x1, x2
+
+
+def fit_fundamental(x1: np.ndarray, x2: np.ndarray) -> np.ndarray | None:
+    """F ``[3,3]`` with ``x2^T F x1 = 0`` from matches ``[N,2]`` (N >= 8): kornia's normalized 8-point
+    least squares over all matches, in float32, as the official metric (no RANSAC). None when the
+    fit is not finite."""
+    from kornia.geometry.epipolar import find_fundamental
+
+    fmat = find_fundamental(torch.from_numpy(x1).float()[None], torch.from_numpy(x2).float()[None])[0]
+    return fmat.numpy() if torch.isfinite(fmat).all() else None
+
+
+def sampson_distance(fmat: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """Sampson distance in pixels of matches ``x1 [N,2] -> x2 [N,2]`` under ``fmat``, as the official
+    metric: ``sqrt(d^2 + 1e-8)`` with ``d^2`` kornia's squared Sampson distance
+    ``(x2^T F x1)^2 / ((F x1)_1^2 + (F x1)_2^2 + (F^T x2)_1^2 + (F^T x2)_2^2)``."""
+    from kornia.geometry.epipolar import sampson_epipolar_distance
+
+    f = torch.from_numpy(np.asarray(fmat, dtype=np.float32))
+    d2 = sampson_epipolar_distance(torch.from_numpy(x1).float(), torch.from_numpy(x2).float(), f, squared=True)
+    return torch.sqrt(d2 + 1e-8).numpy()
 
 
 def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0) -> float:
-    """Mean Sampson distance of SIFT matches under a fundamental matrix per consecutive frame pair.
+    """The official SIFT Epipolar (``metrics/epipolar.py``; lower = more consistent): the mean Sampson
+    distance of SIFT matches under a fundamental matrix, per consecutive frame pair.
 
-    SIFT, ratio test 0.75; a pair with fewer than 20 matches (or no F) is skipped; F is fitted
-    by OpenCV's FM_RANSAC (normalized 8-point inside RANSAC, 1 px threshold) and the error is
-    averaged over *all* ratio-test matches (non-rigid motion shows up as matches no single F
-    explains). Returns the mean over scored pairs, NaN if no pair could be scored
-    (textureless or too small frames): callers treat NaN as "unscorable". ``min_size``: frames
-    with a shorter side below it are upscaled to it first (distances are then in its pixels).
+    SIFT (OpenCV defaults), brute-force L2 matching with Lowe's ratio test 0.75; a pair with
+    fewer than 8 keypoints in a frame or fewer than 20 matches is skipped; F is fitted to all
+    matches by 8-point least squares and the mean Sampson distance of all of them is the pair's
+    error (non-rigid motion shows up as matches no single F explains). Returns the mean over
+    scored pairs, NaN if no pair could be scored (the official code returns -1): callers treat
+    NaN as "unscorable". ``min_size``: frames with a shorter side below it are upscaled to it
+    first (bicubic; distances are then in its pixels; 0, the default and official, never).
     """
     gray = _to_gray_u8(frames)
     short = min(gray[0].shape) if gray else 0
@@ -297,7 +347,14 @@ def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0) -> float:
     sift = cv2.SIFT_create()
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     feats = [sift.detectAndCompute(g, None) for g in gray]
-    errors = [e for i in range(len(gray) - 1) if (e := _pair_epipolar_error(sift, matcher, feats, i)) is not None]
+    errors = []
+    for i in range(len(gray) - 1):
+        matches = sift_matches(feats[i], feats[i + 1], matcher)
+        fmat = fit_fundamental(*matches) if matches is not None else None
+        if fmat is not None:
+            error = float(sampson_distance(fmat, *matches).mean())
+            if math.isfinite(error):  # a degenerate F (both epilines vanish) scores nothing
+                errors.append(error)
     return float(np.mean(errors)) if errors else float("nan")
 
 
@@ -305,7 +362,7 @@ def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0) -> float:
 
 # The keys of ``VideoScorer.score``'s result: every per-candidate metric, in the order of the
 # candidate rows' score columns.
-SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "motion", "epipolar", "sharpness",
+SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "mvcs_si", "motion", "epipolar", "sharpness",
               "frame_change")
 
 
@@ -326,11 +383,14 @@ def video_to_tensor(video: np.ndarray) -> Tensor:
 class VideoScorer:
     """Scores videos with one GFM backend and one LPIPS network (built once, reused).
 
-    ``score`` samples ``cfg.num_frames`` frames uniformly, runs the GFM at its working
-    resolution and returns floats: ``score`` (the reward, lower is better: 3DCS or epipolar
-    per ``cfg.scorer``), ``3dcs``, ``mse``, ``lpips``, ``psnr``, ``ssim``, ``mvcs``, ``motion``,
-    ``epipolar``, and the image-only guards ``sharpness`` and ``frame_change``. Epipolar (SIFT
-    on CPU) is computed when it is the reward or when asked (``with_epipolar=True``), NaN otherwise.
+    ``score`` samples ``cfg.num_frames`` frames uniformly (``linspace`` floored, as the official
+    code), prepares them as the GFM sees them (default: the centred square at the backend's own
+    resolution) and returns floats, all computed on those prepared frames as the official
+    benchmark does, except the image-only guards: ``score`` (the reward, lower is better: 3DCS or
+    epipolar per ``cfg.scorer``), ``3dcs``, ``mse``, ``lpips``, ``psnr``, ``ssim``, ``mvcs``
+    (official), ``mvcs_si`` (``mvcs_scale_invariant``), ``motion``, ``epipolar``, and
+    ``sharpness`` and ``frame_change`` (of the sampled frames as decoded). Epipolar (SIFT on CPU)
+    is computed when it is the reward or when asked (``with_epipolar=True``), NaN otherwise.
     """
 
     def __init__(self, cfg: ScoringConfig, device: torch.device | str = "cpu") -> None:
@@ -343,10 +403,17 @@ class VideoScorer:
     def lpips_backbone_used(self) -> str:
         return self._lpips_used
 
+    @property
+    def gfm_weights(self) -> str:
+        """``random`` (an untrained GFM: its scores rank nothing), ``ground-truth`` (oracle) or ``trained``."""
+        if self.backend.random_weights:
+            return "random"
+        return "ground-truth" if self.cfg.backend == "oracle" else "trained"
+
     def sample(self, video: np.ndarray, geometry: Geometry | None = None) -> tuple[Tensor, Geometry | None]:
         """The T frames that are scored (and the matching frames of a full-clip ground truth)."""
         frames = video_to_tensor(video)
-        idx = sample_frame_indices(frames.shape[0], self.cfg.num_frames)
+        idx = sample_frame_indices(frames.shape[0], self.cfg.num_frames, self.cfg.frame_indices)
         if geometry is not None and geometry.num_frames == frames.shape[0]:
             geometry = geometry.select(idx)
         return frames[idx], geometry
@@ -360,17 +427,19 @@ class VideoScorer:
             raise InputError(f"video: needs at least 2 frames to score, got {frames.shape[0]}")
         x = self.backend.prepare(frames.to(self.device))
         geom = self.backend.predict(x, ground_truth=gt)
-        if not all(torch.isfinite(t).all() for t in (geom.depth, geom.conf, geom.intrinsics, geom.extrinsics)):
+        tensors = (geom.depth, geom.conf, geom.intrinsics, geom.extrinsics, geom.points)
+        if not all(torch.isfinite(t).all() for t in tensors if t is not None):
             # A broken model output makes this one video unscorable, not the whole batch.
             raise InputError(f"{self.backend.name} GFM: geometry contains NaN or inf")
         geom = resize_geometry(geom, *x.shape[-2:])  # no-op when the backend kept the size
         result = reprojection_score(x, geom, self.cfg.conf_threshold, self.cfg.lpips_weight, self.lpips_model)
         result["mvcs"] = mvcs(geom)
+        result["mvcs_si"] = mvcs_scale_invariant(geom)
         result["motion"] = motion_score(geom.extrinsics)
         result["sharpness"] = sharpness(frames)
         result["frame_change"] = frame_change(frames)
         want_epi = self.cfg.scorer == "epipolar" if with_epipolar is None else with_epipolar
-        result["epipolar"] = epipolar_score(frames, self.cfg.epipolar_min_size) if want_epi else float("nan")
+        result["epipolar"] = epipolar_score(x, self.cfg.epipolar_min_size) if want_epi else float("nan")
         result["score"] = result["epipolar"] if self.cfg.scorer == "epipolar" else result["3dcs"]
         return result
 
@@ -384,8 +453,10 @@ __all__ = [
     "frame_change",
     "motion_score",
     "mvcs",
+    "mvcs_scale_invariant",
     "reprojection_score",
     "sampson_distance",
     "sharpness",
     "ssim",
+    "video_psnr",
 ]

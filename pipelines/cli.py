@@ -142,7 +142,9 @@ def _cmd_score_video(args: argparse.Namespace) -> int:
         except InputError as err:
             message = str(err)
             raise (err if path in message else InputError(f"{path}: {message}")) from None
-        print(json.dumps({"video": path, **{k: float(v) for k, v in result.items()}}))
+        # gfm_weights "random": an untrained GFM, whose 3DCS/MVCS/motion mean nothing (also logged)
+        scores = {k: float(v) for k, v in result.items()}
+        print(json.dumps({"video": path, "gfm_weights": scorer.gfm_weights, **scores}))
     return 0
 
 
@@ -187,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="tiny", choices=["tiny", "vggt", "da3"])
     p.add_argument("--weights", default=None, help="GFM weights (id, directory or safetensors file)")
     p.add_argument("--num-frames", type=int, default=10)
-    p.add_argument("--resolution", type=int, default=518, help="GFM input size, a multiple of 14")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="GFM input size, a multiple of 14 (default: the backend's own: tiny 56, vggt 518, da3 504)")
     p.add_argument("--lpips-backbone", default="auto", choices=["auto", "pretrained", "random"])
     p.set_defaults(handler=_cmd_score_video)
     return parser

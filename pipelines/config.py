@@ -81,6 +81,8 @@ class EvaluationConfig(_Section):
     # A run in the same output_uri whose base-model samples to reuse (made there if missing); null: this run.
     # Runs compared on the same held-out set then sample the base model once.
     base_run: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The GFM the held-out samples are scored with (the paper's: DA3-Large at 504); null: the scoring section's.
+    scoring: ScoringConfig | None = None
 
 
 class StorageConfig(_Section):

@@ -31,6 +31,7 @@ import ray
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
 from actors.lora_formats import lora_files
+from actors.scoring import ScoringConfig
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
@@ -41,8 +42,15 @@ from pipelines.storage import RunStore, StorageSpec
 log = logging.getLogger(__name__)
 
 # metric, direction shown in the table (↑ higher is better, ↓ lower is better)
-METRICS = (("psnr", "↑"), ("ssim", "↑"), ("lpips", "↓"), ("mvcs", "↑"), ("3dcs", "↓"), ("epipolar", "↓"),
-           ("motion", ""), ("frame_change", ""), ("sharpness", ""))
+METRICS = (("psnr", "↑"), ("ssim", "↑"), ("lpips", "↓"), ("mvcs", "↑"), ("mvcs_si", "↑"), ("3dcs", "↓"),
+           ("epipolar", "↓"), ("motion", ""), ("frame_change", ""), ("sharpness", ""))
+TABLE_NOTE = ("psnr, ssim, lpips, mvcs, 3dcs, epipolar: the official benchmark's definitions; "
+              "mvcs_si: this project's scale-invariant MVCS")
+
+
+def evaluation_scoring(cfg: VideoGPAConfig) -> ScoringConfig:
+    """The scorer of the held-out samples: ``evaluation.scoring`` or, unset, the training ``scoring`` section."""
+    return cfg.evaluation.scoring or cfg.scoring
 
 
 def last_complete_round(store: RunStore, rounds: int) -> int:
@@ -89,13 +97,13 @@ def format_table(base: dict, aligned: dict, label: str) -> str:
         b, a = base[key], aligned[key]
         lines.append(f"{key + ' ' + arrow:<12}{b['mean']:>11.4f} ± {b['sem']:<5.3f}"
                      f"{a['mean']:>15.4f} ± {a['sem']:<5.3f}{a['mean'] - b['mean']:>+10.4f}")
-    return "\n".join(lines)
+    return "\n".join([*lines, f"({TABLE_NOTE})"])
 
 
 def base_samples_key(cfg: VideoGPAConfig, rows: list[dict[str, Any]]) -> str:
     """What the base model's held-out samples depend on: model, sampling, scoring, prompts and seeds."""
     # Not the reward (scoring.scorer): every evaluation metric is computed whatever the reward.
-    scoring = {k: v for k, v in cfg.scoring.model_dump(mode="json").items() if k != "scorer"}
+    scoring = {k: v for k, v in evaluation_scoring(cfg).model_dump(mode="json").items() if k != "scorer"}
     ident = {"model": cfg.model.model_dump(mode="json"), "sampling": cfg.sampling.model_dump(mode="json"),
              "scoring": scoring,
              "rows": [[r["prompt_id"], r["prompt"], r["image"], r["seed"]] for r in rows]}
@@ -104,8 +112,8 @@ def base_samples_key(cfg: VideoGPAConfig, rows: list[dict[str, Any]]) -> str:
 
 def _sample(cfg: VideoGPAConfig, store: RunStore, rows: list[dict[str, Any]], out: str,
             lora_rel: str | None) -> list[dict[str, Any]]:
-    ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, f"{out}/videos", lora_rel,
-                                  cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
+    ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, evaluation_scoring(cfg), store, f"{out}/videos",
+                                  lora_rel, cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
     return sorted(ds.take_all(), key=lambda r: (r["prompt_id"], r["seed"]))
 
 

@@ -11,7 +11,7 @@ from actors.gfm import check_backend
 from actors.lora_formats import check_lora
 from actors.model_source import check_model
 from pipelines.config import VideoGPAConfig
-from pipelines.evaluate import round_to_evaluate
+from pipelines.evaluate import evaluation_scoring, round_to_evaluate
 from pipelines.placement import check_resources
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS, Prompt, check_images, load_prompts
 from pipelines.rounds import check_stage_inputs, storage_spec
@@ -36,7 +36,7 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
     if command in _LOADS_MODEL:
         check_model(cfg.model, cfg.sampling)
     if command in _SCORES:
-        check_backend(cfg.scoring)
+        check_backend(evaluation_scoring(cfg) if command == "evaluate" else cfg.scoring)
     if command in ("align", "generate"):
         prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, spec, builtin=BUILTIN_PROMPTS)
         check_images(prompts, cfg.model.family, cfg.prompts.path, spec)

@@ -123,8 +123,9 @@ def test_align_local_then_resume(quickstart_run, ray_test):
 
     ev = evaluate()
     table = ev.stdout.strip().splitlines()
-    assert [line.split()[0] for line in table[1:]] == ["psnr", "ssim", "lpips", "mvcs", "3dcs", "epipolar", "motion",
-                                                      "frame_change", "sharpness"]
+    assert [line.split()[0] for line in table[1:-1]] == ["psnr", "ssim", "lpips", "mvcs", "mvcs_si", "3dcs", "epipolar",
+                                                        "motion", "frame_change", "sharpness"]
+    assert "mvcs_si: this project's scale-invariant MVCS" in table[-1]
     results = json.loads(Path(root, "evaluation/round-000/results.json").read_text())
     assert results["samples"] == 2 and all(math.isfinite(results[arm]["epipolar"]["mean"]) or
                                            results[arm]["epipolar"]["count"] == 0 for arm in ("base", "aligned"))
