@@ -23,6 +23,7 @@ from trainers.config import TrainerConfig
 from trainers.data import TRAIN_COLUMNS
 from trainers.deepspeed_config import gradient_accumulation_steps
 from trainers.schema import check_schema_version
+from trainers.tracking import TrackingTarget
 from trainers.worker import FAULT_ENV, train_loop
 
 logger = logging.getLogger("videogpa.trainer")
@@ -83,11 +84,13 @@ def train_dpo(
     name: str,
     lora_out_dir: str,
     previous_lora_dir: str | None = None,
+    tracking: TrackingTarget | None = None,
 ) -> dict[str, Any]:
     """Train the policy LoRA with Diffusion-DPO on the pair shards; export it to
     ``<lora_out_dir>/pytorch_lora_weights.safetensors``.
 
-    ``filesystem``: the pyarrow filesystem of every path here (None = local paths).
+    ``filesystem``: the pyarrow filesystem of every path here (None = local paths). ``tracking``:
+    where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere).
     Returns the final metrics: loss, reward_accuracy, reward_margin, policy_ref_gap_w/l, steps,
     pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
     """
@@ -121,6 +124,7 @@ def train_dpo(
         "previous_lora_dir": _strip_scheme(previous_lora_dir, filesystem) if previous_lora_dir else None,
         "fault": os.environ.get(FAULT_ENV),
         "device": device,
+        "tracking": tracking,
     }
     trainer = TorchTrainer(
         train_loop,
