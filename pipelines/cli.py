@@ -1,4 +1,4 @@
-"""The ``videogpa`` command: the main job, each stage alone, and scoring of video files."""
+"""The ``videogpa`` command: the main job, each stage alone, evaluation, a run's report, and scoring of video files."""
 
 from __future__ import annotations
 
@@ -114,10 +114,29 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import run_evaluate
+    from pipelines.rounds import write_report
 
     cfg, prompts = _config_on_ray(args)
-    result = run_evaluate(cfg, args.round, _open_run(args, cfg), prompts)
+    store = _open_run(args, cfg)
+    result = run_evaluate(cfg, args.round, store, prompts)
+    write_report(store)  # the report shows the evaluation
     print(result["table"])
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """(Re)write the run's report from what its folder holds; needs no Ray."""
+    from pipelines.config import load_config
+    from pipelines.report import write_run_report
+    from pipelines.rounds import storage_spec
+    from pipelines.storage import RunStore
+
+    cfg = load_config(args.config, args.overrides)
+    store = RunStore(storage_spec(cfg), cfg.run_name)
+    if not store.exists("config.yaml"):
+        raise InputError(f"no run at {store.uri()} (it has no config.yaml); check output_uri and run_name")
+    args.run_log.attach(store)
+    print(write_run_report(store))
     return 0
 
 
@@ -164,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("evaluate", "base vs base + LoRA on held-out prompts: PSNR, SSIM, LPIPS, MVCS, 3DCS, Epipolar",
                     _cmd_evaluate)
     p.add_argument("--round", type=int, default=None, help="whose LoRA (default: the last complete round)")
+
+    with_config("report", "(re)write the run's HTML report (<run>/report.html)", _cmd_report)
 
     p = sub.add_parser("score-video", help="print 3DCS, motion and evaluation metrics of video files")
     p.add_argument("videos", nargs="+")
