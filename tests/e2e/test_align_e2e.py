@@ -166,6 +166,20 @@ def test_align_to_s3(tmp_path, s3_server, flaky_s3_run):
     data = fs.open_input_stream(f"{root}/round-000/lora/pytorch_lora_weights.safetensors").read()
     (lora / "pytorch_lora_weights.safetensors").write_bytes(data)
     _lora_changes_output(str(lora))
+    # Its TensorBoard events and its report, downloaded from the bucket, read and open as a local run's.
+    local = tmp_path / "download"
+    for part in ("tensorboard", "report_files"):
+        (local / part).mkdir(parents=True)
+        pafs.copy_files(f"{root}/{part}", str(local / part), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    (local / "report.html").write_bytes(fs.open_input_stream(f"{root}/report.html").read())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(local / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2] and events.Scalars("round/candidates")
+    findings = check_page(local / "report.html", tmp_path)
+    assert findings["rounds"] == 1 and findings["pairs"] >= 1 and broken_media(findings) == []
 
 
 def test_pair_schema_is_the_spec_columns():
