@@ -24,6 +24,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -125,8 +126,6 @@ class _TensorBoard(_Backend):
         self._writer.close()
         if self._remote:
             self._upload()
-            import shutil
-
             shutil.rmtree(self._local, ignore_errors=True)
 
 
