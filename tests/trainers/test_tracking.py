@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import struct
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -115,11 +116,22 @@ def _wandb_records(run_file: Path):
             break
 
 
+def _finished_wandb_run(folder: Path) -> Path:
+    """The offline run file under ``folder``, once complete: W&B's service process goes on writing it
+    after finish() returns, so wait for the run's exit record."""
+    (run_file,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 60
+    while "exit" not in {r.WhichOneof("record_type") for r in _wandb_records(run_file)}:
+        assert time.monotonic() < deadline, "W&B never finished writing its offline run"
+        time.sleep(0.2)
+    return run_file
+
+
 def test_wandb_offline_run_holds_the_steps(tmp_path):
     target = _target(tmp_path, tensorboard=False, wandb=WandbConfig(enabled=True))
     with Tracker(target, "trainer") as tracker:
         _steps(tracker, range(1, 3))
-    (run_file,) = Path(target.local_run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    run_file = _finished_wandb_run(Path(target.local_run_dir))
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                for r in _wandb_records(run_file) if r.WhichOneof("record_type") == "history"]
     assert [(h["train/step"], h["train/loss"]) for h in history] == [(11, 1.0), (12, 0.5)]
@@ -152,6 +164,7 @@ def test_nothing_secret_reaches_any_backend(tmp_path, monkeypatch):
     with Tracker(target, "trainer") as tracker:
         _steps(tracker, range(1, 3))
         tracker.text("config", "    model.family: cogvideox-t2v", 0)
+    _finished_wandb_run(Path(target.local_run_dir))
     written = [Path(p) for p in glob.glob(f"{tmp_path}/**/*", recursive=True) if Path(p).is_file()]
     assert any("tfevents" in p.name for p in written) and any(p.suffix == ".wandb" for p in written)
     assert [p for p in written if SECRET.encode() in p.read_bytes()] == []
