@@ -210,7 +210,12 @@ class _Wandb(_Backend):
         self._run.log({**{f"{group}/{k}": v for k, v in scalars.items()}, axis: step})
 
     def close(self) -> None:
+        import wandb
+
         self._run.finish()
+        # finish() can return before W&B's service process has written the run's last records; a
+        # trainer worker may be stopped right after this, so wait for the service to end.
+        wandb.teardown()
 
 
 _BACKENDS = (("tensorboard", _TensorBoard), ("mlflow", _MLflow), ("wandb", _Wandb))
