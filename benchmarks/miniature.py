@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "output": out_dir,
     }
     results_path = os.path.join(out_dir, "miniature-results.json")
-    from pipelines.report import write_report
+    from benchmarks.miniature_lab.report import write_report
 
     figures["report"] = write_report(figures, results, out_dir)
     with open(results_path, "w") as f:

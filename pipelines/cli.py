@@ -1,4 +1,4 @@
-"""The ``videogpa`` command: the main job, each stage alone, and scoring of video files."""
+"""The ``videogpa`` command: the main job, each stage alone, evaluation, a run's report, and scoring of video files."""
 
 from __future__ import annotations
 
@@ -114,9 +114,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import run_evaluate
+    from pipelines.rounds import write_report
 
     cfg, prompts = _config_on_ray(args)
-    result = run_evaluate(cfg, args.round, _open_run(args, cfg), prompts, args.lora)
+    store = _open_run(args, cfg)
+    result = run_evaluate(cfg, args.round, store, prompts, args.lora)
+    write_report(store)  # the report shows the evaluation
     print(result["table"])
     return 0
 
@@ -126,6 +129,22 @@ def _cmd_convert_lora(args: argparse.Namespace) -> int:
 
     source_format = convert_lora(args.lora, args.out)
     print(json.dumps({"lora": args.lora, "format": source_format, "diffusers_lora": args.out}))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """(Re)write the run's report from what its folder holds; needs no Ray."""
+    from pipelines.config import load_config
+    from pipelines.report import write_run_report
+    from pipelines.rounds import storage_spec
+    from pipelines.storage import RunStore
+
+    cfg = load_config(args.config, args.overrides)
+    store = RunStore(storage_spec(cfg), cfg.run_name)
+    if not store.exists("config.yaml"):
+        raise InputError(f"no run at {store.uri()} (it has no config.yaml); check output_uri and run_name")
+    args.run_log.attach(store)
+    print(write_run_report(store))
     return 0
 
 
@@ -183,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lora", help="PEFT adapter directory (adapter_model.safetensors + adapter_config.json)")
     p.add_argument("out", help="new directory for the diffusers-format LoRA (pipe.load_lora_weights(out))")
     p.set_defaults(handler=_cmd_convert_lora)
+
+    with_config("report", "(re)write the run's HTML report (<run>/report.html)", _cmd_report)
 
     p = sub.add_parser("score-video", help="print 3DCS, motion and evaluation metrics of video files")
     p.add_argument("videos", nargs="+")

@@ -19,6 +19,7 @@ from actors.errors import InputError
 from actors.model_config import ModelConfig, SamplingConfig
 from actors.scoring import ScoringConfig
 from trainers.config import TrainerConfig
+from trainers.tracking import TrackingConfig
 
 _CREDENTIAL_KEYS = re.compile(r"(secret|access_key|password|token|credential)", re.IGNORECASE)
 
@@ -131,6 +132,7 @@ class VideoGPAConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()  # TensorBoard (on), MLflow, W&B: trainers.tracking
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

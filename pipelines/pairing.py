@@ -28,6 +28,7 @@ class Pair:
     image: str | None
     winner: dict[str, Any]
     loser: dict[str, Any]
+    reason: str = ""  # why these two, in words (the run report shows it beside the videos)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class PairingReport:
     dropped_candidates: Counter = field(default_factory=Counter)  # reason -> candidates
     dropped_prompts: Counter = field(default_factory=Counter)  # reason -> prompts
     adjusted_for: dict[str, float] = field(default_factory=dict)  # covariate -> fitted score per unit of its log
+    unpaired: list[dict[str, Any]] = field(default_factory=list)  # {prompt_id, seed, reason}: candidates in no pair
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -106,17 +108,24 @@ def make_pairs(
     report = PairingReport()
     matched_on = (*(("motion",) if motion_matched else ()), *(("sharpness",) if sharpness_matched else ()))
     by_prompt: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def unpaired(rows: Iterable[dict[str, Any]], reason: str) -> None:
+        report.unpaired.extend({"prompt_id": r["prompt_id"], "seed": r["seed"], "reason": reason} for r in rows)
+
     for row in candidates:
         by_prompt[row["prompt_id"]]  # every prompt is accounted for, even one whose candidates all drop
         if not all(math.isfinite(row[k]) for k in ("score", "motion", *matched_on, *adjust_for)):
-            report.dropped_candidates["non_finite_score"] += 1
+            reason = "non_finite_score"
         elif row["motion"] < motion_threshold:
             # A static video re-renders itself trivially well: it must not win on stillness.
-            report.dropped_candidates["static"] += 1
+            reason = "static"
         elif any(row[k] <= 0 for k in adjust_for):
-            report.dropped_candidates["covariate_not_positive"] += 1
+            reason = "covariate_not_positive"
         else:
             by_prompt[row["prompt_id"]].append(row)
+            continue
+        report.dropped_candidates[reason] += 1
+        unpaired([row], reason)
     kept = [row for rows in by_prompt.values() for row in rows]
     ranks, report.adjusted_for = (covariate_adjusted(kept, adjust_for) if adjust_for
                                   else ([r["score"] for r in kept], {}))
@@ -124,24 +133,24 @@ def make_pairs(
     for rows in by_prompt.values():
         rows[:] = [{**row, RANK: next(ranked)} for row in rows]
 
+    no_match = f"no_winner_matching_a_loser_on_{'_and_'.join(matched_on)}"
     for prompt_id in sorted(by_prompt):
         rows = sorted(by_prompt[prompt_id], key=lambda r: (r[RANK], r["seed"]))
-        if len(rows) < 2:
-            report.dropped_prompts["fewer_than_two_moving_candidates"] += 1
+        chosen = _best_and_worst(rows, matched_on) if len(rows) >= 2 else None
+        # the official code checks the winner's score against the threshold before the gap
+        why = ("fewer_than_two_moving_candidates" if len(rows) < 2 else no_match if chosen is None
+               else "winner_not_below_threshold" if not _winner_good_enough(chosen[0], winner_threshold)
+               else "gap_below_min_gap" if chosen[1][RANK] - chosen[0][RANK] < min_gap else None)
+        if why:
+            report.dropped_prompts[why] += 1
+            unpaired(rows, why)
             continue
-        chosen = _best_and_worst(rows, matched_on)
-        if chosen is None:
-            report.dropped_prompts[f"no_winner_matching_a_loser_on_{'_and_'.join(matched_on)}"] += 1
-            continue
-        if not _winner_good_enough(chosen[0], winner_threshold):
-            report.dropped_prompts["winner_not_below_threshold"] += 1
-            continue
-        if chosen[1][RANK] - chosen[0][RANK] < min_gap:
-            report.dropped_prompts["gap_below_min_gap"] += 1
-            continue
-        for _ in range(pairs_per_prompt):
-            if chosen is None or chosen[1][RANK] - chosen[0][RANK] < min_gap or \
-                    not _winner_good_enough(chosen[0], winner_threshold):
+        for number in range(1, pairs_per_prompt + 1):
+            if chosen is None or not _winner_good_enough(chosen[0], winner_threshold) \
+                    or chosen[1][RANK] - chosen[0][RANK] < min_gap:
+                why = ("neither_best_nor_worst" if len(rows) < 2 else no_match if chosen is None
+                       else "winner_not_below_threshold" if not _winner_good_enough(chosen[0], winner_threshold)
+                       else "gap_below_min_gap")
                 break
             best, worst = chosen
             report.pairs.append(
@@ -153,8 +162,21 @@ def make_pairs(
                     image=best.get("image"),
                     winner=best,
                     loser=worst,
+                    reason=_pair_reason(number, len(rows), best[RANK], worst[RANK], min_gap, matched_on, adjust_for),
                 )
             )
             rows = [r for r in rows if r is not best and r is not worst]
             chosen = _best_and_worst(rows, matched_on) if len(rows) >= 2 else None
+        else:
+            why = "neither_best_nor_worst"
+        unpaired(rows, why)  # the candidates left between this prompt's pairs
     return report
+
+
+def _pair_reason(number: int, candidates: int, best: float, worst: float, min_gap: float,
+                 matched_on: tuple[str, ...], adjust_for: tuple[str, ...]) -> str:
+    score = f"score adjusted for {' and '.join(adjust_for)}" if adjust_for else "score"
+    choice = (f"widest {score} gap with the winner's {' and '.join(matched_on)} at least the loser's" if matched_on
+              else f"lowest vs highest {score}")
+    among = f"{candidates} candidates" + (" not yet paired" if number > 1 else "")
+    return f"pair {number}: {choice} of {among}; gap {worst - best:.4g} ≥ min_gap {min_gap:g}"

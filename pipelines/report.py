@@ -1,286 +1,258 @@
-"""A self-contained HTML report of a miniature experiment (``benchmarks/miniature.py``).
+"""A run's HTML report: ``<run>/report.html`` and its media in ``<run>/report_files/``.
 
-One file written next to the results JSON: a table of base vs each arm (3DCS, Epipolar, motion,
-paired 95% CIs); plots, one color per arm throughout, of the held-out deltas with their CIs, the DPO
-reward accuracy / train loss and the candidates' score statistics per round (matplotlib PNGs inlined
-as base64; inline SVG when matplotlib is missing); and the side-by-side videos (base | aligned,
-same seeds) that ``run_evaluate`` wrote, embedded by paths relative to the report so the run folder
-can be moved or served as is.
+Written after every round of ``videogpa align``, after ``videogpa evaluate`` and by ``videogpa
+report`` for any run, from what the run folder holds (markers, metrics, shards, the trainer's
+history), so it can be remade at any time. Per round, one ``<section class="round">``: stage
+durations, the score distributions of the candidates (3DCS, Epipolar, motion, sharpness) with the
+winners and losers marked, score statistics, the training curves, a gallery of pairs (winner and
+loser videos side by side with their scores and the reason they were paired) and the candidates
+left out of every pair with their reason; then each evaluation's table and side-by-side videos.
+
+Self-contained: plots and the videos shown are files in ``report_files/`` linked by relative paths,
+so the folder works from a local path as is, and from S3 once ``report.html`` and ``report_files/``
+are downloaded. Candidate videos are H.264 mp4 (``actors.video_io``), which browsers play (Debian's
+Chromium, whose build has H.264, in tests/e2e/test_report_e2e.py), so they are copied as they are. A
+round's videos are final once its candidates stage is done, so a copy already there is kept;
+evaluation videos are copied again (a new evaluation rewrites them).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
-import os
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.parquet as pq
+import yaml
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if value == 0 or abs(value) >= 1e-2 else f"{value:.3g}"
-    return html.escape(str(value))
+from actors.scoring import SCORE_KEYS
+from pipelines.evaluate import METRICS
+from pipelines.report_parts import Series, distributions, esc, fmt, img, line_plots, page, running_mean, table, video
+from pipelines.rounds import STAGES, RoundPaths, read_candidates, score_stats
+from pipelines.storage import RunStore
 
-
-def _ci(ci: list | None) -> str:
-    if not ci or ci[0] is None:
-        return "–"
-    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
-
-
-def _n(row: dict, key: str) -> str:
-    count = row.get(f"{key}_pairs")
-    return f" n={count}" if count is not None else ""
+REPORT = "report.html"
+MEDIA = "report_files"
+DISTRIBUTIONS = (("3dcs", "3DCS ↓"), ("epipolar", "Epipolar ↓"), ("motion", "motion (camera)"),
+                 ("sharpness", "sharpness"))
+GALLERY_SCORES = (("3dcs", "3DCS ↓"), ("epipolar", "Epipolar ↓"), ("motion", "motion"), ("sharpness", "sharpness"))
+CURVES = (("loss", "DPO loss", 1), ("reward_accuracy", "reward accuracy (running mean of 5)", 5),
+          ("reward_margin", "reward margin", 1), ("lr", "learning rate", 1), ("grad_norm", "grad norm", 1))
 
 
-def _at_equal_sharpness(row: dict, key: str) -> str:
-    """The delta left where samples kept their sharpness (benchmarks/miniature.py): a gain from blurring drops out."""
-    fit = row.get(f"{key}_delta_at_equal_sharpness") or {}
-    return f"<td>{_fmt(fit.get('mean'), 5)} {_ci(fit.get('ci95'))}</td>"
+@dataclass
+class _Round:
+    """What the run folder holds of one round."""
+
+    index: int
+    candidates: list[dict[str, Any]]
+    markers: dict[str, dict]
+    metrics: dict | None
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+
+    def candidate(self, prompt_id: str, seed: int) -> dict[str, Any]:
+        return self._by_key.get((prompt_id, int(seed)), {})
+
+    def __post_init__(self) -> None:
+        self._by_key = {(c["prompt_id"], int(c["seed"])): c for c in self.candidates}
 
 
-def _rows(arms: dict[str, dict]) -> list[tuple[str, int, dict]]:
-    return [(name, r["round"], r) for name, arm in arms.items() for r in arm["rounds"]]
+def _read_round(store: RunStore, index: int) -> _Round:
+    paths = RoundPaths(index)
+    markers = {stage: store.read_json(paths.marker(stage)) for stage in STAGES}
+    markers = {stage: m for stage, m in markers.items() if m is not None}
+    rnd = _Round(index, read_candidates(store, paths), markers, store.read_json(paths.metrics))
+    pairs_marker = markers.get("pairs")
+    if pairs_marker:
+        files = [store.path(f["path"]) for f in pairs_marker["files"]]
+        columns = ["pair_id", "prompt_id", "prompt", "winner_seed", "loser_seed", "winner_score", "loser_score"]
+        rows = pq.ParquetDataset(files, filesystem=store.fs).read(columns=columns).to_pylist() if files else []
+        reasons = pairs_marker.get("pair_reasons", {})
+        rnd.pairs = sorted(({**r, "reason": reasons.get(r["pair_id"], "")} for r in rows),
+                           key=lambda r: (r["winner_score"] - r["loser_score"], r["pair_id"]))  # widest gap first
+    return rnd
 
 
-def table_html(arms: dict[str, dict]) -> str:
-    head = ("<tr><th>arm</th><th>round</th><th>3DCS base ↓</th><th>3DCS aligned</th><th>Δ 3DCS (95% CI)</th>"
-            "<th>Epipolar base ↓</th><th>Epipolar aligned</th><th>Δ Epipolar (95% CI)</th>"
-            "<th>motion base</th><th>motion aligned</th><th>motion ratio</th><th>frame-change ratio</th>"
-            "<th>sharpness ratio</th><th>Δ 3DCS at equal sharpness</th><th>Δ Epipolar at equal sharpness</th>"
-            "<th>success</th></tr>")
-    body = []
-    for name, index, r in _rows(arms):
-        ok = "yes" if r.get("success") else "no"
-        body.append(
-            f"<tr><td>{html.escape(name)}</td><td>{index}</td><td>{_fmt(r['3dcs_base'])}</td>"
-            f"<td>{_fmt(r['3dcs_aligned'])}</td>"
-            f"<td>{_fmt(r['3dcs_delta'], 5)} {_ci(r['3dcs_delta_ci95'])}{_n(r, '3dcs')}</td>"
-            f"<td>{_fmt(r['epipolar_base'])}</td><td>{_fmt(r['epipolar_aligned'])}</td>"
-            f"<td>{_fmt(r['epipolar_delta'], 5)} {_ci(r['epipolar_delta_ci95'])}{_n(r, 'epipolar')}</td>"
-            f"<td>{_fmt(r['motion_base'])}</td><td>{_fmt(r['motion_aligned'])}</td>"
-            f"<td>{_fmt(r['motion_ratio'], 3)}</td><td>{_fmt(r.get('frame_change_ratio'), 3)}</td>"
-            f"<td>{_fmt(r.get('sharpness_ratio'), 3)}</td>"
-            f"{_at_equal_sharpness(r, '3dcs')}{_at_equal_sharpness(r, 'epipolar')}"
-            f"<td class='{ok}'>{ok}</td></tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+class _Media:
+    """The report's media folder in the run's storage; each method returns the path the page links."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+
+    def png(self, name: str, data: bytes) -> str:
+        rel = f"{MEDIA}/{name}"
+        self.store.write_bytes(rel, data)
+        return rel
+
+    def video(self, run_rel: str, replace: bool = False) -> str:
+        rel = f"{MEDIA}/{run_rel}"
+        if replace or not self.store.exists(rel):
+            self.store.write_bytes(rel, self.store.read_bytes(run_rel))
+        return rel
 
 
-Series = dict[str, dict[tuple[str, int | None], list[tuple]]]
-"""Per plotted quantity: (arm, round or None for a per-round line) -> points (x, y) or (x, y, low, high)."""
+def _spread(items: list, count: int) -> list:
+    """``count`` items evenly spaced over ``items`` (all of them when there are fewer)."""
+    if len(items) <= count:
+        return items
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else items[:1]
 
 
-def _add(out: Series, metric: str, arm: str, index: int, value: Any, ci: list | None = None) -> None:
-    """One per-round point of ``arm`` (with its CI when given), if the value is a finite number."""
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        point = (index, float(value), *ci) if ci and ci[0] is not None else (index, float(value))
-        out.setdefault(metric, {}).setdefault((arm, None), []).append(point)
+def _reason(text: str) -> str:
+    return esc(text.replace("_", " "))
 
 
-def _delta_series(arms: dict[str, dict]) -> Series:
-    """The held-out effect per arm and round: mean(aligned − base) with its paired 95% CI."""
-    out: Series = {}
-    for name, index, r in _rows(arms):
-        for key, label in (("3dcs", "3DCS"), ("epipolar", "Epipolar")):
-            _add(out, f"held-out Δ {label}, aligned − base (95% CI)", name, index, r.get(f"{key}_delta"),
-                 r.get(f"{key}_delta_ci95"))
-    return out
+def _score_block(rnd: _Round, media: _Media) -> str:
+    winners = [rnd.candidate(p["prompt_id"], p["winner_seed"]) for p in rnd.pairs]
+    losers = [rnd.candidate(p["prompt_id"], p["loser_seed"]) for p in rnd.pairs]
+    panels = [(label, [c[key] for c in rnd.candidates],
+               {"winners": [w.get(key, math.nan) for w in winners], "losers": [x.get(key, math.nan) for x in losers]})
+              for key, label in DISTRIBUTIONS]
+    src = media.png(f"{RoundPaths(rnd.index).dir}-scores.png", distributions(panels))
+    stats = [(key, score_stats([c[key] for c in rnd.candidates]) or {}) for key in SCORE_KEYS]
+    rows = [[esc(key), *(fmt(s.get(f)) for f in ("mean", "std", "min", "max")), str(s.get("count", 0))]
+            for key, s in stats]
+    scorer = rnd.candidates[0]["scorer"] if rnd.candidates else "–"
+    return (f"<h3>Scores of the {len(rnd.candidates)} candidates (scored as {esc(scorer)}; "
+            f"ticks: winners and losers of the pairs)</h3><div class='plots'>{img(src, 'score distributions')}</div>"
+            f"<details><summary>score statistics</summary>"
+            f"{table(['score', 'mean', 'std', 'min', 'max', 'count'], rows, text_columns=1)}</details>")
 
 
-def _series(arms: dict[str, dict]) -> Series:
-    """The training figures per round: final DPO metrics and the candidates' reward statistics."""
-    out: Series = {}
-    for name, index, r in _rows(arms):
-        train = r.get("train") or {}
-        tm = train.get("train") or {}
-        _add(out, "DPO reward accuracy (final)", name, index, tm.get("reward_accuracy"))
-        _add(out, "DPO train loss (final)", name, index, tm.get("loss"))
-        _add(out, "DPO reward margin (final)", name, index, tm.get("reward_margin"))
-        scores = train.get("scores") or {}
-        # One plot per metric, never "score": that is 3DCS for one arm and Epipolar for another,
-        # whose scales differ twentyfold.
-        for key, label in (("3dcs", "3DCS (training reward GFM)"), ("epipolar", "Epipolar"),
-                           ("motion", "motion (training reward GFM)")):
-            stats = scores.get(key)
-            if stats:
-                _add(out, f"candidates: mean {label}", name, index, stats.get("mean"))
-        _add(out, "pairs kept", name, index, train.get("pairs_kept"))
-    return out
-
-
-def _step_series(arms: dict[str, dict]) -> Series:
-    """Per-step curves from the trainer's history (x = optimizer step), one line per arm and round;
-    reward accuracy is a running mean over 5 steps (each step sees only a few pairs)."""
-    out: Series = {}
-    for name, index, r in _rows(arms):
-        history = r.get("train_history") or []
-        for key, title, window in (("loss", "DPO train loss per step", 1),
-                                   ("reward_accuracy", "reward accuracy per step (running mean of 5)", 5)):
-            values = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float))]
-            smoothed = [(s, sum(v for _, v in values[max(0, i - window + 1): i + 1])
-                         / len(values[max(0, i - window + 1): i + 1]))
-                        for i, (s, _) in enumerate(values)]
-            if smoothed:
-                out.setdefault(title, {})[(name, index)] = smoothed
-    return out
-
-
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
-DASHES = ("-", "--", ":", "-.")  # per-step lines: one dash pattern per round
-
-
-def _arm_colors(series: Series) -> dict[str, str]:
-    """One color per arm on every plot, in the order the arms first appear."""
-    arms = dict.fromkeys(arm for lines in series.values() for arm, _ in lines)
-    return {arm: COLORS[i % len(COLORS)] for i, arm in enumerate(arms)}
-
-
-def _label(key: tuple[str, int | None]) -> str:
-    arm, index = key
-    return arm if index is None else f"{arm} r{index}"
-
-
-def _plots_matplotlib(series: Series) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = _arm_colors(series)
-    images = []
-    for title, lines in series.items():
-        fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=90)
-        for offset, (key, points) in enumerate(lines.items()):
-            points = sorted(points)
-            style = {"color": colors[key[0]], "label": _label(key)}
-            if key[1] is not None:
-                style["linestyle"] = DASHES[key[1] % len(DASHES)]
-            if len(points[0]) == 4:  # a mean with its CI; arms side by side so equal rounds do not hide each other
-                xs = [p[0] + 0.06 * (offset - (len(lines) - 1) / 2) for p in points]
-                ys = [p[1] for p in points]
-                err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, **style)
-            else:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, **style)
-        ax.set_title(title, fontsize=9)
-        per_step = "per step" in title
-        ax.set_xlabel("step" if per_step else "round")
-        if not per_step:
-            ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
-        if any(len(p) == 4 for pts in lines.values() for p in pts):  # deltas with CIs: where "no effect" is
-            ax.axhline(0.0, color="#888", linewidth=0.8)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        images.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,"
-                      f"{base64.b64encode(buf.getvalue()).decode()}'>")
-    return images
-
-
-def _plots_svg(series: Series) -> list[str]:
-    """Fallback without matplotlib: one small inline SVG line chart per quantity (CIs as vertical bars)."""
-    colors = _arm_colors(series)
-    w, h, m = 360, 200, 30
-    images = []
-    for title, lines in series.items():
-        values = [y for pts in lines.values() for p in pts for y in p[1:]]
-        rounds = [p[0] for pts in lines.values() for p in pts]
-        lo, hi = min(values), max(values)
-        hi = hi if hi > lo else lo + 1.0
-        xmax = max(max(rounds), 1)
-
-        def xy(x: float, y: float, lo: float = lo, hi: float = hi, xmax: float = xmax) -> tuple[float, float]:
-            return m + (w - 2 * m) * x / xmax, h - m - (h - 2 * m) * (y - lo) / (hi - lo)
-
-        parts = [f"<text x='{w / 2}' y='14' text-anchor='middle' font-size='11'>{html.escape(title)}</text>",
-                 f"<text x='2' y='{m}' font-size='9'>{hi:.4g}</text>"
-                 f"<text x='2' y='{h - m}' font-size='9'>{lo:.4g}</text>"]
-        for i, (key, points) in enumerate(lines.items()):
-            points = sorted(points)
-            pts = [xy(p[0], p[1]) for p in points]
-            c = colors[key[0]]
-            parts.append(f"<polyline fill='none' stroke='{c}' "
-                         f"points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}'/>")
-            parts += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3' fill='{c}'/>" for a, b in pts]
-            for p in (p for p in points if len(p) == 4):
-                (x, y_low), (_, y_high) = xy(p[0], p[2]), xy(p[0], p[3])
-                parts.append(f"<line x1='{x:.1f}' y1='{y_low:.1f}' x2='{x:.1f}' y2='{y_high:.1f}' stroke='{c}'/>")
-            parts.append(f"<text x='{w - m}' y='{30 + 12 * i}' font-size='9' fill='{c}'>"
-                         f"{html.escape(_label(key))}</text>")
-        images.append(f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>{''.join(parts)}</svg>")
-    return images
-
-
-def plots_html(arms: dict[str, dict]) -> str:
-    series = {**_delta_series(arms), **_step_series(arms), **_series(arms)}
+def _curves_block(rnd: _Round, media: _Media) -> str:
+    history = (rnd.markers.get("train") or {}).get("history") or []
+    series: Series = {}
+    for key, title, window in CURVES:
+        points = [(h["step"], float(h[key])) for h in history
+                  if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
+        if points:
+            series[title] = {("", None): running_mean(points, window)}
     if not series:
-        return "<p>no training metrics</p>"
-    try:
-        images = _plots_matplotlib(series)
-    except ImportError:
-        images = _plots_svg(series)
-    return "<div class='plots'>" + "".join(images) + "</div>"
+        return "<h3>Training</h3><p>no training history (the train stage has not run)</p>"
+    final = (rnd.markers["train"].get("metrics") or {})
+    images = "".join(img(media.png(f"{RoundPaths(rnd.index).dir}-{i}-curve.png", png), title)
+                     for i, (title, png) in enumerate(line_plots(series, x_label="step")))
+    summary = ", ".join(f"{k.replace('_', ' ')} {fmt(final.get(k))}" for k in
+                        ("loss", "reward_accuracy", "reward_margin", "policy_ref_gap_w", "policy_ref_gap_l"))
+    return (f"<h3>Training ({len(history)} steps; final {summary})</h3><div class='plots'>{images}</div>")
 
 
-def videos_html(results: dict[str, dict], out_dir: str, per_round: int = 6) -> str:
-    """base | aligned side-by-sides per arm and round, by paths relative to ``out_dir``: ``per_round``
-    of them, evenly spaced over the (prompt, seed)-sorted list so every prompt shows (a page of
-    hundreds of autoplaying videos does not play); the folder holds them all."""
-    seen: set[str] = set()
-    blocks = []
-    for name, arm in results.items():
-        for r in arm["rounds"]:
-            clips = [f"{arm['run_name']}/{rel}" for rel in r.get("side_by_side", [])]
-            if not clips or clips[0] in seen:  # arms sharing a run (offline/online round 0) show it once
-                continue
-            seen.add(clips[0])
-            shown = clips[:: -(-len(clips) // per_round)]
-            items = "".join(
-                f"<figure><video src='{html.escape(rel)}' controls loop muted autoplay playsinline width='260'></video>"
-                f"<figcaption>{html.escape(os.path.basename(rel))}</figcaption></figure>" for rel in shown)
-            blocks.append(f"<h3>{html.escape(name)} · round {r['round']} (left: base, right: aligned; {len(shown)} of "
-                          f"{len(clips)}, all in {html.escape(os.path.dirname(clips[0]))}/)</h3>"
-                          f"<div class='videos'>{items}</div>")
-    return "".join(blocks) or "<p>no videos</p>"
+def _side(rnd: _Round, media: _Media, seed: int, prompt_id: str, role: str, score: float) -> str:
+    c = rnd.candidate(prompt_id, seed)
+    caption = f"<b class='{'win' if role == 'winner' else 'lose'}'>{role}</b> seed {seed} · score {fmt(score)}"
+    return video(media.video(c["video_uri"]), caption) if c.get("video_uri") else f"<p>{caption} (no video)</p>"
 
 
-STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1200px}table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}td.yes{color:#080;font-weight:bold}
-td.no{color:#a00}.plots img,.plots svg{margin:4px}.videos{display:flex;flex-wrap:wrap}figure{margin:4px;font-size:10px}
-video{image-rendering:pixelated}pre{background:#f6f6f6;padding:6px;font-size:11px;overflow:auto}"""
+def _gallery_block(rnd: _Round, media: _Media, count: int) -> str:
+    if "pairs" not in rnd.markers:
+        return "<h3>Pairs</h3><p>the pairs stage has not run</p>"
+    summary = rnd.markers["pairs"].get("pairing") or {}
+    dropped = {**summary.get("candidates_dropped", {}), **{f"prompt {k}": v for k, v in
+                                                           summary.get("prompts_dropped", {}).items()}}
+    shown = _spread(rnd.pairs, count)
+    cards = []
+    for p in shown:
+        win, lose = rnd.candidate(p["prompt_id"], p["winner_seed"]), rnd.candidate(p["prompt_id"], p["loser_seed"])
+        rows = [[esc(label), fmt(win.get(key)), fmt(lose.get(key))] for key, label in GALLERY_SCORES]
+        cards.append(
+            f"<div class='pair'><div><b>{esc(p['prompt'])}</b> ({esc(p['prompt_id'])})</div>"
+            f"{_side(rnd, media, p['winner_seed'], p['prompt_id'], 'winner', p['winner_score'])}"
+            f"{_side(rnd, media, p['loser_seed'], p['prompt_id'], 'loser', p['loser_score'])}"
+            f"{table(['', 'winner', 'loser'], rows, text_columns=1)}"
+            f"<div class='why'>why: {esc(p['reason']) or 'not recorded'}</div></div>")
+    counts = ", ".join(f"{_reason(k)}: {v}" for k, v in dropped.items()) or "none"
+    return (f"<h3>Pairs: {len(rnd.pairs)} kept (dropped: {counts}); {len(shown)} shown, widest gap first</h3>"
+            f"<div class='gallery'>{''.join(cards)}</div>")
 
 
-def render_report(figures: dict, results: dict[str, dict], out_dir: str) -> str:
-    import json
+def _unpaired_block(rnd: _Round, media: _Media, count: int) -> str:
+    if "pairs" not in rnd.markers:
+        return ""
+    paired = {(p["prompt_id"], int(s)) for p in rnd.pairs for s in (p["winner_seed"], p["loser_seed"])}
+    reasons = {(u["prompt_id"], int(u["seed"])): u["reason"] for u in rnd.markers["pairs"].get("unpaired", [])}
+    left = [c for c in rnd.candidates if (c["prompt_id"], int(c["seed"])) not in paired]
+    if not left:
+        return "<h3>Candidates in no pair</h3><p>none</p>"
+    left.sort(key=lambda c: (reasons.get((c["prompt_id"], int(c["seed"])), ""), c["prompt_id"], c["seed"]))
+    rows = []
+    for i, c in enumerate(left[:50]):
+        clip = video(media.video(c["video_uri"]), "", width=120) if i < count and c.get("video_uri") else ""
+        rows.append([esc(c["prompt"]), str(c["seed"]), _reason(reasons.get((c["prompt_id"], int(c["seed"])),
+                                                                          "not recorded")),
+                     *(fmt(c.get(key)) for key in ("score", "3dcs", "epipolar", "motion", "sharpness")), clip])
+    more = f"<p>… and {len(left) - 50} more</p>" if len(left) > 50 else ""
+    header = ["prompt", "seed", "reason", "score", "3DCS", "Epipolar", "motion", "sharpness", "video"]
+    return f"<h3>Candidates in no pair ({len(left)}), and why</h3>{table(header, rows, text_columns=3)}{more}"
 
-    settings = json.dumps({k: figures.get(k) for k in ("mode", "ci_method", "success_criterion", "eval_gfm_checks",
-                                                    "seconds")},
-                          indent=1, default=str)
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>VideoGPA in miniature</title>"
-        f"<style>{STYLE}</style></head><body><h1>VideoGPA in miniature</h1>"
-        f"<p>Held-out seeds, scored with the <b>evaluation</b> GFM (not the training reward). "
-        f"Headline arm <b>{html.escape(str(figures.get('headline_arm')))}</b>: success = "
-        f"<b>{'yes' if figures.get('success') else 'no'}</b> "
-        f"({html.escape(str(figures.get('success_criterion')))}).</p>"
-        f"<h2>Results</h2>{table_html(figures['arms'])}"
-        f"<h2>Held-out effect and training per round</h2>{plots_html(figures['arms'])}"
-        f"<h2>Side-by-side samples</h2>{videos_html(results, out_dir)}"
-        f"<h2>Settings and timings</h2><pre>{html.escape(settings)}</pre></body></html>")
+
+def _round_section(store: RunStore, media: _Media, index: int, gallery: int) -> str:
+    rnd = _read_round(store, index)
+    done = [s for s in STAGES if s in rnd.markers]
+    state = "complete" if rnd.metrics is not None else f"incomplete (stages done: {', '.join(done) or 'none'})"
+    seconds = ", ".join(f"{s} {rnd.markers[s].get('seconds', '–')} s" for s in done)
+    return (f"<section class='round' id='{RoundPaths(index).dir}'><h2>Round {index}: {state}</h2>"
+            f"<p>stage durations: {seconds or '–'}</p>{_score_block(rnd, media)}{_curves_block(rnd, media)}"
+            f"{_gallery_block(rnd, media, gallery)}{_unpaired_block(rnd, media, gallery)}</section>")
 
 
-def write_report(figures: dict, results: dict[str, dict], out_dir: str, name: str = "report.html") -> str:
-    """Write the report into ``out_dir`` (temp name, then rename); returns its path."""
-    path = os.path.join(out_dir, name)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render_report(figures, results, out_dir))
-    os.replace(tmp, path)
-    return path
+def _evaluation_section(store: RunStore, media: _Media, rel: str, per_round: int = 6) -> str:
+    result = store.read_json(f"{rel}/results.json")
+    base, aligned, index = result["base"], result["aligned"], result["round"]
+    rows = [[esc(f"{key} {arrow}"), f"{fmt(base[key]['mean'])} ± {fmt(base[key]['sem'], 3)}",
+             f"{fmt(aligned[key]['mean'])} ± {fmt(aligned[key]['sem'], 3)}",
+             fmt(aligned[key]["mean"] - base[key]["mean"])] for key, arrow in METRICS if key in base]
+    clips = _spread(sorted(result.get("side_by_side", [])), per_round)
+    videos = "".join(video(media.video(c, replace=True), esc(c.rsplit("/", 1)[-1]), width=300) for c in clips)
+    return (f"<section class='evaluation' id='evaluation-{index:03d}'><h2>Evaluation of round {index}'s LoRA "
+            f"({result['samples']} held-out samples, mean ± s.e.m.)</h2>"
+            f"{table(['metric', 'base', f'round {index} LoRA', 'delta'], rows, text_columns=1)}"
+            f"<h3>Side by side (left: base, right: aligned; {len(clips)} of {len(result.get('side_by_side', []))})"
+            f"</h3><div class='videos'>{videos}</div></section>")
+
+
+def _overview(store: RunStore, config: dict, indices: list[int], media: _Media) -> str:
+    model, scoring, pairing = (config.get(k) or {} for k in ("model", "scoring", "pairing"))
+    facts = [("run", store.uri()), ("model", f"{model.get('family')} ({model.get('pretrained')})"),
+             ("reward", f"{scoring.get('scorer')} scored by the {scoring.get('backend')} GFM"),
+             ("candidates per prompt", pairing.get("candidates_per_prompt")),
+             ("rounds", f"{len(indices)} started of {config.get('rounds')}")]
+    rows, series = [], {}
+    for index in indices:
+        metrics = store.read_json(RoundPaths(index).metrics)
+        if metrics is None:
+            continue
+        train = metrics.get("train") or {}
+        rows.append([str(index), str(metrics["candidates"]), str(metrics["pairs_kept"]),
+                     fmt((metrics["scores"].get("3dcs") or {}).get("mean")), fmt(train.get("loss")),
+                     fmt(train.get("reward_accuracy"))])
+        for key, title in (("3dcs", "candidates: mean 3DCS ↓"), ("epipolar", "candidates: mean Epipolar ↓")):
+            mean = (metrics["scores"].get(key) or {}).get("mean")
+            if isinstance(mean, float) and math.isfinite(mean):
+                series.setdefault(title, {}).setdefault(("", None), []).append((index, mean))
+    plots = "".join(img(media.png(f"rounds-{i}.png", png), title) for i, (title, png) in
+                    enumerate(line_plots(series))) if len(rows) > 1 else ""
+    summary = table(["round", "candidates", "pairs", "mean 3DCS", "final loss", "final reward accuracy"], rows)
+    return (table(None, [[esc(k), esc(str(v))] for k, v in facts], text_columns=2)
+            + (f"<h2>Rounds</h2>{summary}<div class='plots'>{plots}</div>" if rows else ""))
+
+
+def _round_indices(store: RunStore) -> list[int]:
+    return sorted(int(d.split("-")[1]) for d in store.list_dirs("")
+                  if d.startswith("round-") and store.exists(RoundPaths(int(d.split("-")[1])).marker("candidates")))
+
+
+def write_run_report(store: RunStore, gallery: int = 8) -> str:
+    """(Re)write the run's report from its folder; returns its URI. ``gallery``: pairs shown per round."""
+    media = _Media(store)
+    config = yaml.safe_load(store.read_bytes("config.yaml")) if store.exists("config.yaml") else {}
+    indices = _round_indices(store)
+    rounds = "".join(_round_section(store, media, i, gallery) for i in indices)
+    evaluations = "".join(_evaluation_section(store, media, rel) for rel in store.list_dirs("evaluation")
+                          if rel.rsplit("/", 1)[-1].startswith("round-") and store.exists(f"{rel}/results.json"))
+    body = (f"<p>written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}</p>"
+            f"{_overview(store, config, indices, media)}{rounds or '<p>no round has candidates yet</p>'}"
+            f"{evaluations}<h2>Config</h2><details><summary>config.yaml</summary>"
+            f"<pre>{esc(yaml.safe_dump(config, sort_keys=False))}</pre></details>")
+    store.write_bytes(REPORT, page(f"videogpa run {store.run_name}", body).encode("utf-8"))
+    return store.uri(REPORT)

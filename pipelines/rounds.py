@@ -8,11 +8,15 @@ unfinished stage from a clean slate, so nothing is lost, duplicated or rewritten
     pairs        best vs worst per prompt → latents → shards      (pairs.done.json)
     train        Diffusion-DPO on the shards → LoRA               (train.done.json)
     manifest     shard list, row counts, checksums, metrics        (manifest.json)
+
+After each round the driver logs its figures to the tracking backends (``pipelines.tracking``) and
+rewrites the run's report (``pipelines.report``); neither can fail the round.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import statistics
@@ -24,6 +28,7 @@ import pyarrow.parquet as pq
 
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
+from actors.scoring import SCORE_KEYS
 from pipelines.config import VideoGPAConfig
 from pipelines.pairing import make_pairs
 from pipelines.prompts import Prompt, load_prompts
@@ -35,6 +40,7 @@ from pipelines.stages import (
     build_rescoring_dataset,
 )
 from pipelines.storage import TEMP_MARK, RunStore, StorageSpec
+from pipelines.tracking import log_round, tracking_target
 from trainers.schema import SCHEMA_VERSION
 from trainers.train import train_dpo
 
@@ -153,8 +159,25 @@ def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index
     if store.exists(paths.manifest):  # a complete round is never rewritten
         return store.read_json(paths.metrics)
     if all(store.exists(paths.marker(stage)) for stage in STAGES):
-        return finish_round(cfg, store, paths)  # also when the last stage was run alone
+        metrics = finish_round(cfg, store, paths)  # also when the last stage was run alone
+        log_round(cfg, store, metrics)
+        write_report(store)
+        return metrics
     return {}
+
+
+def write_report(store: RunStore) -> str | None:
+    """Rewrite the run's report; a failure is one warning line (``videogpa report`` can remake it)."""
+    from pipelines.report import write_run_report  # it reads rounds through this module
+
+    try:
+        uri = write_run_report(store)
+    except Exception as err:  # noqa: BLE001 - the work is done and recorded; the report is a view of it
+        log.warning("report: not written: %s: %s", type(err).__name__, str(err).splitlines()[0][:300] if str(err)
+                    else "")
+        return None
+    log.info("report: %s", uri)
+    return uri
 
 
 def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
@@ -186,7 +209,8 @@ def _remove_torn_writes(store: RunStore, rel: str) -> None:
         log.info("removed %d temporary file(s) of interrupted video writes", len(torn))
 
 
-def _read_candidates(store: RunStore, paths: RoundPaths) -> list[dict[str, Any]]:
+def read_candidates(store: RunStore, paths: RoundPaths) -> list[dict[str, Any]]:
+    """The metadata rows (no frames) of the candidates a round's marker lists."""
     files = [store.path(f["path"]) for f in store.read_json(paths.marker("candidates"))["files"]]
     table = pq.ParquetDataset(files, filesystem=store.fs).read(columns=CANDIDATE_META_COLUMNS)
     return table.to_pylist()
@@ -204,7 +228,7 @@ def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
     old = store.read_json(paths.marker("candidates"))
     for stage in ("train", "pairs"):
         store.delete_file(paths.marker(stage))
-    rows = _read_candidates(store, paths)
+    rows = read_candidates(store, paths)
     log.info("re-scoring %d candidates of round %d with %s:%s", len(rows), index, cfg.scoring.scorer,
              cfg.scoring.backend)
     build_rescoring_dataset(rows, cfg.scoring, store, cfg.scoring_pool).write_parquet(
@@ -219,7 +243,7 @@ def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
 
 def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
     store.delete_dir(paths.pairs)
-    candidates = _read_candidates(store, paths)
+    candidates = read_candidates(store, paths)
     reward, scored_as = cfg.scoring.scorer, (candidates[0]["scorer"] if candidates else "")
     if candidates and scored_as.split(":")[0] != reward:
         # Scored under the other reward: pair on this reward's column (every candidate has both, see
@@ -250,7 +274,8 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
     ]
     build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool).write_parquet(
         store.path(paths.pairs), filesystem=store.fs)
-    return {**_file_listing(store, paths.pairs), "pairing": summary, "scorer": scored_as}
+    return {**_file_listing(store, paths.pairs), "pairing": summary, "scorer": scored_as,
+            "pair_reasons": {p.pair_id: p.reason for p in report.pairs}, "unpaired": report.unpaired}
 
 
 def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
@@ -262,8 +287,24 @@ def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         trainer_cfg, cfg.model, pair_files=files, filesystem=store.fs, storage_path=store.path(paths.dir),
         name="checkpoints", lora_out_dir=store.path(paths.lora),
         previous_lora_dir=store.path(previous) if previous else None,
+        tracking=tracking_target(cfg, store, train_step_offset=paths.index * cfg.trainer.max_steps),
     )
-    return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_WEIGHT_NAME}")}
+    return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_WEIGHT_NAME}"),
+            "history": _train_history(store, metrics.get("checkpoint"))}
+
+
+def _train_history(store: RunStore, checkpoint: str | None) -> list[dict[str, float]]:
+    """The per-step figures the trainer keeps in its checkpoints' state (for the report's curves)."""
+    if not checkpoint:
+        return []
+    from trainers.checkpoint import STATE_JSON  # it imports deepspeed: not for every command that reads rounds
+
+    try:
+        state = json.loads(store.fs.open_input_stream(f"{checkpoint}/{STATE_JSON}").read())
+    except (OSError, ValueError) as err:
+        log.warning("train: no step history for the report (%s: %s)", type(err).__name__, str(err)[:200])
+        return []
+    return state.get("history", [])
 
 
 _STAGE_FUNCTIONS = {"candidates": _candidates_stage, "pairs": _pairs_stage, "train": _train_stage}
@@ -283,7 +324,8 @@ def _file_listing(store: RunStore, rel: str, exclude: set[str] = frozenset()) ->
     return {"files": files, "rows": sum(f["rows"] for f in files)}
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
+def score_stats(values: list[float]) -> dict[str, float] | None:
+    """mean, std, min, max and count of the finite values; None when there is none."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return None
@@ -293,7 +335,7 @@ def _stats(values: list[float]) -> dict[str, float] | None:
 
 def finish_round(cfg: VideoGPAConfig, store: RunStore, paths: RoundPaths) -> dict[str, Any]:
     """Write metrics.json, then the manifest: the round counts as complete only once both exist."""
-    candidates = _read_candidates(store, paths)
+    candidates = read_candidates(store, paths)
     markers = {stage: store.read_json(paths.marker(stage)) for stage in STAGES}
     pairs_marker, train_marker = markers["pairs"], markers["train"]
     metrics = {
@@ -303,8 +345,7 @@ def finish_round(cfg: VideoGPAConfig, store: RunStore, paths: RoundPaths) -> dic
         "pairs_kept": pairs_marker["pairing"]["pairs_kept"],
         "candidates_dropped": pairs_marker["pairing"]["candidates_dropped"],
         "prompts_dropped": pairs_marker["pairing"]["prompts_dropped"],
-        "scores": {key: _stats([c[key] for c in candidates])
-                   for key in ("score", "3dcs", "epipolar", "motion", "psnr", "ssim")},
+        "scores": {key: score_stats([c[key] for c in candidates]) for key in SCORE_KEYS},
         "train": train_marker["metrics"],
         "stage_seconds": {stage: markers[stage]["seconds"] for stage in STAGES},
         "config": store.config_rel,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.rehearsal.processes import free_port
-from tests.support.quickstart import QUICKSTART_ARGS, QuickstartRun
+from tests.support.quickstart import QUICKSTART_ARGS, QUICKSTART_ENV, QuickstartRun
 from tests.support.ray_runtime import local_ray
 
 
@@ -85,7 +85,8 @@ def quickstart_run(tmp_path_factory) -> QuickstartRun:
     ones, so no test's Ray runtime is open while this command starts its own."""
     out = tmp_path_factory.mktemp("quickstart")
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "align", *QUICKSTART_ARGS, f"output_uri={out}"],
-                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, **QUICKSTART_ENV})
     assert result.returncode == 0, result.stderr[-4000:]
     return QuickstartRun(out, result)
 

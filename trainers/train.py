@@ -23,6 +23,7 @@ from trainers.config import TrainerConfig
 from trainers.data import TRAIN_COLUMNS
 from trainers.deepspeed_config import gradient_accumulation_steps
 from trainers.schema import check_schema_version
+from trainers.tracking import TrackingTarget
 from trainers.validation import rows_where, validation_pair_ids
 from trainers.worker import FAULT_ENV, train_loop
 
@@ -85,11 +86,13 @@ def train_dpo(
     name: str,
     lora_out_dir: str,
     previous_lora_dir: str | None = None,
+    tracking: TrackingTarget | None = None,
 ) -> dict[str, Any]:
     """Train the policy LoRA with Diffusion-DPO on the pair shards; export it to
     ``<lora_out_dir>/pytorch_lora_weights.safetensors``.
 
-    ``filesystem``: the pyarrow filesystem of every path here (None = local paths).
+    ``filesystem``: the pyarrow filesystem of every path here (None = local paths). ``tracking``:
+    where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere).
     Returns the final metrics: loss, reward_accuracy, reward_margin, policy_ref_gap_w/l, steps,
     pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
     """
@@ -135,6 +138,7 @@ def train_dpo(
         # where Ray Train puts this run's checkpoints (checkpoint_<step>), for exporting the best one
         "checkpoint_root": _strip_scheme(storage_path, filesystem).rstrip("/") + "/" + name,
         "device": device,
+        "tracking": tracking,
     }
     trainer = TorchTrainer(
         train_loop,

@@ -18,10 +18,12 @@ import torch
 
 from actors.errors import InputError
 from trainers.storage_dirs import local_copy, upload_dir
+from trainers.tracking import Tracker
 
 logger = logging.getLogger("videogpa.trainer")
 
 FAULT_ENV = "VIDEOGPA_TRAIN_FAULT_AT_STEP"  # "<step>:<marker file>" — fault injection for tests
+_CONSTANT = ("step", "model_params", "lora_params")  # not curves: step is the x axis, the counts never change
 
 
 def _log(rank: int, msg: str) -> None:
@@ -98,7 +100,16 @@ def skip_cpu_shm_op() -> None:
     deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
-def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop)
+def train_loop(config: dict[str, Any]) -> None:
+    """The loop, with rank 0's tracker (trainers.tracking) closed however it ends."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    with Tracker(config.get("tracking") if rank == 0 else None, "trainer") as tracker:
+        _train_loop(config, tracker)
+
+
+def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901 (one readable loop)
     from actors.families import get_family
     from actors.model_config import ModelConfig
     from actors.models import build_denoiser
@@ -247,7 +258,8 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
                        "step_s": _allreduce_max(now - t_step, world, device),
                        "model_params": n_total, "lora_params": n_train}
             t_step = now
-            history.append({k: metrics[k] for k in ("step", "loss", "reward_accuracy", "reward_margin")})
+            history.append({k: metrics[k] for k in ("step", "loss", "reward_accuracy", "reward_margin", "lr",
+                                                    "grad_norm")})
             window.append(metrics)
             done = step >= cfg.max_steps
             if step % cfg.log_every == 0 or done or step == 1:
@@ -260,6 +272,7 @@ def train_loop(config: dict[str, Any]) -> None:  # noqa: C901 (one readable loop
             if device.type == "cpu":  # what the model and training added to a worker's host memory
                 metrics["peak_rss_growth_mb"] = _allreduce_max(_peak_memory_mb(device) - rss_before_model,
                                                                world, device)
+            tracker.log_train_step({k: v for k, v in metrics.items() if k not in _CONSTANT}, step)
             if step % cfg.checkpoint_every == 0 or done:
                 if validating:  # at every checkpoint: the kept checkpoints are the best by val_loss
                     metrics.update(validate())

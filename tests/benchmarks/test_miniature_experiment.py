@@ -121,8 +121,8 @@ def test_arms_take_round0_stages_from_the_offline_run(tmp_path):
     assert reuse_round0(str(tmp_path), "miniature-videogpa-x", ()) is False
 
 
-def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
-    from pipelines import report
+def test_report_plots_and_links_videos(tmp_path):
+    from benchmarks.miniature_lab import report
 
     row = {"round": 0, "3dcs_base": 0.1, "3dcs_aligned": 0.09, "3dcs_delta": -0.01, "3dcs_delta_ci95": [-0.02, 0.0],
            "epipolar_base": None, "epipolar_aligned": None, "epipolar_delta": None, "epipolar_delta_ci95": [None, None],
@@ -132,27 +132,22 @@ def test_report_falls_back_to_svg_and_links_videos(tmp_path, monkeypatch):
                              for s in range(1, 8)]}
     results = {"offline": {"run_name": "r",
                            "rounds": [{**row, "side_by_side": ["evaluation/round-000/side_by_side/a.mp4"]}]}}
-    monkeypatch.setattr(report, "_plots_matplotlib", lambda series: (_ for _ in ()).throw(ImportError()))
     path = report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results, str(tmp_path))
     text = Path(path).read_text()
-    assert text.count("<svg") == 6 and "src='r/evaluation/round-000/side_by_side/a.mp4'" in text
+    assert text.count("src='data:image/png;base64,") == 6 and "src='r/evaluation/round-000/side_by_side/a.mp4'" in text
     assert "reward accuracy per step" in text and "–" in text  # undefined epipolar shown as a dash
-    # the held-out effect is plotted with its CI bar; an undefined metric gets no plot
-    assert "held-out Δ 3DCS" in text and "held-out Δ Epipolar" not in text and "<line x1=" in text
+    # the held-out effect is plotted (with its CI bar); an undefined metric gets no plot
+    assert "alt='held-out Δ 3DCS" in text and "held-out Δ Epipolar" not in text
+    assert "href='r/report.html'" in text  # each arm's own run report (pipelines.report)
     # many side-by-sides: a few, spread over the prompts, are embedded
     many = [f"evaluation/round-000/side_by_side/{p}-s{k}.mp4" for p in ("dolly", "orbit", "pan") for k in range(48)]
     shown = re.findall(r"<video src='([^']+)'", report.videos_html({"a": {"run_name": "r", "rounds": [
-        {"round": 0, "side_by_side": many}]}}, str(tmp_path)))
+        {"round": 0, "side_by_side": many}]}}))
     assert len(shown) == 6 and {s.split("/")[-1].split("-")[0] for s in shown} == {"dolly", "orbit", "pan"}
-    monkeypatch.undo()
-    pytest.importorskip("matplotlib")
-    text = Path(report.write_report({"arms": {"offline": {"rounds": [row]}}, "success": False}, results,
-                                    str(tmp_path))).read_text()
-    assert text.count("data:image/png;base64,") == 6 and "<svg" not in text
 
 
 def test_report_plots_each_candidate_metric_on_its_own_axis():
-    from pipelines import report
+    from benchmarks.miniature_lab import report
 
     def arm(reward: float, epipolar: dict | None) -> dict:
         scores = {"score": {"mean": reward}, "3dcs": {"mean": 0.019}, "motion": {"mean": 0.004}, "epipolar": epipolar}

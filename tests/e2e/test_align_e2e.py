@@ -20,6 +20,7 @@ import torch
 
 from actors.model_config import ModelConfig
 from actors.models import build_pipeline
+from tests.support.browser import broken_media, check_page, download_report
 from tests.support.quickstart import QUICKSTART_ARGS
 from tests.support.ray_runtime import local_ray
 from trainers.schema import PAIR_SCHEMA, tensor_from_bytes
@@ -89,7 +90,7 @@ def _lora_changes_output(lora_dir: str) -> None:
     assert np.abs(sample(pipe) - base).max() > 0
 
 
-def test_align_local_then_resume(quickstart_run, ray_test):
+def test_align_local_then_resume(quickstart_run, ray_test, tmp_path_factory):
     # The later commands join the test's Ray runtime (RAY_ADDRESS, as on a cluster) instead of each
     # starting and stopping a local one; it also serves the shard read.
     joined = {"RAY_ADDRESS": ray_test.get_runtime_context().gcs_address}
@@ -101,8 +102,8 @@ def test_align_local_then_resume(quickstart_run, ray_test):
     _check_shards(f"{root}/round-000/pairs", ray=ray_test)
     _lora_changes_output(f"{root}/round-000/lora")
 
-    # The same command again: the completed round is skipped and nothing is rewritten; the only new
-    # file is the second command's own driver log.
+    # The same command again: the completed round is skipped and nothing is rewritten (nor the
+    # report, TensorBoard or MLflow); the only new file is the second command's own driver log.
     def stamps() -> dict:
         return {p: p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file() and p.parent.name != "logs"}
 
@@ -130,6 +131,11 @@ def test_align_local_then_resume(quickstart_run, ray_test):
     assert results["samples"] == 2 and all(math.isfinite(results[arm]["epipolar"]["mean"]) or
                                            results[arm]["epipolar"]["count"] == 0 for arm in ("base", "aligned"))
     assert len(list(Path(root, "evaluation/round-000/side_by_side").glob("*.mp4"))) == 2
+    # The run's report now shows the evaluation: its table, and side-by-side videos that play.
+    out = tmp_path_factory.mktemp("report")
+    findings = check_page(download_report(Path(root), out / "download"), out)
+    assert findings["evaluations"] == 1 and broken_media(findings) == []
+    assert len([v for v in findings["videos"] if v["src"].startswith("report_files/evaluation/round-000/")]) == 2
 
     # The base samples do not depend on the round: a second evaluation reuses them untouched, and
     # evaluation.base_run makes (then reuses) them in another run of the same output_uri.
@@ -161,6 +167,20 @@ def test_align_to_s3(tmp_path, s3_server, flaky_s3_run):
     data = fs.open_input_stream(f"{root}/round-000/lora/pytorch_lora_weights.safetensors").read()
     (lora / "pytorch_lora_weights.safetensors").write_bytes(data)
     _lora_changes_output(str(lora))
+    # Its TensorBoard events and its report, downloaded from the bucket, read and open as a local run's.
+    local = tmp_path / "download"
+    for part in ("tensorboard", "report_files"):
+        (local / part).mkdir(parents=True)
+        pafs.copy_files(f"{root}/{part}", str(local / part), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    (local / "report.html").write_bytes(fs.open_input_stream(f"{root}/report.html").read())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(local / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2] and events.Scalars("round/candidates")
+    findings = check_page(local / "report.html", tmp_path)
+    assert findings["rounds"] == 1 and findings["pairs"] >= 1 and broken_media(findings) == []
 
 
 def test_pair_schema_is_the_spec_columns():

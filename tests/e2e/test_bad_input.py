@@ -183,6 +183,7 @@ BAD_INPUTS = {
                                                                      "round 1 is not complete")),
     "evaluate-a-round-without-lora": Bad(f"evaluate {GOOD} --round 4", ("round 4 of run", "has no LoRA at")),
     "rescore-a-complete-round": Bad(f"score {GOOD} --round 0", ("round 0 is complete", "rescoring would rewrite it")),
+    "report-of-no-run": Bad(f"report {GOOD} run_name=no-such-run", ("no run at", "no-such-run (it has no config")),
     "align-with-another-recipe": Bad(f"align {GOOD} sampling.num_inference_steps=3",
                                      ("config differs from", "sampling.num_inference_steps", "--allow-config-change")),
     # LoRA found broken inside the evaluation's generation actors

@@ -38,7 +38,7 @@ def test_score_video_prints_metrics_per_file(tmp_path):
 
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True)
-    for command in ("align", "generate", "pairs", "train", "evaluate", "score-video"):
+    for command in ("align", "generate", "pairs", "train", "evaluate", "report", "score-video"):
         assert command in out.stdout
 
 

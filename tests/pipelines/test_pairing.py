@@ -173,3 +173,17 @@ def test_the_pairs_stage_applies_pairing_winner_threshold_and_reports_its_drops(
     store.write_json(paths.marker("candidates"), {"files": [{"path": f"{paths.candidates}/part-0.parquet"}]})
     with pytest.raises(InputError, match=r"no preference pairs \(prompts dropped: \{'winner_not_below_threshold': 2\}"):
         _pairs_stage(cfg, store, [], paths)
+
+
+def test_every_candidate_is_paired_or_has_a_reason():
+    rows = [_row("a", 1, 0.10), _row("a", 2, 0.30), _row("a", 3, 0.50), _row("a", 4, 0.2, motion=0.0),
+            _row("b", 5, 0.30), _row("b", 6, 0.31), _row("c", 7, math.nan), _row("c", 8, 0.4)]
+    report = make_pairs(rows, 0, min_gap=0.05, motion_threshold=0.001)
+    assert [(p.winner["seed"], p.loser["seed"]) for p in report.pairs] == [(1, 3)]
+    assert report.pairs[0].reason == "pair 1: lowest vs highest score of 3 candidates; gap 0.4 ≥ min_gap 0.05"
+    why = {u["seed"]: u["reason"] for u in report.unpaired}
+    assert why == {2: "neither_best_nor_worst", 4: "static", 5: "gap_below_min_gap", 6: "gap_below_min_gap",
+                   7: "non_finite_score", 8: "fewer_than_two_moving_candidates"}
+    # A second pair per prompt that cannot be made leaves its candidates with the reason.
+    more = make_pairs(rows[:3], 0, min_gap=0.05, motion_threshold=0.001, pairs_per_prompt=2)
+    assert len(more.pairs) == 1 and more.unpaired == [{"prompt_id": "a", "seed": 2, "reason": "neither_best_nor_worst"}]
