@@ -35,6 +35,12 @@ def build_deepspeed_config(cfg: TrainerConfig, world_size: int, device_type: str
     accum = gradient_accumulation_steps(cfg, world_size)
     bf16 = resolve_precision(cfg, device_type) == "bf16"
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    if cfg.zero_stage == 3:
+        # DeepSpeed's defaults (1e9 each) keep every gathered parameter of a model under 1B elements alive
+        # between its uses: the frozen base is then held whole on every rank, next to its partition, and
+        # ZeRO-3 saves nothing (benchmarks/trainer_scale.py). Release each module's parameters after use.
+        zero.update({"stage3_max_live_parameters": cfg.zero3_max_live_parameters,
+                     "stage3_max_reuse_distance": cfg.zero3_max_reuse_distance})
     return {
         "train_batch_size": cfg.effective_batch_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,

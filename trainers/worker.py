@@ -272,13 +272,14 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
             if device.type == "cpu":  # what the model and training added to a worker's host memory
                 metrics["peak_rss_growth_mb"] = _allreduce_max(_peak_memory_mb(device) - rss_before_model,
                                                                world, device)
+            at_checkpoint = step % cfg.checkpoint_every == 0 or done
+            if at_checkpoint and validating:  # at every checkpoint: the kept ones are the best by val_loss
+                metrics.update(validate())
+                history[-1].update({k: v for k, v in metrics.items() if k.startswith("val_")})
+                _log(rank, f"step {step} validation loss {metrics['val_loss']:.4f} "
+                           f"acc {metrics['val_reward_accuracy']:.2f}")
             tracker.log_train_step({k: v for k, v in metrics.items() if k not in _CONSTANT}, step)
-            if step % cfg.checkpoint_every == 0 or done:
-                if validating:  # at every checkpoint: the kept checkpoints are the best by val_loss
-                    metrics.update(validate())
-                    history[-1].update({k: v for k, v in metrics.items() if k.startswith("val_")})
-                    _log(rank, f"step {step} validation loss {metrics['val_loss']:.4f} "
-                               f"acc {metrics['val_reward_accuracy']:.2f}")
+            if at_checkpoint:
                 save_and_report(metrics, with_checkpoint=True)
             elif step % cfg.log_every == 0:
                 save_and_report(metrics, with_checkpoint=False)
