@@ -3,9 +3,10 @@
 Inside ``deepspeed.zero.Init`` every parameter is split across the ranks as soon as its module is
 constructed, so no rank ever holds the whole network (a 5B transformer in bf16 is ~11 GB; 14B
 does not fit a host when every worker of a node builds it whole). Real weights then load tensor by
-tensor: each rank reads from the safetensors files only the rows that cover the flat range of each
-tensor its partition holds, and copies that range into its partition. No process ever holds the
-checkpoint, or even one whole large tensor of it, except for the small ones.
+tensor: each rank reads from the safetensors files exactly the bytes of the flat range of each tensor
+its partition holds (plain reads, no memory map: mapped pages would count in every rank's resident
+memory), and copies that range into its partition. No process ever holds the checkpoint, or even one
+whole large tensor of it, except for the small ones.
 
 Families do not call this module themselves: ``actors.families.base.load_transformer`` routes here
 when a ZeRO-3 partitioned build is active (``trainers.worker`` opens it for ``zero_stage: 3``).
@@ -16,9 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import struct
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -80,73 +84,99 @@ def checkpoint_dir(pretrained: str, subfolder: str, revision: str | None) -> str
     return os.path.join(root, subfolder)
 
 
-def weight_files(directory: str) -> dict[str, str]:
-    """Tensor name -> the safetensors file that holds it, from the sharded index or the single file."""
+# safetensors dtype names -> torch dtypes (the format's own table)
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor's bytes are in a safetensors file: row-major, little-endian, from ``offset``."""
+
+    path: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _safetensors_header(path: str) -> dict[str, StoredTensor]:
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] not in _SAFETENSORS_DTYPES:
+            raise InputError(f"{path}: tensor {name} has dtype {meta['dtype']}, which this loader does not read")
+        out[name] = StoredTensor(path, _SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]),
+                                 8 + size + meta["data_offsets"][0])
+    return out
+
+
+def stored_tensors(directory: str) -> dict[str, StoredTensor]:
+    """Every tensor of the checkpoint in ``directory`` (sharded with an index, or one file), by name."""
     index = os.path.join(directory, WEIGHTS_INDEX_NAME)
     if os.path.exists(index):
         with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-        return {name: os.path.join(directory, file) for name, file in weight_map.items()}
-    single = os.path.join(directory, WEIGHTS_NAME)
-    if not os.path.exists(single):
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.exists(os.path.join(directory, WEIGHTS_NAME)):
+        files = [WEIGHTS_NAME]
+    else:
         raise InputError(f"{directory}: neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME} (a partitioned "
                          f"ZeRO-3 build reads safetensors weights only)")
-    from safetensors import safe_open
+    out: dict[str, StoredTensor] = {}
+    for file in files:
+        out.update(_safetensors_header(os.path.join(directory, file)))
+    return out
 
-    with safe_open(single, framework="pt") as f:
-        return {name: single for name in f.keys()}
 
-
-def _flat_range(sliced, start: int, end: int) -> torch.Tensor:
-    """Elements [start, end) of the flattened tensor behind a safetensors slice, reading only the
-    rows (first-dimension entries) that cover them."""
-    shape = sliced.get_shape()
-    if len(shape) == 0:
-        return sliced[...].reshape(-1)[start:end]
-    row = 1
-    for d in shape[1:]:
-        row *= d
-    first, last = start // row, -(-end // row)
-    return sliced[first:last].reshape(-1)[start - first * row:end - first * row]
+def read_elements(stored: StoredTensor, start: int, end: int) -> torch.Tensor:
+    """Elements [start, end) of the flattened tensor, read with plain file reads of exactly those bytes:
+    no memory map, so a rank's resident memory holds its share and not the pages of the whole file."""
+    if end <= start:
+        return torch.empty(0, dtype=stored.dtype)
+    itemsize = stored.dtype.itemsize  # not torch.empty(...).element_size(): zero.Init overrides its dtype
+    length = (end - start) * itemsize
+    with open(stored.path, "rb") as f:
+        data = os.pread(f.fileno(), length, stored.offset + start * itemsize)
+    if len(data) != length:
+        raise InputError(f"{stored.path}: truncated (a tensor ends past the end of the file)")
+    return torch.frombuffer(bytearray(data), dtype=stored.dtype)
 
 
 def load_partitioned(module: torch.nn.Module, directory: str) -> None:
     """Copy the checkpoint in ``directory`` into ``module``'s ZeRO-3 partitions, each rank reading
     only its own range of every tensor; buffers (not partitioned) are read whole."""
     from deepspeed import comm as dist
-    from safetensors import safe_open
 
-    files = weight_files(directory)
-    names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
-    missing = [n for n in names if n not in files and n in dict(module.named_parameters())]
+    stored = stored_tensors(directory)
+    params = dict(module.named_parameters())
+    missing = [n for n in params if n not in stored]
     if missing:
         raise InputError(f"{directory}: the checkpoint lacks {len(missing)} of the model's tensors "
                          f"(first: {missing[0]})")
-    handles: dict[str, Any] = {}
-    try:
-        def open_slice(name: str):
-            path = files[name]
-            if path not in handles:
-                handles[path] = safe_open(path, framework="pt")
-            return handles[path].get_slice(name)
-
-        for name, param in module.named_parameters():
-            part = param.ds_tensor
-            rank = dist.get_rank(group=param.ds_process_group)
-            start = rank * part.numel()
-            end = min(start + part.numel(), param.ds_numel)
-            if list(open_slice(name).get_shape()) != list(param.ds_shape):
-                raise InputError(f"{directory}: {name} has shape {open_slice(name).get_shape()} in the checkpoint, "
-                                 f"the model expects {list(param.ds_shape)}")
+    for name, param in params.items():
+        part, where = param.ds_tensor, stored[name]
+        if list(where.shape) != list(param.ds_shape):
+            raise InputError(f"{directory}: {name} has shape {list(where.shape)} in the checkpoint, "
+                             f"the model expects {list(param.ds_shape)}")
+        rank = dist.get_rank(group=param.ds_process_group)
+        start = rank * part.numel()
+        end = min(start + part.numel(), param.ds_numel)
+        with torch.no_grad():
+            part.zero_()  # the padding past the tensor's end, on the last rank
+            if start < end:
+                part[:end - start].copy_(read_elements(where, start, end))
+    names = list(params)
+    for name, buffer in module.named_buffers():
+        names.append(name)
+        if name in stored:
             with torch.no_grad():
-                part.zero_()  # the padding past the tensor's end, on the last rank
-                if start < end:
-                    part[:end - start].copy_(_flat_range(open_slice(name), start, end))
-        for name, buffer in module.named_buffers():
-            if name in files:
-                with torch.no_grad():
-                    buffer.copy_(handles.setdefault(files[name], safe_open(files[name], framework="pt"))
-                                 .get_tensor(name))
-    finally:
-        handles.clear()
+                buffer.copy_(read_elements(stored[name], 0, stored[name].numel).reshape(stored[name].shape))
     logger.info("loaded %s into ZeRO-3 partitions (%d tensors, this rank's share only)", directory, len(names))

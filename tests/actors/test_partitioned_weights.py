@@ -91,6 +91,24 @@ def test_real_weights_load_partitioned_from_a_sharded_checkpoint(tmp_path):
     _check_partitioned(model, {n: p.detach() for n, p in loaded.named_parameters()}, tmp_path)
 
 
+def test_element_ranges_read_from_the_file_equal_safetensors_own_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from actors.partitioned_weights import read_elements, stored_tensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a.weight": torch.randn(7, 5, generator=g).to(torch.bfloat16), "b.bias": torch.randn(3, generator=g),
+               "c.table": torch.randint(0, 9, (4, 2, 3), generator=g), "d.scale": torch.tensor(2.5, dtype=torch.float16)}
+    save_file(tensors, tmp_path / "diffusion_pytorch_model.safetensors")
+    reference, stored = load_file(tmp_path / "diffusion_pytorch_model.safetensors"), stored_tensors(str(tmp_path))
+    assert sorted(stored) == sorted(tensors)
+    for name, t in reference.items():
+        flat = t.reshape(-1)
+        assert stored[name].shape == tuple(t.shape) and stored[name].dtype == t.dtype
+        for start, end in ((0, flat.numel()), (1, max(1, flat.numel() - 2)), (flat.numel() - 1, flat.numel())):
+            assert torch.equal(read_elements(stored[name], start, end), flat[start:end]), (name, start, end)
+
+
 @pytest.mark.parametrize("family", ["cogvideox-t2v", "wan2.2-ti2v"])
 def test_random_full_size_is_the_published_architecture(family):
     """Parameters on the meta device (no memory): the parameter count of the published 5B models."""
