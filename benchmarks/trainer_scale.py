@@ -9,7 +9,7 @@ should fall as ~1/N. The figure per run is the trainer's own ``peak_rss_growth_m
 over the workers, of peak RSS minus the RSS just before the model was built (imports and Ray's
 worker process excluded). Last line: one JSON object.
 
-    python -m benchmarks.trainer_scale [--layers 16] [--heads 24] [--steps 2]
+    python -m benchmarks.trainer_scale [--layers 24] [--heads 24] [--steps 2]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def save_mid_size_model(root: str, layers: int, heads: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--heads", type=int, default=24, help="x 64 channels each (5B: 48)")
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()

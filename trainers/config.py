@@ -17,9 +17,11 @@ class TrainerConfig(BaseModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     zero_stage: Literal[1, 2, 3] = 2
-    # ZeRO-3: parameters gathered at once at most, and how close (in parameters) a next use must be for
-    # a gathered parameter to stay; larger values trade memory for fewer gathers.
-    zero3_max_live_parameters: int = Field(100_000_000, ge=0)
+    # ZeRO-3: parameters gathered at once at most, how many are fetched ahead, and how close (in
+    # parameters) a next use must be for a gathered parameter to stay. Larger values trade memory for
+    # fewer, better-overlapped gathers (DeepSpeed's own defaults: 1e9, 5e7, 1e9).
+    zero3_max_live_parameters: int = Field(30_000_000, ge=0)
+    zero3_prefetch_bucket_size: int = Field(10_000_000, ge=0)
     zero3_max_reuse_distance: int = Field(0, ge=0)
     # "auto": bf16 on GPU (the paper's setting), fp32 on CPU (CPU bf16 matmuls are slow and
     # the CPU path exists for tests / quickstart).

@@ -40,6 +40,7 @@ def build_deepspeed_config(cfg: TrainerConfig, world_size: int, device_type: str
         # between its uses: the frozen base is then held whole on every rank, next to its partition, and
         # ZeRO-3 saves nothing (benchmarks/trainer_scale.py). Release each module's parameters after use.
         zero.update({"stage3_max_live_parameters": cfg.zero3_max_live_parameters,
+                     "stage3_prefetch_bucket_size": cfg.zero3_prefetch_bucket_size,
                      "stage3_max_reuse_distance": cfg.zero3_max_reuse_distance})
     return {
         "train_batch_size": cfg.effective_batch_size,

@@ -90,6 +90,21 @@ def _load_best_validated(checkpoint_root: str, filesystem, history: list[dict[st
     ckpt_io.load_weights(named, tensors, zero_stage)
 
 
+def return_freed_memory_to_the_os() -> None:
+    """glibc raises its mmap threshold each time a large block is freed, after which blocks of that size
+    come from the heap, which it rarely gives back: the all-gathered ZeRO-3 parameters and the build's
+    temporaries then stay resident (a 0.6B model's 2-worker ZeRO-3 peak held 1.3 GB more than its
+    1-worker one). A fixed threshold serves every block of 128 KiB or more by mmap, returned on free."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    m_mmap_threshold = -3  # <malloc.h>; setting it also turns the dynamic adjustment off
+    if libc is not None and hasattr(libc, "mallopt"):  # glibc (musl has no mallopt)
+        libc.mallopt(m_mmap_threshold, 128 * 1024)
+
+
 def skip_cpu_shm_op() -> None:
     """DeepSpeed's CPU comm backend JIT-compiles a shared-memory all-reduce C++ op when it wraps
     the process group (needs a compiler, ~1 min the first time). Only its *inference* all-reduce
@@ -128,6 +143,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
 
     if on_cpu:
         skip_cpu_shm_op()
+        return_freed_memory_to_the_os()  # host memory is the workers' device memory here
     import ray.train
 
     from trainers import checkpoint as ckpt_io

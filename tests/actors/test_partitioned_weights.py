@@ -98,7 +98,8 @@ def test_element_ranges_read_from_the_file_equal_safetensors_own_load(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     tensors = {"a.weight": torch.randn(7, 5, generator=g).to(torch.bfloat16), "b.bias": torch.randn(3, generator=g),
-               "c.table": torch.randint(0, 9, (4, 2, 3), generator=g), "d.scale": torch.tensor(2.5, dtype=torch.float16)}
+               "c.table": torch.randint(0, 9, (4, 2, 3), generator=g),
+               "d.scale": torch.tensor(2.5, dtype=torch.float16)}
     save_file(tensors, tmp_path / "diffusion_pytorch_model.safetensors")
     reference, stored = load_file(tmp_path / "diffusion_pytorch_model.safetensors"), stored_tensors(str(tmp_path))
     assert sorted(stored) == sorted(tensors)

@@ -133,8 +133,9 @@ def test_deepspeed_config_batch_arithmetic_and_precision():
     assert ds["gradient_accumulation_steps"] == 2 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["train_batch_size"] == 16 and ds["zero_optimization"]["stage"] == 3
     # ZeRO-3 releases gathered parameters after use (DeepSpeed's defaults keep a <1B model whole)
-    assert (ds["zero_optimization"]["stage3_max_live_parameters"],
-            ds["zero_optimization"]["stage3_max_reuse_distance"]) == (100_000_000, 0)
+    zero = ds["zero_optimization"]
+    assert (zero["stage3_max_live_parameters"], zero["stage3_prefetch_bucket_size"],
+            zero["stage3_max_reuse_distance"]) == (30_000_000, 10_000_000, 0)
     assert "stage3_max_live_parameters" not in build_deepspeed_config(TrainerConfig(), 1, "cpu")["zero_optimization"]
     assert ds["gradient_clipping"] == 1.0 and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["bf16"]["enabled"] is False  # CPU -> fp32
