@@ -55,9 +55,8 @@ def main() -> None:
                                   max_steps=args.steps, micro_batch_size=1, effective_batch_size=args.workers,
                                   gradient_checkpointing=True, log_every=1, checkpoint_every=args.steps,
                                   max_failures=0), files)
-        with open(os.path.join(m["checkpoint"], "trainer_state.json")) as f:
-            history = json.load(f)["history"]
     ray.shutdown()
+    history = m["history"]
     memory_key = "peak_memory_mib_per_gpu" if on_gpu else "peak_rss_mib_per_worker"
     print(json.dumps({
         "benchmark": "real_size",

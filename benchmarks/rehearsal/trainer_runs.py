@@ -8,6 +8,7 @@ counts), so a benchmark measures exactly what users run.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
@@ -43,8 +44,8 @@ def write_random_pairs(root: str, n: int, latent_shape: tuple[int, ...], text_sh
 
 
 def train_run(model: ModelConfig, trainer: dict[str, Any], pair_files: list[str]) -> dict[str, Any]:
-    """One trainer run to a temporary store; its final metrics plus whether the exported LoRA
-    has a non-zero B (it trained) and its tensor count."""
+    """One trainer run to a temporary store; its final metrics plus its per-step ``history``, whether
+    the exported LoRA has a non-zero B (it trained) and its tensor count."""
     from safetensors.torch import load_file
 
     from trainers.train import train_dpo
@@ -56,6 +57,8 @@ def train_run(model: ModelConfig, trainer: dict[str, Any], pair_files: list[str]
         exported = {}
         for f in sorted(os.listdir(lora)):
             exported.update(load_file(os.path.join(lora, f)))
+        with open(os.path.join(metrics["checkpoint"], "trainer_state.json")) as f:
+            metrics["history"] = json.load(f)["history"]  # read before the run's directory goes
     metrics["lora_nonzero"] = any("lora_B" in k and bool(v.abs().sum() > 0) for k, v in exported.items())
     metrics["lora_tensors"] = len(exported)
     return metrics
