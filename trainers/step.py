@@ -23,7 +23,9 @@ class PolicyCall:
 
     def __init__(self, module: torch.nn.Module, forward: Callable[..., Any] | None = None):
         self.config = module.config
-        self.dtype = next(module.parameters()).dtype
+        # diffusers' own rule (ModelMixin.dtype): the first floating parameter outside the modules it keeps
+        # in float32 (Wan's norms, time embedder, ...), else a bf16 Wan is fed float32 inputs
+        self.dtype = getattr(module, "dtype", None) or next(module.parameters()).dtype
         self._forward = forward or module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -193,6 +193,32 @@ def test_first_step_loss_is_ln2_and_only_lora_gets_gradients():
     assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
 
 
+def test_a_bf16_wan_with_its_float32_modules_trains(tmp_path):
+    """from_pretrained in bf16 keeps Wan's norms and time embedder in float32: the policy's inputs must
+    take the dtype diffusers reports (the first parameter is a float32 one)."""
+    from actors.families import get_family
+    from actors.model_config import ModelConfig
+    from actors.models import build_denoiser
+    from trainers.data import PairBatch
+    from trainers.lora import add_lora
+    from trainers.step import PolicyCall, dpo_micro_batch
+
+    family = get_family("wan2.1-t2v")
+    tiny, scheduler = family.tiny_denoiser(torch.float32)
+    tiny.save_pretrained(tmp_path / "model" / "transformer")
+    scheduler.save_pretrained(tmp_path / "model" / "scheduler")
+    t, sched = build_denoiser(ModelConfig(family="wan2.1-t2v", pretrained=str(tmp_path / "model"), dtype="bfloat16"))
+    assert next(t.parameters()).dtype == torch.float32 and t.dtype == torch.bfloat16
+    add_lora(family.lora_experts(t), TrainerConfig(lora_rank=4, lora_alpha=8), family.lora_target_modules)
+    g = torch.Generator().manual_seed(0)
+    shape = (16, 3, 4, 4)  # [C, F, H, W] latents of the tiny Wan2.1 preset
+    batch = PairBatch(["p0"], torch.randn(1, *shape, generator=g), torch.randn(1, *shape, generator=g),
+                      torch.randn(1, 16, tiny.config.text_dim, generator=g), None)
+    loss, _ = dpo_micro_batch(family, sched, t, PolicyCall(t), batch, beta=1.0, seed=0, epoch=0,
+                              has_reference_adapter=False)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-3)
+
+
 def test_previous_round_lora_as_frozen_reference_adapter(tmp_path):
     from trainers.lora import export_lora, policy_state_dict
     from trainers.step import PolicyCall, dpo_micro_batch
