@@ -170,8 +170,7 @@ def run(out: Path, s3_endpoint: str | None = None, cluster: AutoscalingCluster |
         log(f"job {status} after {job_end - t0:.0f} s; waiting for idle GPU nodes to go")
         if status != "SUCCEEDED":
             raise RuntimeError(f"job {submission} ended {status}; last lines:\n{logs[-6000:]}")
-        scale_down_s = cluster.wait_until(lambda: not cluster.gpu_nodes(), SCALE_DOWN_TIMEOUT_S,
-                                          "idle GPU nodes terminated")
+        cluster.wait_until(lambda: not cluster.gpu_nodes(), SCALE_DOWN_TIMEOUT_S, "idle GPU nodes terminated")
         time.sleep(2)  # one more sample at zero
         timeline.stop()
         wall = time.monotonic() - t0
@@ -182,7 +181,7 @@ def run(out: Path, s3_endpoint: str | None = None, cluster: AutoscalingCluster |
         figures.update({
             "gpu_nodes_start": gpu_nodes_start, "gpu_nodes_end": len(cluster.gpu_nodes()),
             "scale_up_s": round(first_gpu_at, 1) if first_gpu_at is not None else None,
-            "scale_down_s": round(scale_down_s, 1), "wall_s": round(wall, 1), "run_dir": str(run_dir),
+            "wall_s": round(wall, 1), "run_dir": str(run_dir),
             "timeline_png": str(out / "timeline.png"),
         })
         _write_timeline(out, timeline.samples, kills, figures)
@@ -206,6 +205,11 @@ def _figures(samples: list[dict], kills: list[dict], run_dir: Path, logs: str) -
         return next((s["t"] for s in samples if s["t"] > kill_at and len(s["actors"]["trainer"]) < 2), kill_at)
 
     train_kill_at = next((k["at_s"] for k in kills if k["stage"] == "train"), None)
+    # Scale-down counts from the GPU nodes' last actor, not from the job's end: the run's last stages
+    # (report, tracking) need no GPU, so the nodes may already be idle, or gone, when the job ends.
+    last_busy = max((s["t"] for s in samples if s["gpu_node_actors"]), default=None)
+    all_gone = next((s["t"] for s in samples if last_busy is not None and s["t"] > last_busy and not s["gpu_nodes"]),
+                    None)
 
     return {
         "gpu_nodes_peak": max((len(s["gpu_nodes"]) for s in samples), default=0),
@@ -218,6 +222,7 @@ def _figures(samples: list[dict], kills: list[dict], run_dir: Path, logs: str) -
                                        if train_kill_at is not None else []),
         "trainer_resumed_at_step": [int(s) for s in re.findall(r"resumed at step (\d+)", logs)],
         "gpu_nodes_seen": len({n for s in samples for n in s["gpu_nodes"]}),
+        "scale_down_s": round(all_gone - last_busy, 1) if all_gone is not None else None,
     }
 
 

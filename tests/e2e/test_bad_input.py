@@ -189,7 +189,8 @@ BAD_INPUTS = {
     # LoRA found broken inside the evaluation's generation actors
     "evaluate-a-corrupt-lora": Bad(f"evaluate {GOOD} run_name=broken-lora evaluation.prompts.limit=1 "
                                    "evaluation.seeds_per_prompt=1",
-                                   ("LoRA ", "broken-lora/round-000/lora: not a diffusers LoRA"), _broken_lora_copy),
+                                   ("LoRA ", "broken-lora/round-000/lora: pytorch_lora_weights.safetensors is not a "
+                                    "readable safetensors file"), _broken_lora_copy),
     # videos
     "video-one-frame": Bad("score-video {tmp}/one.mp4 --num-frames 9 --lpips-backbone random",
                            ("one.mp4: video: needs at least 2 frames",),
