@@ -77,6 +77,30 @@ def read_pair_ids(pair_files: list[str], filesystem=None) -> list[str]:
     return ids
 
 
+# Ray Data's Parquet listing (datasource V2) reads footers on RAY_DATA_PARQUET_FOOTER_NUM_ACTORS actors, 32
+# by default, started afresh for every read: before the trainer's first batch, 32 worker processes to start
+# for a round's few shards. Where the nodes have few cores they start one after another, throttled by the
+# raylet (a first batch of 50-120 s on the elastic rehearsal). Two readers list hundreds of shards as fast.
+FOOTER_READERS = "2"
+
+
+def read_pair_shards(pair_files: list[str], filesystem) -> Any:
+    """The trainer's columns of the pair shards as a Ray Data dataset (``path`` kept to name a bad row's file)."""
+    import ray.data
+
+    knob = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+    saved = os.environ.get(knob)
+    os.environ.setdefault(knob, FOOTER_READERS)  # read once, on this driver, as the read is planned
+    try:
+        # include_paths: a bad row found inside a worker can still name its file.
+        return ray.data.read_parquet(pair_files, filesystem=filesystem, include_paths=True).select_columns(
+            [*TRAIN_COLUMNS, "path"]  # pushed down into the Parquet read: metadata columns are not read
+        )
+    finally:
+        if saved is None:
+            os.environ.pop(knob, None)
+
+
 def train_dpo(
     cfg: TrainerConfig,
     model: ModelConfig,
@@ -96,9 +120,6 @@ def train_dpo(
     Returns the final metrics: loss, reward_accuracy, reward_margin, policy_ref_gap_w/l, steps,
     pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
     """
-    import ray
-    import ray.data
-    import ray.train
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -117,10 +138,7 @@ def train_dpo(
         )
 
     device = "cuda" if workers_have_cuda(cfg) else "cpu"
-    # include_paths: a bad row found inside a worker can still name its file.
-    ds = ray.data.read_parquet(pair_files, filesystem=filesystem, include_paths=True).select_columns(
-        [*TRAIN_COLUMNS, "path"]  # pushed down into the Parquet read: metadata columns are not read
-    )
+    ds = read_pair_shards(pair_files, filesystem)
     datasets = {"train": ds}
     if held_out:  # whole blocks (batch_size=None): a row of real-size latents is megabytes
         logger.info(f"validation: {len(held_out)} of {len(pair_ids)} pairs held out")

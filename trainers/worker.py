@@ -229,10 +229,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
         transformer.train()
         return validation_figures(_allreduce_mean(weighted_sums(figures), world, device))
 
-    def save_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
-        if not with_checkpoint:
-            ray.train.report(metrics)
-            return
+    def save_and_report(metrics: dict[str, Any]) -> None:
         tensors = ckpt_io.gather_state(engine, named)  # collective
         state = {"step": step, "epoch": epoch, "position": position, "world_size": world,
                  "accum": accum, "history": history}
@@ -295,10 +292,11 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
                 _log(rank, f"step {step} validation loss {metrics['val_loss']:.4f} "
                            f"acc {metrics['val_reward_accuracy']:.2f}")
             tracker.log_train_step({k: v for k, v in metrics.items() if k not in _CONSTANT}, step)
+            # Ray Train hears of checkpoints only: a report waits until the controller takes the one
+            # before it (a queue of one, polled every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), so
+            # reporting every logged step held fast steps back. The curves go to the trackers.
             if at_checkpoint:
-                save_and_report(metrics, with_checkpoint=True)
-            elif step % cfg.log_every == 0:
-                save_and_report(metrics, with_checkpoint=False)
+                save_and_report(metrics)
             _maybe_inject_fault(fault, step, rank)
             if done:
                 break
