@@ -33,7 +33,7 @@ paired difference has a standard deviation of 0.15-0.20 against effects of 0.02-
 would leave a real effect undetected.
 
     python -m benchmarks.miniature            # full experiment (committed models, 15 sampling steps:
-                                              # 28.1 min measured on a 2-core machine)
+                                              # 17.8 min measured on a 2-core machine)
     python -m benchmarks.miniature --smoke    # CI smoke mode (< 3 min with cached models)
 
 ``eval_gfm_checks`` says how far the evaluation GFM can be trusted: its 3DCS AUROC on corrupted vs
