@@ -205,9 +205,10 @@ def _figures(samples: list[dict], kills: list[dict], run_dir: Path, logs: str) -
         return next((s["t"] for s in samples if s["t"] > kill_at and len(s["actors"]["trainer"]) < 2), kill_at)
 
     train_kill_at = next((k["at_s"] for k in kills if k["stage"] == "train"), None)
-    # Scale-down counts from the GPU nodes' last actor, not from the job's end: the run's last stages
-    # (report, tracking) need no GPU, so the nodes may already be idle, or gone, when the job ends.
-    last_busy = max((s["t"] for s in samples if s["gpu_node_actors"]), default=None)
+    # Scale-down counts from the last GPU actor (the pools' actors hold the GPUs; a zero-resource actor
+    # would not keep a node busy), not from the job's end: the run's last stages (report, tracking) need
+    # no GPU, so the nodes may already be idle, or gone, when the job ends.
+    last_busy = max((s["t"] for s in samples if any(s["actors"].values())), default=None)
     all_gone = next((s["t"] for s in samples if last_busy is not None and s["t"] > last_busy and not s["gpu_nodes"]),
                     None)
 

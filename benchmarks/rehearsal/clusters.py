@@ -341,8 +341,7 @@ class RehearsalNodeProvider(FakeMultiNodeProvider):
 
 
 class Timeline:
-    """Samples, every ``every_s`` in a thread, the GPU nodes, how many actors they host, and each actor pool's
-    actors with their nodes."""
+    """Samples, every ``every_s`` in a thread, the GPU nodes and each actor pool's actors with their nodes."""
 
     def __init__(self, cluster: AutoscalingCluster, pools: dict[str, str], every_s: float = 1.0):
         self.cluster, self.pools, self.every_s = cluster, pools, every_s
@@ -363,11 +362,10 @@ class Timeline:
         self._thread.join(timeout=30)
 
     def sample(self) -> dict:
-        actors, gpu_nodes = self.cluster.alive_actors(), self.cluster.gpu_nodes()
+        actors = self.cluster.alive_actors()
         return {
             "t": round(time.monotonic() - self._t0, 2),
-            "gpu_nodes": gpu_nodes,
-            "gpu_node_actors": sum(a["node_id"] in gpu_nodes for a in actors),
+            "gpu_nodes": self.cluster.gpu_nodes(),
             "actors": {pool: sorted(a["node_id"] for a in actors
                                     if title in f"{a.get('class_name') or ''} {a.get('repr_name') or ''}")
                        for pool, title in self.pools.items()},
