@@ -209,8 +209,8 @@ def _figures(samples: list[dict], kills: list[dict], run_dir: Path, logs: str) -
     # would not keep a node busy), not from the job's end: the run's last stages (report, tracking) need
     # no GPU, so the nodes may already be idle, or gone, when the job ends.
     last_busy = max((s["t"] for s in samples if any(s["actors"].values())), default=None)
-    all_gone = next((s["t"] for s in samples if last_busy is not None and s["t"] > last_busy and not s["gpu_nodes"]),
-                    None)
+    all_gone = None if last_busy is None else next(
+        (s["t"] for s in samples if s["t"] > last_busy and not s["gpu_nodes"]), None)
 
     return {
         "gpu_nodes_peak": max((len(s["gpu_nodes"]) for s in samples), default=0),

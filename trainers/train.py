@@ -80,7 +80,7 @@ def read_pair_ids(pair_files: list[str], filesystem=None) -> list[str]:
 # Ray Data's Parquet listing (datasource V2) reads footers on RAY_DATA_PARQUET_FOOTER_NUM_ACTORS actors, 32
 # by default, started afresh for every read: before the trainer's first batch, 32 worker processes to start
 # for a round's few shards. Where the nodes have few cores they start one after another, throttled by the
-# raylet (a first batch of 50-120 s on the elastic rehearsal). Two readers list hundreds of shards as fast.
+# raylet (a first batch of 50-120 s on the elastic rehearsal). A round's shards are few: two readers suffice.
 FOOTER_READERS = "2"
 
 
