@@ -7,6 +7,9 @@ streams (and keeps the rows) and later epochs come from memory in a seeded order
 takes the same decision (``all_agree``), since one worker leaving the streaming split while
 another starts an epoch would block that one forever.
 
+A fresh run's first epoch can be started early (``prefetch_first_epoch``): Ray Data's execution and the first reads then
+run while the worker builds its model, instead of after it.
+
 Order contract (what makes resume exact): epoch 0 and streamed epochs are Ray's seeded local
 shuffle of a ``preserve_order`` split; cached epochs are a permutation, seeded by (seed, epoch),
 of the rows sorted by ``pair_id``, which does not depend on the order they arrived in.
@@ -14,6 +17,7 @@ of the rows sorted by ``pair_id``, which does not depend on the order they arriv
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,6 +55,14 @@ class EpochFeed:
         self.wait_s = 0.0  # time blocked waiting for a micro-batch, all epochs
         self.first_wait_s: float | None = None  # the first micro-batch's wait (pipeline start-up)
         self._first_at: float | None = None
+        self._prefetch: _Prefetch | None = None
+
+    def prefetch_first_epoch(self) -> None:
+        """Start epoch 0's stream now, in a background thread, up to its first micro-batch;
+        ``batches(0)`` goes on from there. The pipeline's start-up (Ray Data's execution, the first
+        reads) then overlaps whatever the caller does meanwhile (building the model). Not for a
+        resumed run: it may start at a later epoch, and a split has one stream at a time."""
+        self._prefetch = _Prefetch(self._stream(0))
 
     @property
     def cached(self) -> bool:
@@ -59,6 +71,8 @@ class EpochFeed:
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         """The micro-batches of ``epoch`` (incomplete last micro-batch dropped), timed."""
+        if self._prefetch is not None and epoch != 0:
+            raise RuntimeError(f"epoch 0 was prefetched but epoch {epoch} was asked for first")
         if epoch > 0 and not self._cache_complete and self._rows is not None:
             # resumed past epoch 0: one pass fills the cache (or finds the shard too big for it)
             t0 = time.perf_counter()
@@ -66,7 +80,10 @@ class EpochFeed:
                 pass
             self._settle_cache()
             self.wait_s += time.perf_counter() - t0
-        source = self._from_cache(epoch) if self._cache_complete else self._stream(epoch)
+        if self._prefetch is not None:
+            source, self._prefetch = self._prefetch.rest(), None  # waits only what the overlap did not hide
+        else:
+            source = self._from_cache(epoch) if self._cache_complete else self._stream(epoch)
         yield from self._timed(source)
         if not self._cache_complete:
             self._settle_cache()
@@ -138,3 +155,30 @@ class EpochFeed:
         waited = self.wait_s - self.first_wait_s
         span = max(time.perf_counter() - self._first_at, 1e-9)
         return {"data_wait_s": waited, "data_wait_fraction": waited / span, "first_batch_wait_s": self.first_wait_s}
+
+
+class _Prefetch:
+    """A stream advanced to its first item by a daemon thread; ``rest()`` waits for it, then goes on."""
+
+    def __init__(self, stream: Iterator[Batch]) -> None:
+        self._stream = stream
+        self._first: list[Batch] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._advance, name="prefetch-epoch-0", daemon=True)
+        self._thread.start()
+
+    def _advance(self) -> None:
+        try:
+            self._first.extend([next(self._stream)])
+        except StopIteration:
+            pass
+        except BaseException as e:  # re-raised in the consumer's thread
+            self._error = e
+
+    def rest(self) -> Iterator[Batch]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._first:
+            yield self._first[0]
+            yield from self._stream

@@ -125,6 +125,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901 (one readable loop)
+    import ray.train
+
     from actors.families import get_family
     from actors.model_config import ModelConfig
     from actors.models import build_denoiser
@@ -134,9 +136,19 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
         gradient_accumulation_steps,
         make_lr_scheduler,
     )
+    from trainers.epochs import EpochFeed
 
     cfg = TrainerConfig(**config["trainer"])
     on_cpu = config["device"] == "cpu"  # what the workers really have (trainers.train.workers_have_cuda)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device("cpu") if on_cpu else ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    feed = EpochFeed(ray.train.get_dataset_shard("train"), cfg.micro_batch_size, cfg.shuffle,
+                     cfg.shuffle_buffer_size, cfg.seed, cfg.data_cache_mb,
+                     all_agree=lambda ok: _allreduce_max(float(not ok), world, device) == 0.0)
+    if checkpoint is None:  # a fresh run starts at epoch 0: its data arrives while the model is built
+        feed.prefetch_first_epoch()
     if on_cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks an accelerator
     import deepspeed
@@ -144,19 +156,13 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
     if on_cpu:
         skip_cpu_shm_op()
         return_freed_memory_to_the_os()  # host memory is the workers' device memory here
-    import ray.train
-
     from trainers import checkpoint as ckpt_io
     from trainers.data import decode_batch
-    from trainers.epochs import EpochFeed
     from trainers.lora import add_lora, export_lora, policy_state_dict
     from trainers.step import PolicyCall, dpo_micro_batch
     from trainers.validation import VALIDATION_EPOCH, rank_share, validation_figures, weighted_sums
 
     model = ModelConfig(**config["model"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device("cpu") if on_cpu else ray.train.torch.get_device()
     filesystem = config.get("filesystem")
 
     # -- model: base transformer(s) (frozen) + LoRA policy (+ frozen reference adapter) on each expert --
@@ -193,7 +199,6 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
 
     # -- resume --
     step, epoch, position, consumed, history = 0, 0, 0, [], []
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             tensors, state, ranks = ckpt_io.load(d)
@@ -206,9 +211,6 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
             _log(rank, f"world size {state['world_size']} -> {world}: epoch {epoch} restarts from its first pair")
         _log(rank, f"resumed at step {step} (epoch {epoch}, {position} pairs/worker already consumed)")
 
-    feed = EpochFeed(ray.train.get_dataset_shard("train"), cfg.micro_batch_size, cfg.shuffle,
-                     cfg.shuffle_buffer_size, cfg.seed, cfg.data_cache_mb,
-                     all_agree=lambda ok: _allreduce_max(float(not ok), world, device) == 0.0)
     t_start, window = time.perf_counter(), []
     t_step = t_start
     fault = config.get("fault")

@@ -68,3 +68,17 @@ def test_drop_last_keeps_whole_micro_batches(iterator):
     sizes = [len(b["pair_id"]) for b in feed.batches(0)] + [len(b["pair_id"]) for b in feed.batches(1)]
     assert sizes == [5, 5, 5, 5]
     assert feed.cached and len(set(_epoch_ids(feed, 2)) | set(_epoch_ids(feed, 3))) > 10  # no row left out for good
+
+
+def test_a_prefetched_first_epoch_is_the_epoch_it_would_have_streamed(iterator):
+    plain = _feed(iterator, cache_mb=1.0)
+    expected = [_epoch_ids(plain, e) for e in range(2)]
+    early = _feed(iterator, cache_mb=1.0)
+    early.prefetch_first_epoch()
+    assert [_epoch_ids(early, e) for e in range(2)] == expected
+    assert early.cached and early.wait_figures()["first_batch_wait_s"] >= 0
+    wrong = _feed(iterator, cache_mb=1.0)
+    wrong.prefetch_first_epoch()
+    with pytest.raises(RuntimeError, match="epoch 0 was prefetched but epoch 2"):
+        next(iter(wrong.batches(2)))
+    assert _epoch_ids(wrong, 0) == expected[0]  # the prefetched stream is still whole
