@@ -14,6 +14,39 @@ from tests.support.quickstart import QUICKSTART_ARGS, QUICKSTART_ENV, Quickstart
 from tests.support.ray_runtime import local_ray
 
 
+# Tests that start or join a Ray runtime, or run a command that does, go one after another on one
+# pytest-xdist worker (the group "ray"): while two Ray clusters run on one host, Ray Train's
+# placement-group cleaner can query the wrong one and kill a healthy run. The others run beside
+# them on the second worker, with one torch thread: the Ray tests' actors keep the other core busy.
+RAY_FIXTURES = {"ray_local", "ray_test", "ray_address", "quickstart_run", "interrupted_run", "flaky_s3_run"}
+RAY_FOLDERS = ("e2e", "faults")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "runs_ray: starts Ray itself (a subprocess that runs a benchmark or the CLI)")
+
+
+def pytest_collection_modifyitems(items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        folder = item.path.resolve().relative_to(tests).parts[0]
+        if folder in RAY_FOLDERS or RAY_FIXTURES & set(item.fixturenames) or item.get_closest_marker("runs_ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_beside_ray(request):
+    if request.node.get_closest_marker("xdist_group") or not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: extra threads only add contention on a shared 2-core machine."""

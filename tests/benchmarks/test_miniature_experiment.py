@@ -159,6 +159,7 @@ def test_report_plots_each_candidate_metric_on_its_own_axis():
     assert set(series["candidates: mean 3DCS (training reward GFM)"]) == {("offline", None), ("epipolar", None)}
 
 
+@pytest.mark.runs_ray
 @pytest.mark.slow
 def test_miniature_smoke_end_to_end(tmp_path):
     # Own process: the experiment starts (and shuts down) its own local Ray runtime.

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.runs_ray
 @pytest.mark.slow
 def test_pipeline_benchmark_quick():
     # Own process: the benchmark starts (and shuts down) its own local Ray runtime.
