@@ -13,7 +13,6 @@ from benchmarks.rehearsal.processes import free_port
 from tests.support.quickstart import QUICKSTART_ARGS, QUICKSTART_ENV, QuickstartRun
 from tests.support.ray_runtime import local_ray
 
-
 # Tests that start or join a Ray runtime, or run a command that does, go one after another on one
 # pytest-xdist worker (the group "ray"): while two Ray clusters run on one host, Ray Train's
 # placement-group cleaner can query the wrong one and kill a healthy run. The others run beside
@@ -26,6 +25,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "runs_ray: starts Ray itself (a subprocess that runs a benchmark or the CLI)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     tests = Path(__file__).resolve().parent
     for item in items:

@@ -13,7 +13,9 @@ probe file) before any work.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import urllib.error
 import uuid
 from pathlib import Path
@@ -29,9 +31,10 @@ JOB_TIMEOUT_S = 8 * 60
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    # Short root: Ray's unix socket paths (sockets/plasma_store, raylet) must stay under 107 bytes.
-    root = Path(tmp_path_factory.mktemp("rc", numbered=True))
+def ray_cluster():
+    # Short root, not pytest's (longer under xdist): Ray's unix socket paths (sockets/plasma_store,
+    # raylet) must stay under 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="vgpa-rc-", dir="/tmp"))
     cluster = StaticCluster(root)
     try:
         cluster.start()
@@ -41,6 +44,7 @@ def ray_cluster(tmp_path_factory):
         assert not left, f"processes of the test cluster survived teardown: {left}"
         # Visible check that nothing of ours remains, without looking at anyone else's processes.
         assert marked_pids(cluster.marker) == []
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _run_job(cluster: StaticCluster, entrypoint: list[str], name: str) -> str:
