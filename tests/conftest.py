@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -34,28 +35,30 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread_beside_ray(request):
-    if request.node.get_closest_marker("xdist_group") or not os.environ.get("PYTEST_XDIST_WORKER"):
-        yield
-        return
+@contextlib.contextmanager
+def _torch_threads(n: int):
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_beside_ray(request):
+    beside_ray = os.environ.get("PYTEST_XDIST_WORKER") and not request.node.get_closest_marker("xdist_group")
+    with _torch_threads(1) if beside_ray else contextlib.nullcontext():
+        yield
 
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: extra threads only add contention on a shared 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

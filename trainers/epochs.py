@@ -162,14 +162,14 @@ class _Prefetch:
 
     def __init__(self, stream: Iterator[Batch]) -> None:
         self._stream = stream
-        self._first: list[Batch] = []
+        self._first: Batch | None = None  # None: the stream ended before one micro-batch
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._advance, name="prefetch-epoch-0", daemon=True)
         self._thread.start()
 
     def _advance(self) -> None:
         try:
-            self._first.extend([next(self._stream)])
+            self._first = next(self._stream)
         except StopIteration:
             pass
         except BaseException as e:  # re-raised in the consumer's thread
@@ -179,6 +179,6 @@ class _Prefetch:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        if self._first:
-            yield self._first[0]
+        if self._first is not None:
+            yield self._first
             yield from self._stream
