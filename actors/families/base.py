@@ -65,6 +65,20 @@ class VideoFamily:
     latent_frames_dim: ClassVar[int]  # where the frames are in the latents ``encode_video`` returns
     experts: ClassVar[tuple[str, ...]] = ("transformer",)  # the pipeline's denoising transformers
 
+    # ---- what each stage's actors load ---------------------------------------------------------
+
+    def stage_components(self) -> dict[str, tuple[str, ...]]:
+        """The pipeline components each model-bearing stage loads, and nothing else: prompts are
+        encoded once per run by the text stage, so generation holds no text encoder and pair encoding
+        only the VAE. Scoring loads no component of the video model (GFM + LPIPS). A family whose
+        stages need more (an image encoder for image conditioning) overrides this in its module."""
+        return {
+            "text": ("tokenizer", "text_encoder"),
+            "generate": (*self.experts, "vae"),
+            "encode": ("vae",),
+            "train": self.experts,
+        }
+
     # ---- building ------------------------------------------------------------------------------
 
     @property
