@@ -53,6 +53,9 @@ class SamplingConfig(BaseModel):
     # set Wan's own default negative prompt, as Wan's (and the official VideoGPA Wan) sampling does.
     negative_prompt: str = ""
     fps: int = Field(8, gt=0)
+    # Two-expert models (Wan2.2-T2V-A14B): keep the expert that is not denoising in host memory and move
+    # it in at the boundary step (once per video), so both experts never sit on the GPU together.
+    offload_idle_expert: bool = True
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ class PoolConfig(_Section):
     num_gpus: float = Field(0.0, ge=0)
     num_cpus: float = Field(1.0, gt=0)
     batch_size: int = Field(1, ge=1)
+    # The memory of one GPU of the nodes this pool runs on: `videogpa plan` and preflight hold each
+    # actor's plan against it, and the KubeRay manifests select a GPU type that has it.
+    gpu_memory_gib: float = Field(80.0, gt=0)
 
     @model_validator(mode="after")
     def _sizes_ordered(self) -> PoolConfig:
@@ -125,6 +128,7 @@ class VideoGPAConfig(_Section):
     sampling: SamplingConfig
     scoring: ScoringConfig = ScoringConfig()
     pairing: PairingConfig = PairingConfig()
+    text_pool: PoolConfig = PoolConfig()  # encodes each prompt once per run (the text encoder alone)
     generation_pool: PoolConfig = PoolConfig()
     scoring_pool: PoolConfig = PoolConfig()
     encoding_pool: PoolConfig = PoolConfig()
