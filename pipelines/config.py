@@ -186,8 +186,35 @@ def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> VideoGPAConf
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> VideoGPAConfig:
-    """Read, override and validate a config file; every failure is one InputError line."""
-    path = Path(path)
+    """Read (with its ``base:`` recipes), override and validate a config file; every failure is one
+    InputError line."""
+    return build_config(read_recipe(Path(path)), overrides)
+
+
+def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's keys with those of the recipe it builds on. ``base: FILE`` (relative to the recipe)
+    names that recipe; its sections are merged key by key and the recipe's own values win, so a recipe
+    states only what differs. Resolved before validation: the run records the whole resolved config."""
+    raw = _read_yaml_mapping(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise InputError(f"config file {str(path)!r}: base must name a recipe file, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {*_chain, path.resolve()}:
+        raise InputError(f"config file {str(path)!r}: base {base!r} builds on itself")
+    return _merged(read_recipe(base_path, (*_chain, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in own.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -205,7 +232,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> VideoGPAConfig:
         raise InputError(f"config file {str(path)!r} is not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise InputError(f"config file {str(path)!r} must hold a mapping of config keys")
-    return build_config(raw, overrides)
+    return raw
 
 
 def dump_config(cfg: VideoGPAConfig) -> str:

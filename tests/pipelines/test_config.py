@@ -117,3 +117,29 @@ def test_real_recipes_sample_and_train_as_the_official_code():
     assert effective["wan2.2-ti2v-5b.yaml"] == pytest.approx(0.2 * 2)  # 0.2 × the trained alpha / r
     assert effective["cogvideox-5b.yaml"] == effective["cogvideox-5b-i2v.yaml"] == 2  # merged at full strength
     assert (real["cogvideox1.5-5b.yaml"].sampling.fps, real["wan2.2-ti2v-5b.yaml"].sampling.fps) == (16, 24)
+
+
+def test_a_recipe_states_only_what_differs_from_its_base(tmp_path):
+    (tmp_path / "shared.yaml").write_text("run_name: a\nmodel: {family: cogvideox-t2v}\nsampling: {num_frames: 9, "
+                                          "height: 32}\ntrainer: {max_steps: 7, lora_rank: 4}\n")
+    (tmp_path / "mid.yaml").write_text("base: shared.yaml\nsampling: {height: 64}\n")
+    (tmp_path / "top.yaml").write_text("base: mid.yaml\nrun_name: b\ntrainer: {max_steps: 9}\n")
+    cfg = load_config(tmp_path / "top.yaml", ["sampling.width=48"])
+    assert (cfg.run_name, cfg.model.family) == ("b", "cogvideox-t2v")
+    assert (cfg.sampling.num_frames, cfg.sampling.height, cfg.sampling.width) == (9, 64, 48)
+    assert (cfg.trainer.max_steps, cfg.trainer.lora_rank) == (9, 4)  # sections merge key by key
+    assert "base" not in yaml.safe_load(dump_config(cfg))  # the run records the resolved config
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"top.yaml": "base: missing.yaml\n"}, "missing.yaml' does not exist"),
+    ({"top.yaml": "base: top.yaml\n"}, "builds on itself"),
+    ({"top.yaml": "base: b.yaml\n", "b.yaml": "base: top.yaml\n"}, "builds on itself"),
+    ({"top.yaml": "base: [a]\n"}, "base must name a recipe file"),
+])
+def test_a_bad_base_is_one_line(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(InputError, match=message) as info:
+        load_config(tmp_path / "top.yaml")
+    assert "\n" not in str(info.value)
