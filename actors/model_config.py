@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.errors import InputError
-from actors.families import Family
+from actors.family_names import Family
 
 # ``model.pretrained`` of the real-size rehearsal: the denoiser with the published architecture,
 # random weights, no download (trainer only: no VAE or text encoder is built).
