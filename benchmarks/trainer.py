@@ -57,7 +57,7 @@ def run_variant(variant: str, layers: int, steps: int, device: str, threads: int
     from trainers.data import PairBatch
     from trainers.dpo import dpo_loss, per_sample_error
     from trainers.lora import add_lora
-    from trainers.step import PolicyCall, dpo_micro_batch, shared_noise_and_timesteps
+    from trainers.step import PolicyCall, TrainedNetwork, dpo_micro_batch, shared_noise_and_timesteps
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     family = get_family("cogvideox-t2v")
@@ -94,7 +94,8 @@ def run_variant(variant: str, layers: int, steps: int, device: str, threads: int
         if variant == "copy":
             loss = step_copy()
         else:
-            loss, _ = dpo_micro_batch(family, scheduler, transformer, PolicyCall(transformer), batch, 1.0, 0, 0, False)
+            net = TrainedNetwork(family, scheduler, transformer)
+            loss, _ = dpo_micro_batch(net, PolicyCall(transformer), batch, cfg, 0)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

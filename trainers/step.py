@@ -7,12 +7,14 @@ the policy forward (so its backward hooks are attached). No Ray in here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from trainers.config import TrainerConfig
 from trainers.data import PairBatch, pair_seed
-from trainers.dpo import LossType, dpo_loss, per_sample_error
+from trainers.dpo import dpo_loss, per_sample_error
 from trainers.lora import reference_mode
 
 
@@ -45,30 +47,38 @@ def shared_noise_and_timesteps(
     return torch.stack(noises).to(device), torch.cat(ts).to(device)
 
 
+@dataclass(frozen=True)
+class TrainedNetwork:
+    """What a micro-batch runs: the family's training math, its noise scheduler, the transformer that
+    carries the LoRA, and whether the reference is an adapter of its own (the previous round's LoRA)
+    rather than the base network with the adapter disabled."""
+
+    family: Any
+    scheduler: Any
+    module: torch.nn.Module
+    reference_is_adapter: bool = False
+
+
 def dpo_micro_batch(
-    family,
-    scheduler,
-    module: torch.nn.Module,
+    net: TrainedNetwork,
     policy: PolicyCall,
     batch: PairBatch,
-    beta: float,
-    seed: int,
+    cfg: TrainerConfig,
     epoch: int,
-    has_reference_adapter: bool,
-    objective: str = "dpo",
-    loss_type: LossType = "sigmoid",
-    label_smoothing: float = 0.0,
+    objective: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss (with graph through the policy's LoRA) and metrics of one micro-batch of pairs.
 
     Winner and loser are concatenated into one batch of 2B so the policy runs one forward and
     the reference one no-grad forward (adapter disabled / reference adapter active).
-    ``objective="sft"``: the loss is the winners' denoising error alone (the SFT-on-winners
-    baseline); the DPO metrics are still computed, so both objectives are watched alike.
-    ``loss_type`` / ``label_smoothing``: the preference loss (trainers.dpo.preference_loss)."""
+    ``objective`` (default ``cfg.objective``) ``"sft"``: the loss is the winners' denoising error alone
+    (the SFT-on-winners baseline); the DPO metrics are still computed, so both objectives are watched
+    alike. ``cfg.loss`` / ``cfg.label_smoothing``: the preference loss (trainers.dpo.preference_loss);
+    ``cfg.seed`` with ``epoch`` and each pair id seeds the shared noise and timestep."""
+    family, scheduler, module = net.family, net.scheduler, net.module
     device = next(module.parameters()).device
     b = len(batch.pair_ids)
-    noise, t = shared_noise_and_timesteps(family, scheduler, batch, seed, epoch, device)
+    noise, t = shared_noise_and_timesteps(family, scheduler, batch, cfg.seed, epoch, device)
     x0 = torch.cat([batch.winner, batch.loser]).to(device=device, dtype=torch.float32)
     noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])
     prompt = torch.cat([batch.prompt_embeds, batch.prompt_embeds]).to(device)
@@ -76,13 +86,13 @@ def dpo_micro_batch(
     noisy, target = family.noisy_and_target(scheduler, x0, noise2, t2, image_latents=image)
 
     # Reference first: no graph is alive while it runs, so peak memory is one policy graph.
-    with reference_mode(family.lora_experts(module), has_reference_adapter):
+    with reference_mode(family.lora_experts(module), net.reference_is_adapter):
         ref_pred = family.predict(PolicyCall(module), noisy, t2, prompt, image)
         ref_err = per_sample_error(ref_pred, target)
     pred = family.predict(policy, noisy, t2, prompt, image)
     err = per_sample_error(pred, target)
-    loss, metrics = dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta, loss_type, label_smoothing)
-    if objective == "sft":
+    loss, metrics = dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], cfg.beta, cfg.loss, cfg.label_smoothing)
+    if (objective or cfg.objective) == "sft":
         loss = err[:b].mean()
         metrics = {**metrics, "dpo_loss": metrics["loss"], "loss": float(loss.detach())}
     return loss, metrics

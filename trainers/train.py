@@ -25,7 +25,7 @@ from trainers.deepspeed_config import gradient_accumulation_steps
 from trainers.schema import check_schema_version
 from trainers.tracking import TrackingTarget
 from trainers.validation import rows_where, validation_pair_ids
-from trainers.worker import FAULT_ENV, train_loop
+from trainers.worker import FAULT_ENV, WorkerJob, train_loop
 
 logger = logging.getLogger("videogpa.trainer")
 
@@ -101,6 +101,36 @@ def read_pair_shards(pair_files: list[str], filesystem) -> Any:
             os.environ.pop(knob, None)
 
 
+def _datasets(pairs: Any, held_out: frozenset[str], n_pairs: int) -> dict[str, Any]:
+    """The trainer's datasets: every pair for training, or the training and validation pairs apart."""
+    if not held_out:
+        return {"train": pairs}
+    logger.info(f"validation: {len(held_out)} of {n_pairs} pairs held out")
+    # whole blocks (batch_size=None): a row of real-size latents is megabytes
+    return {"train": pairs.map_batches(rows_where(held_out, held_out=False), batch_format="pyarrow",
+                                       batch_size=None, zero_copy_batch=True),
+            "validation": pairs.map_batches(rows_where(held_out, held_out=True), batch_format="pyarrow",
+                                            batch_size=None, zero_copy_batch=True)}
+
+
+def _run_config(cfg: TrainerConfig, name: str, storage_path: str, filesystem, validating: bool) -> Any:
+    """Where Ray Train keeps the run (resume: the same name + storage_path), its retries and checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(
+        name=name,
+        storage_path=storage_path,
+        storage_filesystem=filesystem,
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        # the latest checkpoint is always kept (resume); with validation the others are the best
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=cfg.keep_checkpoints,
+            checkpoint_score_attribute="val_loss" if validating else None,
+            checkpoint_score_order="min",
+        ),
+    )
+
+
 def train_dpo(
     cfg: TrainerConfig,
     model: ModelConfig,
@@ -121,7 +151,7 @@ def train_dpo(
     pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
     """
     from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     gradient_accumulation_steps(cfg, cfg.num_workers)  # one-line error before any worker starts
@@ -138,51 +168,31 @@ def train_dpo(
         )
 
     device = "cuda" if workers_have_cuda(cfg) else "cpu"
-    ds = read_pair_shards(pair_files, filesystem)
-    datasets = {"train": ds}
-    if held_out:  # whole blocks (batch_size=None): a row of real-size latents is megabytes
-        logger.info(f"validation: {len(held_out)} of {len(pair_ids)} pairs held out")
-        datasets = {"train": ds.map_batches(rows_where(held_out, held_out=False), batch_format="pyarrow",
-                                            batch_size=None, zero_copy_batch=True),
-                    "validation": ds.map_batches(rows_where(held_out, held_out=True), batch_format="pyarrow",
-                                                 batch_size=None, zero_copy_batch=True)}
-    loop_config = {
-        "trainer": cfg.model_dump(),
-        "model": model.model_dump(),
-        "filesystem": filesystem,
-        "lora_out_dir": _strip_scheme(lora_out_dir, filesystem),
-        "previous_lora_dir": _strip_scheme(previous_lora_dir, filesystem) if previous_lora_dir else None,
-        "fault": os.environ.get(FAULT_ENV),
-        # where Ray Train puts this run's checkpoints (checkpoint_<step>), for exporting the best one
-        "checkpoint_root": _strip_scheme(storage_path, filesystem).rstrip("/") + "/" + name,
-        "device": device,
-        "tracking": tracking,
-    }
+    job = WorkerJob(
+        trainer=cfg,
+        model=model,
+        filesystem=filesystem,
+        lora_out_dir=_strip_scheme(lora_out_dir, filesystem),
+        previous_lora_dir=_strip_scheme(previous_lora_dir, filesystem) if previous_lora_dir else None,
+        fault=os.environ.get(FAULT_ENV),
+        checkpoint_root=_strip_scheme(storage_path, filesystem).rstrip("/") + "/" + name,
+        device=device,
+        tracking=tracking,
+    )
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
         torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
-        datasets=datasets,
+        datasets=_datasets(read_pair_shards(pair_files, filesystem), held_out, len(pair_ids)),
         # preserve_order makes the split across workers (and so each worker's order) deterministic,
         # which is what lets a resumed run skip exactly the pairs it had consumed. Every worker reads
         # all validation pairs and takes its own share (trainers.validation.rank_share).
         dataset_config=DataConfig(datasets_to_split=["train"],
                                   execution_options=ExecutionOptions(preserve_order=True)),
-        run_config=RunConfig(
-            name=name,
-            storage_path=_strip_scheme(storage_path, filesystem),
-            storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            # the latest checkpoint is always kept (resume); with validation the others are the best
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute="val_loss" if held_out else None,
-                checkpoint_score_order="min",
-            ),
-        ),
+        run_config=_run_config(cfg, name, _strip_scheme(storage_path, filesystem), filesystem, bool(held_out)),
     )
     result = trainer.fit()
     if result.error is not None:

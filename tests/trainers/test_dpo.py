@@ -178,12 +178,11 @@ def _tiny(cfg: TrainerConfig, previous: str | None = None, as_reference: bool = 
 
 
 def test_first_step_loss_is_ln2_and_only_lora_gets_gradients():
-    from trainers.step import PolicyCall, dpo_micro_batch
+    from trainers.step import PolicyCall, TrainedNetwork, dpo_micro_batch
 
     cfg = TrainerConfig(lora_rank=4, lora_alpha=8)
     family, t, sched, params = _tiny(cfg)
-    loss, m = dpo_micro_batch(family, sched, t, PolicyCall(t), _tiny_batch(), beta=1.0, seed=0, epoch=0,
-                              has_reference_adapter=False)
+    loss, m = dpo_micro_batch(TrainedNetwork(family, sched, t), PolicyCall(t), _tiny_batch(), cfg, epoch=0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
     loss.backward()
     grads = {n: p.grad for n, p in t.named_parameters() if p.grad is not None}
@@ -201,7 +200,7 @@ def test_a_bf16_wan_with_its_float32_modules_trains(tmp_path):
     from actors.models import build_denoiser
     from trainers.data import PairBatch
     from trainers.lora import add_lora
-    from trainers.step import PolicyCall, dpo_micro_batch
+    from trainers.step import PolicyCall, TrainedNetwork, dpo_micro_batch
 
     family = get_family("wan2.1-t2v")
     tiny, scheduler = family.tiny_denoiser(torch.float32)
@@ -214,14 +213,13 @@ def test_a_bf16_wan_with_its_float32_modules_trains(tmp_path):
     shape = (16, 3, 4, 4)  # [C, F, H, W] latents of the tiny Wan2.1 preset
     batch = PairBatch(["p0"], torch.randn(1, *shape, generator=g), torch.randn(1, *shape, generator=g),
                       torch.randn(1, 16, tiny.config.text_dim, generator=g), None)
-    loss, _ = dpo_micro_batch(family, sched, t, PolicyCall(t), batch, beta=1.0, seed=0, epoch=0,
-                              has_reference_adapter=False)
+    loss, _ = dpo_micro_batch(TrainedNetwork(family, sched, t), PolicyCall(t), batch, TrainerConfig(), epoch=0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-3)
 
 
 def test_previous_round_lora_as_frozen_reference_adapter(tmp_path):
     from trainers.lora import export_lora, policy_state_dict
-    from trainers.step import PolicyCall, dpo_micro_batch
+    from trainers.step import PolicyCall, TrainedNetwork, dpo_micro_batch
 
     cfg = TrainerConfig(lora_rank=4, lora_alpha=8)
     family, t, _, _ = _tiny(cfg)
@@ -234,24 +232,24 @@ def test_previous_round_lora_as_frozen_reference_adapter(tmp_path):
     family, t2, sched, params = _tiny(cfg, str(tmp_path), as_reference=True)
     assert set(t2.peft_config) == {"policy", "reference"} and t2.peft_config["policy"].lora_alpha == 8
     batch = _tiny_batch()
-    loss, _ = dpo_micro_batch(family, sched, t2, PolicyCall(t2), batch, 1.0, 0, 0, has_reference_adapter=True)
+    loss, _ = dpo_micro_batch(TrainedNetwork(family, sched, t2, reference_is_adapter=True), PolicyCall(t2), batch,
+                              cfg, 0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)  # policy starts as the previous LoRA
     loss.backward()
     assert all(p.grad is None for n, p in t2.named_parameters() if ".reference." in n)
     # vs the base as reference the previous LoRA already makes a difference
-    loss_base, _ = dpo_micro_batch(family, sched, t2, PolicyCall(t2), batch, 1.0, 0, 0, has_reference_adapter=False)
+    loss_base, _ = dpo_micro_batch(TrainedNetwork(family, sched, t2), PolicyCall(t2), batch, cfg, 0)
     assert abs(loss_base.item() - math.log(2)) > 1e-6
 
 
 def test_sft_objective_is_the_winners_denoising_error_and_keeps_the_dpo_metrics():
     from trainers.dpo import per_sample_error
-    from trainers.step import PolicyCall, dpo_micro_batch, shared_noise_and_timesteps
+    from trainers.step import PolicyCall, TrainedNetwork, dpo_micro_batch, shared_noise_and_timesteps
 
     cfg = TrainerConfig(lora_rank=4, lora_alpha=8)
     family, t, sched, _ = _tiny(cfg)
     batch = _tiny_batch()
-    loss, m = dpo_micro_batch(family, sched, t, PolicyCall(t), batch, beta=1.0, seed=0, epoch=0,
-                              has_reference_adapter=False, objective="sft")
+    loss, m = dpo_micro_batch(TrainedNetwork(family, sched, t), PolicyCall(t), batch, cfg, epoch=0, objective="sft")
     noise, ts = shared_noise_and_timesteps(family, sched, batch, 0, 0, torch.device("cpu"))
     noisy, target = family.noisy_and_target(sched, batch.winner, noise, ts)
     with torch.no_grad():
