@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from actors.errors import InputError
 from actors.geometry import Geometry, center_square_resize, patch_transform, resize_geometry, transform_frames
+from actors.scoring_config import InputLayout, ScoringConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,37 +40,6 @@ TINY_SEED = 0
 # The official sampler's square size: every frame becomes its central square at 518 x 518 before
 # any GFM sees it (DA3 then resizes it to its own process_res).
 OFFICIAL_SQUARE_SIZE = 518
-
-
-InputLayout = Literal["center_square", "full_width"]
-
-
-# The ``scoring`` config section. It lives here, beside the backends it selects, so that this
-# module needs nothing from actors.scoring (which builds on it); actors.scoring re-exports it.
-class ScoringConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["tiny", "oracle", "vggt", "da3"] = "tiny"
-    weights: str | None = None  # tiny: safetensors file; vggt/da3: hub id or local dir
-    scorer: Literal["3dcs", "epipolar"] = "3dcs"
-    num_frames: int = Field(10, ge=2)
-    # linspace(0, F-1, T) floored (official) or rounded (this project's earlier rule)
-    frame_indices: Literal["floor", "round"] = "floor"
-    conf_threshold: float = Field(0.0, ge=0.0, lt=100.0)  # percent of lowest-confidence points dropped
-    lpips_weight: float = Field(1.0, ge=0.0)
-    lpips_backbone: Literal["auto", "pretrained", "random"] = "auto"
-    # GFM input size; null: the backend's own (vggt 518, da3 504 = DA3's process_res, tiny 56;
-    # oracle: always the frames' own size).
-    resolution: int | None = Field(None, gt=0, multiple_of=14)
-    # center_square (official): the largest centred square resized to resolution x resolution;
-    # full_width: width -> resolution, height to a patch-14 multiple (cropped to resolution if taller).
-    input_layout: InputLayout = "center_square"
-    # VGGT's re-rendered cloud: its point-map head (world_points, filtered by depth_conf: official)
-    # or its depth head unprojected with its cameras.
-    vggt_points: Literal["point_map", "depth"] = "point_map"
-    # Epipolar: frames whose shorter side is below this are upscaled (bicubic) to it before SIFT,
-    # which finds too few keypoints on tiny frames (32 px) to fit F; 0 = native size.
-    epipolar_min_size: int = Field(0, ge=0)
 
 
 def _as_uint8_frames(frames: Tensor) -> np.ndarray:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from actors.errors import InputError
 from actors.model_config import ModelConfig, SamplingConfig
-from actors.scoring import ScoringConfig
+from actors.scoring_config import ScoringConfig
 from trainers.config import TrainerConfig
 from trainers.tracking import TrackingConfig
 

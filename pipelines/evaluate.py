@@ -31,7 +31,7 @@ import ray
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
 from actors.lora_formats import lora_files
-from actors.scoring import ScoringConfig
+from actors.scoring_config import ScoringConfig
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
