@@ -20,16 +20,14 @@ from typing import Any, ClassVar
 import torch
 
 from actors.families.base import (
-    DTYPES,
     VideoFamily,
     batch_like,
-    cast_like_from_pretrained,
     load_transformer,
     rand_on,
     vae_mean,
     video_to_vae_input,
 )
-from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, TINY_TEXT_DIM, seeded, tiny_text_encoder, tiny_tokenizer
+from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, TINY_TEXT_DIM, seeded
 from actors.model_config import ModelConfig, SamplingConfig, SamplingShape
 
 # THUDM/CogVideoX-5b transformer/config.json (the published architecture, for random-full-size).
@@ -40,6 +38,20 @@ COGVIDEOX_5B_TRANSFORMER = dict(
     max_text_seq_length=226, activation_fn="gelu-approximate", timestep_activation_fn="silu",
     norm_elementwise_affine=True, norm_eps=1e-5, spatial_interpolation_scale=1.875,
     temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+)
+
+# THUDM/CogVideoX-5b text_encoder/config.json (T5-XXL v1.1's encoder, 4.8B parameters) and
+# vae/config.json (the remaining keys are AutoencoderKLCogVideoX's defaults, as published).
+T5_XXL_ENCODER = dict(
+    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+    layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+)
+COGVIDEOX_5B_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+    up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(128, 256, 256, 512), latent_channels=16,
+    layers_per_block=3, act_fn="silu", norm_eps=1e-6, norm_num_groups=32, temporal_compression_ratio=4,
+    sample_height=480, sample_width=720, scaling_factor=0.7,
 )
 
 _TINY_Z = 4  # latent channels of the tiny VAE (16 in the real one)
@@ -99,7 +111,12 @@ class CogVideoXFamily(VideoFamily):
     def tiny_sampling(self) -> SamplingConfig:
         return SamplingConfig(num_frames=9, height=32, width=32, num_inference_steps=2, guidance_scale=6.0)
 
-    def _tiny_transformer(self):
+    @property
+    def patch_size_t(self) -> int | None:
+        """The published checkpoints' temporal patch (CogVideoX1.5: frames in pairs; 1.0: none)."""
+        return 2 if self.version_1_5 else None
+
+    def _tiny_transformer(self, component: str = "transformer"):
         from diffusers import CogVideoXTransformer3DModel
 
         common = dict(
@@ -114,11 +131,11 @@ class CogVideoXFamily(VideoFamily):
             max_text_seq_length=TINY_MAX_SEQUENCE_LENGTH,
             use_rotary_positional_embeddings=True,  # as all 5B checkpoints
         )
-        with seeded(f"{self.name}/transformer"):
+        with seeded(f"{self.name}/{component}"):
             if self.version_1_5:
                 return CogVideoXTransformer3DModel(
-                    in_channels=_TINY_Z, patch_size_t=2, patch_bias=False, sample_height=16, sample_width=16,
-                    sample_frames=9, **common,
+                    in_channels=_TINY_Z, patch_size_t=self.patch_size_t, patch_bias=False, sample_height=16,
+                    sample_width=16, sample_frames=9, **common,
                 ).eval()
             # I2V: + image latents on channels. The real 5B-I2V also uses learned positional embeddings,
             # which pin it to one resolution; the tiny preset leaves them off so any tiny resolution works.
@@ -162,17 +179,6 @@ class CogVideoXFamily(VideoFamily):
             timestep_spacing="trailing",
         )
 
-    def build_tiny_pipeline(self, dtype: torch.dtype):
-        tokenizer = tiny_tokenizer()
-        text_encoder = tiny_text_encoder(self.name, vocab_size=len(tokenizer), umt5=False)
-        vae, transformer = self._tiny_vae(), self._tiny_transformer()
-        pipe = self.pipeline_class(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                                   scheduler=self.tiny_scheduler())
-        cast_like_from_pretrained(pipe.transformer, dtype)
-        pipe.text_encoder.to(dtype)
-        cast_like_from_pretrained(pipe.vae, dtype)
-        return pipe
-
     # ---- real weights --------------------------------------------------------------------------
 
     def full_size_transformer_class(self) -> type:
@@ -180,12 +186,17 @@ class CogVideoXFamily(VideoFamily):
 
         return CogVideoXTransformer3DModel
 
-    def load_pipeline(self, model: ModelConfig):
-        pipe = self.pipeline_class.from_pretrained(model.pretrained, torch_dtype=DTYPES[model.dtype],
-                                                   revision=model.revision)
-        pipe.vae.enable_slicing()
-        pipe.vae.enable_tiling()
-        return pipe
+    def vae_class(self) -> type:
+        from diffusers import AutoencoderKLCogVideoX
+
+        return AutoencoderKLCogVideoX
+
+    def _load_component(self, model, name, index):
+        component = super()._load_component(model, name, index)
+        if name == "vae":  # the documented setting for full-resolution 49 frames
+            component.enable_slicing()
+            component.enable_tiling()
+        return component
 
     def load_denoiser(self, model: ModelConfig):
         from diffusers import CogVideoXDPMScheduler, CogVideoXTransformer3DModel
@@ -207,14 +218,14 @@ class CogVideoXFamily(VideoFamily):
     def generation_call(self, pipe, kwargs, image, sampling):
         kwargs["use_dynamic_cfg"] = sampling.use_dynamic_cfg
         if image is not None:
-            kwargs["image"] = [image] * len(kwargs["prompt"])  # CogVideoX-I2V encodes one image per generator
+            kwargs["image"] = [image] * len(kwargs["generator"])  # CogVideoX-I2V encodes one image per generator
         return pipe, kwargs
 
     def encode_video(self, pipe, video):
         vae = pipe.vae
         z = vae_mean(vae, video_to_vae_input(video, vae.device, vae.dtype)).float()  # [1,C,F,H,W]
         z = (z * vae.config.scaling_factor).permute(0, 2, 1, 3, 4)  # [1,F,C,H,W]
-        p_t = pipe.transformer.config.patch_size_t
+        p_t = self.patch_size_t  # the encoding actor holds no transformer to ask
         if p_t is not None and z.shape[1] % p_t:
             # CogVideoX1.5 patches frames in pairs: repeat the first latent frame in front (official fine-tuning).
             z = torch.cat([z[:, :1].repeat(1, p_t - z.shape[1] % p_t, 1, 1, 1), z], dim=1)
@@ -269,7 +280,8 @@ class CogVideoXFamily(VideoFamily):
         )[0]
 
 
-COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",),
-                                full_size_config=tuple(COGVIDEOX_5B_TRANSFORMER.items()))
+COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",), full_size_configs=(
+    ("transformer", tuple(COGVIDEOX_5B_TRANSFORMER.items())), ("text_encoder", tuple(T5_XXL_ENCODER.items())),
+    ("vae", tuple(COGVIDEOX_5B_VAE.items()))))
 COGVIDEOX_I2V = CogVideoXFamily("cogvideox-i2v", ("THUDM/CogVideoX-5b-I2V",), image_to_video=True)
 COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True)

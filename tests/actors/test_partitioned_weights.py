@@ -131,7 +131,9 @@ def test_random_full_size_is_refused_where_it_cannot_serve():
     from actors.model_source import check_model
     from actors.models import tiny_sampling
 
-    with pytest.raises(InputError, match="random-full-size builds only the trainer's denoiser"):
-        check_model(ModelConfig(family="cogvideox-t2v", pretrained="random-full-size"), tiny_sampling("cogvideox-t2v"))
+    check_model(ModelConfig(family="cogvideox-t2v", pretrained="random-full-size"),
+                tiny_sampling("cogvideox-t2v").model_copy(update={"height": 16, "width": 16}))
+    with pytest.raises(InputError, match="no published transformer config for cogvideox-i2v here"):
+        check_model(ModelConfig(family="cogvideox-i2v", pretrained="random-full-size"), tiny_sampling("cogvideox-i2v"))
     with pytest.raises(InputError, match="no published config for cogvideox-i2v"):
         get_family("cogvideox-i2v").full_size_denoiser(torch.bfloat16)
