@@ -31,8 +31,9 @@ def resource_demands(cfg: VideoGPAConfig) -> dict[str, dict[str, float]]:
 
 
 # The config key to change where each part's demand cannot be met, and which commands run each part.
-DEMAND_KEYS = {"text_pool": "text_pool.num_gpus", "generation_pool": "generation_pool.num_gpus", "scoring_pool": "scoring_pool.num_gpus",
-               "encoding_pool": "encoding_pool.num_gpus", "trainer": "trainer.use_gpu"}
+DEMAND_KEYS = {"text_pool": "text_pool.num_gpus", "generation_pool": "generation_pool.num_gpus",
+               "scoring_pool": "scoring_pool.num_gpus", "encoding_pool": "encoding_pool.num_gpus",
+               "trainer": "trainer.use_gpu"}
 # The text pool runs where prompts may still need encoding (a run made before the text stage: pairs too).
 PARTS_OF = {"align": ("text_pool", "generation_pool", "scoring_pool", "encoding_pool", "trainer"),
             "generate": ("text_pool", "generation_pool", "scoring_pool"), "score": ("scoring_pool",),
