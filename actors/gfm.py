@@ -31,6 +31,7 @@ from torch import Tensor
 
 from actors.errors import InputError
 from actors.geometry import Geometry, center_square_resize, patch_transform, resize_geometry, transform_frames
+from actors.model_config import RANDOM_FULL_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ class ScoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["tiny", "oracle", "vggt", "da3"] = "tiny"
-    weights: str | None = None  # tiny: safetensors file; vggt/da3: hub id or local dir
+    # tiny: safetensors file; vggt/da3: hub id, local dir, or "random-full-size" (the published
+    # architecture, VGGT-1B / DA3-Large, with random weights: a real-size rehearsal, no download)
+    weights: str | None = None
     scorer: Literal["3dcs", "epipolar"] = "3dcs"
     num_frames: int = Field(10, ge=2)
     # linspace(0, F-1, T) floored (official) or rounded (this project's earlier rule)
@@ -247,7 +250,13 @@ class VGGTBackend(GFMBackend):
         if model is None:
             from vggt.models.vggt import VGGT
 
-            model = VGGT.from_pretrained(weights or VGGT_DEFAULT_ID)  # hub id or local directory
+            if weights == RANDOM_FULL_SIZE:  # VGGT's defaults are VGGT-1B's architecture
+                self.random_weights = True
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model = VGGT()
+            else:
+                model = VGGT.from_pretrained(weights or VGGT_DEFAULT_ID)  # hub id or local directory
         self.model = model.to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -321,7 +330,13 @@ class DA3Backend(GFMBackend):
                 from depth_anything_3.api import DepthAnything3
             except ImportError:
                 raise _missing("da3", *_BACKEND_PACKAGES["da3"]) from None
-            model = DepthAnything3.from_pretrained(weights or DA3_DEFAULT_ID)
+            if weights == RANDOM_FULL_SIZE:
+                self.random_weights = True
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model = DepthAnything3(model_name="da3-large")  # DA3-Large's preset, random init
+            else:
+                model = DepthAnything3.from_pretrained(weights or DA3_DEFAULT_ID)
         self.model = model.to(self.device).eval()
 
     def prepare(self, frames: Tensor) -> Tensor:
@@ -382,7 +397,7 @@ def check_backend(cfg: ScoringConfig) -> None:
         module, hint = _BACKEND_PACKAGES[cfg.backend]
         if importlib.util.find_spec(module) is None:
             raise _missing(cfg.backend, module, hint)
-    if cfg.weights is None:
+    if cfg.weights is None or (cfg.weights == RANDOM_FULL_SIZE and cfg.backend in ("vggt", "da3")):
         return
     local = cfg.backend == "tiny" or looks_local(cfg.weights)
     if local and not os.path.exists(os.path.expanduser(cfg.weights)):
