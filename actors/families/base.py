@@ -64,6 +64,12 @@ class VideoFamily:
     accepts_image: ClassVar[bool] = False
     latent_frames_dim: ClassVar[int]  # where the frames are in the latents ``encode_video`` returns
     experts: ClassVar[tuple[str, ...]] = ("transformer",)  # the pipeline's denoising transformers
+    # How its pipeline spends GPU memory beyond the weights (`videogpa plan`): classifier-free guidance as one
+    # doubled batch (CogVideoX) rather than two passes (Wan); the VAE kept in float32 whatever model.dtype
+    # (Wan); the VAE decoding one video at a time in tiles (CogVideoX loads it with slicing and tiling).
+    cfg_in_one_batch: ClassVar[bool] = False
+    vae_float32: ClassVar[bool] = False
+    vae_tiled: ClassVar[bool] = False
 
     # ---- what each stage's actors load ---------------------------------------------------------
 

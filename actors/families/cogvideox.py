@@ -29,18 +29,9 @@ from actors.families.base import (
     vae_mean,
     video_to_vae_input,
 )
+from actors.families.published import COGVIDEOX_5B_TRANSFORMER
 from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, TINY_TEXT_DIM, seeded, tiny_text_encoder, tiny_tokenizer
 from actors.model_config import ModelConfig, SamplingConfig, SamplingShape
-
-# THUDM/CogVideoX-5b transformer/config.json (the published architecture, for random-full-size).
-COGVIDEOX_5B_TRANSFORMER = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
-    freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42, dropout=0.0, attention_bias=True,
-    sample_width=90, sample_height=60, sample_frames=49, patch_size=2, temporal_compression_ratio=4,
-    max_text_seq_length=226, activation_fn="gelu-approximate", timestep_activation_fn="silu",
-    norm_elementwise_affine=True, norm_eps=1e-5, spatial_interpolation_scale=1.875,
-    temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
-)
 
 _TINY_Z = 4  # latent channels of the tiny VAE (16 in the real one)
 
@@ -79,6 +70,8 @@ class CogVideoXFamily(VideoFamily):
     prediction: ClassVar = "v_prediction"
     real_text_len: ClassVar[int] = 226
     latent_frames_dim: ClassVar[int] = 1
+    cfg_in_one_batch: ClassVar[bool] = True
+    vae_tiled: ClassVar[bool] = True
 
     @property
     def requires_image(self) -> bool:  # type: ignore[override]

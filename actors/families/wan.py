@@ -53,6 +53,7 @@ class WanFamily(VideoFamily):
     prediction: ClassVar = "flow_matching"
     real_text_len: ClassVar[int] = 512
     latent_frames_dim: ClassVar[int] = 2
+    vae_float32: ClassVar[bool] = True
     tiny_latent_channels: ClassVar[int]
 
     @property

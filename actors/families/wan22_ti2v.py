@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from actors.families.base import batch_like, vae_mean
+from actors.families.published import WAN22_TI2V_5B_TRANSFORMER
 from actors.families.wan import WanFamily, normalise_latents, tiny_wan_transformer_kwargs
 from actors.model_config import SamplingConfig
 
@@ -125,14 +126,6 @@ def _image_pipeline(pipe):
     i2v.set_progress_bar_config(disable=True)
     return i2v
 
-
-# Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json (the published architecture, for random-full-size).
-WAN22_TI2V_5B_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48, out_channels=48,
-    text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
-    pos_embed_seq_len=None,
-)
 
 WAN22_TI2V = Wan22TI2VFamily("wan2.2-ti2v", ("Wan-AI/Wan2.2-TI2V-5B-Diffusers",),
                              full_size_config=tuple(WAN22_TI2V_5B_TRANSFORMER.items()))
