@@ -43,8 +43,10 @@ per video (``2·N·P + 4·L·N²·D`` per pass, x2 passes under CFG).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,15 +152,23 @@ def _on_meta(cls: type, config: dict[str, Any]):
 
 def _components(cfg: VideoGPAConfig, family, names: set[str]) -> tuple[dict[str, Any], str]:
     """The model's components that some stage loads, on the meta device (tiny: built), in their dtype."""
+    return _components_of(cfg.model.model_dump_json(), frozenset(names))
+
+
+@functools.lru_cache(maxsize=8)  # preflight and a plan in one process build them once; they are only read
+def _components_of(model_json: str, names: frozenset[str]) -> tuple[dict[str, Any], str]:
     import torch
 
     from actors.families.base import DTYPES, cast_like_from_pretrained
+    from actors.model_config import ModelConfig
 
-    dtype = DTYPES[cfg.model.dtype]
-    if cfg.model.pretrained == "tiny":
+    model = ModelConfig.model_validate_json(model_json)
+    family = get_family(model.family)
+    dtype = DTYPES[model.dtype]
+    if model.pretrained == "tiny":
         pipe = family.build_tiny_pipeline(dtype)
         return {n: getattr(pipe, n) for n in names}, "tiny preset (built in code)"
-    configs, source = _component_configs(cfg.model, family, names)
+    configs, source = _component_configs(model, family, names)
     classes = _pipeline_classes(family.pipeline_class)
     modules = {}
     for name in names:
@@ -363,7 +373,8 @@ def _score(cfg: VideoGPAConfig) -> Stage:
     import torch
 
     scoring = cfg.scoring
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's notice that lpips passes `pretrained`
         net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
     gfm, note = _gfm(scoring)
     side = scoring.resolution or {"vggt": 518, "da3": 504, "tiny": 56}.get(scoring.backend, cfg.sampling.height)
