@@ -77,25 +77,12 @@ def model_sampling_shape(model: ModelConfig) -> SamplingShape:
     """The sizes ``model`` can sample, from its configs alone (no weights loaded)."""
     family = get_family(model.family)
     if model.pretrained == RANDOM_FULL_SIZE:
-        configs = dict(family.full_size_configs)
-        missing = [c for c in ("transformer", "text_encoder", "vae") if c not in configs]
-        if missing:
-            raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} has no published {missing[0]} config for "
-                             f"{model.family} here (it has one for {', '.join(full_size_families())})")
-        vae, transformer = dict(configs["vae"]), dict(configs["transformer"])
+        vae, transformer = family.full_size_config("vae"), family.full_size_config("transformer")
     elif model.pretrained == "tiny":
         vae, transformer = family.tiny_component_configs()
     else:
         vae, transformer = _component_config(model, "vae"), _component_config(model, "transformer")
     return family.sampling_shape(vae, transformer)
-
-
-def full_size_families() -> list[str]:
-    """The families whose every component has its published config written in code."""
-    from actors.families import FAMILIES
-
-    return [name for name in FAMILIES
-            if {"transformer", "text_encoder", "vae"} <= dict(get_family(name).full_size_configs).keys()]
 
 
 def check_model(model: ModelConfig, sampling: SamplingConfig) -> None:

@@ -58,9 +58,6 @@ class VideoFamily:
 
     name: str
     real_model_ids: tuple[str, ...]  # hub ids of its checkpoints; the first is the default recipe's
-    # The published configs of ``real_model_ids[0]``, for ``random-full-size``: (component, config items)
-    # for "transformer", "text_encoder" and "vae"; empty where the family has none here.
-    full_size_configs: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     prediction: ClassVar[Literal["v_prediction", "flow_matching"]]
     lora_target_modules: ClassVar[tuple[str, ...]] = ATTENTION_LORA_TARGETS
@@ -71,6 +68,12 @@ class VideoFamily:
     latent_frames_dim: ClassVar[int]  # where the frames are in the latents ``encode_video`` returns
     experts: ClassVar[tuple[str, ...]] = ("transformer",)  # the pipeline's denoising transformers
     umt5_text_encoder: ClassVar[bool] = False  # UMT5 (Wan) rather than T5 (CogVideoX)
+    # How its pipeline spends GPU memory beyond the weights (`videogpa plan`): classifier-free guidance as one
+    # doubled batch (CogVideoX) rather than two passes (Wan); the VAE kept in float32 whatever model.dtype
+    # (Wan); the VAE decoding one video at a time in tiles (CogVideoX loads it with slicing and tiling).
+    cfg_in_one_batch: ClassVar[bool] = False
+    vae_float32: ClassVar[bool] = False
+    vae_tiled: ClassVar[bool] = False
 
     # ---- what each stage's actors load ---------------------------------------------------------
 
@@ -134,30 +137,46 @@ class VideoFamily:
         if name == "tokenizer":
             # No tokenizer files are written in code: the tiny tokenizer's ids index the random embedding.
             return tiny_tokenizer()
-        configs = dict(self.full_size_configs)
-        key = "transformer" if name in self.experts else name
-        if key not in configs:
-            raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} has no published {key} config for {self.name} "
-                             "here")
-        with torch.random.fork_rng(devices=[]), default_dtype(dtype):
+        config = self.full_size_config(name)
+        with torch.random.fork_rng(devices=[]), default_dtype(torch.float32 if self._float32(name) else dtype):
             torch.manual_seed(zlib.crc32(f"{self.name}/{name}".encode()))
             if name == "text_encoder":
                 from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
                 config_class, model_class = ((UMT5Config, UMT5EncoderModel) if self.umt5_text_encoder
                                              else (T5Config, T5EncoderModel))
-                return model_class(config_class(**dict(configs[key]))).eval()
-            cls = self.full_size_transformer_class() if key == "transformer" else self.vae_class()
-            # Tuples in code, lists as in the published config.json files (some modules concatenate them).
-            config = {k: list(v) if isinstance(v, tuple) else v for k, v in configs[key]}
+                return model_class(config_class(**config)).eval()
+            cls = self.full_size_transformer_class() if name in self.experts else self.vae_class()
             return cls.from_config(config).eval()
+
+    def full_size_config(self, name: str) -> dict[str, Any]:
+        """Component ``name``'s published config of ``real_model_ids[0]`` (``actors.families.published``)
+        completed with its class's defaults (which the published files leave out where they agree),
+        tuples as the config.json files' lists (some modules concatenate them)."""
+        from actors.families.published import PUBLISHED
+
+        configs = PUBLISHED.get(self.real_model_ids[0], {})
+        if name not in configs:
+            raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} has no published {name} config for {self.name} "
+                             "here")
+        defaults: dict[str, Any] = {}
+        if name != "text_encoder":  # transformers configs fill their own defaults
+            cls = self.full_size_transformer_class() if name in self.experts else self.vae_class()
+            defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                        if k != "self" and p.default is not inspect.Parameter.empty}
+        config = {**defaults, **configs[name]}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    def _float32(self, name: str) -> bool:
+        """Whether component ``name`` runs in float32 whatever ``model.dtype`` (a Wan VAE)."""
+        return name == "vae" and self.vae_float32
 
     def _cast_component(self, name: str, module: Any, dtype: torch.dtype) -> None:
         """The dtypes ``from_pretrained(torch_dtype=dtype)`` gives: text encoder in ``dtype``, the
-        denoiser and VAE in ``dtype`` but for the modules they keep in float32."""
+        denoiser and VAE in ``dtype`` but for the modules they keep in float32 (a float32 VAE stays so)."""
         if name == "text_encoder":
             module.to(dtype)
-        elif name != "tokenizer":
+        elif name != "tokenizer" and not self._float32(name):
             cast_like_from_pretrained(module, dtype)
 
     def _tiny_pipeline_extras(self) -> dict[str, Any]:
@@ -175,8 +194,13 @@ class VideoFamily:
         cls = _index_class(index, name)
         if name in self.experts:
             return load_transformer(cls, model, name)
-        kwargs = {} if name == "tokenizer" else {"torch_dtype": DTYPES[model.dtype]}
-        return cls.from_pretrained(model.pretrained, subfolder=name, revision=model.revision, **kwargs)
+        kwargs = {} if name == "tokenizer" else {
+            "torch_dtype": torch.float32 if self._float32(name) else DTYPES[model.dtype]}
+        component = cls.from_pretrained(model.pretrained, subfolder=name, revision=model.revision, **kwargs)
+        if name == "vae" and self.vae_tiled:  # the documented setting for full-resolution videos
+            component.enable_slicing()
+            component.enable_tiling()
+        return component
 
     def vae_class(self) -> type:
         raise NotImplementedError
@@ -216,12 +240,10 @@ class VideoFamily:
     def full_size_denoiser(self, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
         """The ``random-full-size`` preset: the real architecture, random weights, the tiny scheduler
         (the real checkpoints' scheduler config)."""
-        configs = dict(self.full_size_configs)
-        if "transformer" not in configs:
-            raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} has no published config for {self.name} here")
+        config = self.full_size_config("transformer")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            transformer = self.full_size_transformer_class().from_config(dict(configs["transformer"])).eval()
+            transformer = self.full_size_transformer_class().from_config(config).eval()
         cast_like_from_pretrained(transformer, dtype)
         return transformer, self.tiny_scheduler()
 

@@ -30,30 +30,6 @@ from actors.families.base import (
 from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, TINY_TEXT_DIM, seeded
 from actors.model_config import ModelConfig, SamplingConfig, SamplingShape
 
-# THUDM/CogVideoX-5b transformer/config.json (the published architecture, for random-full-size).
-COGVIDEOX_5B_TRANSFORMER = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
-    freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42, dropout=0.0, attention_bias=True,
-    sample_width=90, sample_height=60, sample_frames=49, patch_size=2, temporal_compression_ratio=4,
-    max_text_seq_length=226, activation_fn="gelu-approximate", timestep_activation_fn="silu",
-    norm_elementwise_affine=True, norm_eps=1e-5, spatial_interpolation_scale=1.875,
-    temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
-)
-
-# THUDM/CogVideoX-5b text_encoder/config.json (T5-XXL v1.1's encoder, 4.8B parameters) and
-# vae/config.json (the remaining keys are AutoencoderKLCogVideoX's defaults, as published).
-T5_XXL_ENCODER = dict(
-    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
-    layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-)
-COGVIDEOX_5B_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-    up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(128, 256, 256, 512), latent_channels=16,
-    layers_per_block=3, act_fn="silu", norm_eps=1e-6, norm_num_groups=32, temporal_compression_ratio=4,
-    sample_height=480, sample_width=720, scaling_factor=0.7,
-)
-
 _TINY_Z = 4  # latent channels of the tiny VAE (16 in the real one)
 
 
@@ -91,6 +67,8 @@ class CogVideoXFamily(VideoFamily):
     prediction: ClassVar = "v_prediction"
     real_text_len: ClassVar[int] = 226
     latent_frames_dim: ClassVar[int] = 1
+    cfg_in_one_batch: ClassVar[bool] = True
+    vae_tiled: ClassVar[bool] = True
 
     @property
     def requires_image(self) -> bool:  # type: ignore[override]
@@ -191,13 +169,6 @@ class CogVideoXFamily(VideoFamily):
 
         return AutoencoderKLCogVideoX
 
-    def _load_component(self, model, name, index):
-        component = super()._load_component(model, name, index)
-        if name == "vae":  # the documented setting for full-resolution 49 frames
-            component.enable_slicing()
-            component.enable_tiling()
-        return component
-
     def load_denoiser(self, model: ModelConfig):
         from diffusers import CogVideoXDPMScheduler, CogVideoXTransformer3DModel
 
@@ -280,8 +251,6 @@ class CogVideoXFamily(VideoFamily):
         )[0]
 
 
-COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",), full_size_configs=(
-    ("transformer", tuple(COGVIDEOX_5B_TRANSFORMER.items())), ("text_encoder", tuple(T5_XXL_ENCODER.items())),
-    ("vae", tuple(COGVIDEOX_5B_VAE.items()))))
+COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",))
 COGVIDEOX_I2V = CogVideoXFamily("cogvideox-i2v", ("THUDM/CogVideoX-5b-I2V",), image_to_video=True)
 COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True)

@@ -52,6 +52,7 @@ class WanFamily(VideoFamily):
     real_text_len: ClassVar[int] = 512
     latent_frames_dim: ClassVar[int] = 2
     umt5_text_encoder: ClassVar[bool] = True
+    vae_float32: ClassVar[bool] = True
     tiny_latent_channels: ClassVar[int]
 
     @property
@@ -99,10 +100,6 @@ class WanFamily(VideoFamily):
             solver_order=2,
         )
 
-    def _cast_component(self, name, module, dtype):
-        if name != "vae":  # the VAE stays float32, as it is loaded from real weights
-            super()._cast_component(name, module, dtype)
-
     # ---- real weights --------------------------------------------------------------------------
 
     def full_size_transformer_class(self) -> type:
@@ -110,22 +107,10 @@ class WanFamily(VideoFamily):
 
         return WanTransformer3DModel
 
-    def _real_vae(self, model: ModelConfig):
-        from diffusers import AutoencoderKLWan
-
-        return AutoencoderKLWan.from_pretrained(model.pretrained, subfolder="vae", torch_dtype=torch.float32,
-                                                revision=model.revision)
-
     def vae_class(self) -> type:
         from diffusers import AutoencoderKLWan
 
         return AutoencoderKLWan
-
-    def _full_size_component(self, name, dtype):
-        return super()._full_size_component(name, torch.float32 if name == "vae" else dtype)
-
-    def _load_component(self, model, name, index):
-        return self._real_vae(model) if name == "vae" else super()._load_component(model, name, index)
 
     def _real_scheduler(self, model: ModelConfig):
         from diffusers import UniPCMultistepScheduler

@@ -130,36 +130,4 @@ def _image_pipeline(pipe):
     return i2v
 
 
-# Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json (the published architecture, for random-full-size).
-WAN22_TI2V_5B_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48, out_channels=48,
-    text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
-    pos_embed_seq_len=None,
-)
-
-# Its text_encoder/config.json (umT5-XXL's encoder) and vae/config.json (the Wan2.2 VAE: 48 latent
-# channels, 2x2 pixel patchify, 16x spatial and 4x temporal compression, with its latent statistics).
-UMT5_XXL_ENCODER = dict(
-    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
-    layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-)
-WAN22_VAE = dict(
-    base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(),
-    temperal_downsample=(False, True, True), dropout=0.0, is_residual=True, in_channels=12, out_channels=12,
-    patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
-    latents_mean=(-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
-                  0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
-                  -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
-                  -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
-                  0.3573, -0.0548, -0.1681, -0.0667),
-    latents_std=(0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
-                 0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
-                 0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
-                 0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744),
-)
-
-WAN22_TI2V = Wan22TI2VFamily("wan2.2-ti2v", ("Wan-AI/Wan2.2-TI2V-5B-Diffusers",), full_size_configs=(
-    ("transformer", tuple(WAN22_TI2V_5B_TRANSFORMER.items())), ("text_encoder", tuple(UMT5_XXL_ENCODER.items())),
-    ("vae", tuple(WAN22_VAE.items()))))
+WAN22_TI2V = Wan22TI2VFamily("wan2.2-ti2v", ("Wan-AI/Wan2.2-TI2V-5B-Diffusers",))
