@@ -365,6 +365,14 @@ def _gfm(scoring) -> tuple[Any | None, str]:
                 return VGGT(), ""
         except ImportError:
             return None, "vggt is not installed here: not counted"
+    if scoring.backend == "da3":
+        try:
+            from accelerate import init_empty_weights
+            from depth_anything_3.api import DepthAnything3
+        except ImportError:
+            return None, "depth_anything_3 is not installed here: not counted"
+        with init_empty_weights():  # its constructor computes on tensors: only the parameters go to meta
+            return DepthAnything3(model_name="da3-large"), "counted as DA3-Large (the official evaluation GFM)"
     return None, f"{scoring.backend}: its network is not introspected here: not counted"
 
 
