@@ -417,18 +417,18 @@ def _at_size(cfg: VideoGPAConfig, published: Published) -> VideoGPAConfig:
     return cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update=size)})
 
 
-def _prompt_count(cfg: VideoGPAConfig) -> int | None:
-    """Prompts in a round where the driver can tell without storage (limit, built-in list, local file)."""
+def _prompt_count(cfg: VideoGPAConfig) -> tuple[int | None, str]:
+    """Prompts in a round, where the driver can tell without storage, and how it told."""
     from pipelines.prompts import BUILTIN_PROMPTS
 
-    path = cfg.prompts.path
+    path, limit = cfg.prompts.path, cfg.prompts.limit
     if path is None:
-        count = len(BUILTIN_PROMPTS)
+        count, how = len(BUILTIN_PROMPTS), "the built-in prompts"
     elif "://" not in path and Path(path).is_file():
-        count = sum(1 for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+        count, how = sum(1 for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()), path
     else:
-        return cfg.prompts.limit
-    return min(count, cfg.prompts.limit or count)
+        return limit, "prompts.limit" if limit else "prompts on storage: set prompts.limit to count them"
+    return (min(count, limit), f"{how}, prompts.limit") if limit else (count, how)
 
 
 def _seconds_per_video(cfg: VideoGPAConfig, family, modules: dict, shape: _Shape) -> tuple[float, str]:
@@ -450,8 +450,8 @@ def _seconds_per_video(cfg: VideoGPAConfig, family, modules: dict, shape: _Shape
     cog_cfg = cog_cfg.model_copy(update={"model": cfg.model.model_copy(update={"family": "cogvideox-t2v"})})
     reference = _flops_per_video(_params(cog["transformer"]), _shape(cog_cfg, COGVIDEOX_T2V, cog["transformer"],
                                                                      cog["vae"]), p.steps, 2)
-    return p.seconds * ours / reference, f"no published H100 figure ({why_not}); estimated from CogVideoX-5B's " \
-                                         f"H100 ~{p.seconds:g} s by FLOPs"
+    return p.seconds * ours / reference, f"estimated from CogVideoX-5B's H100 ~{p.seconds:g} s by FLOPs; no " \
+                                         f"published H100 figure for this family: {why_not}"
 
 
 # ---- the plan --------------------------------------------------------------------------------------
@@ -478,12 +478,12 @@ def plan_report(cfg: VideoGPAConfig) -> tuple[dict[str, Any], str]:
     """The plan as the issue's JSON (``memory_plan``) and as a human-readable table."""
     family, modules, source, shape, stages = _plan(cfg)
     seconds, basis = _seconds_per_video(cfg, family, modules, shape)
-    prompts = _prompt_count(cfg)
+    prompts, how = _prompt_count(cfg)
     hours = None if prompts is None else round(prompts * cfg.pairing.candidates_per_prompt * seconds / 3600, 2)
     memory = min([getattr(cfg, pool).gpu_memory_gib for pool in POOLS.values()] + [cfg.trainer.gpu_memory_gib])
     result = {"stages": {n: stages[n].as_json() for n in STAGES}, "gpu_memory_gib": memory,
               "gpu_hours_per_round": hours}
-    return result, _table(cfg, stages, source, shape, seconds, basis, prompts, hours)
+    return result, _table(cfg, stages, source, shape, seconds, basis, (prompts, how), hours)
 
 
 def memory_plan(cfg: VideoGPAConfig) -> dict[str, Any]:
@@ -494,7 +494,7 @@ def memory_plan(cfg: VideoGPAConfig) -> dict[str, Any]:
 
 
 def _table(cfg, stages: dict[str, Stage], source: str, shape: _Shape, seconds: float, basis: str,
-           prompts: int | None, hours: float | None) -> str:
+           prompts: tuple[int | None, str], hours: float | None) -> str:
     s = cfg.sampling
     lines = [f"videogpa plan: {cfg.model.family} ({source}), {cfg.model.dtype}, {s.num_frames} frames at "
              f"{s.height}x{s.width}, {s.num_inference_steps} steps, {shape.tokens} latent tokens + {shape.text} text",
@@ -507,8 +507,8 @@ def _table(cfg, stages: dict[str, Stage], source: str, shape: _Shape, seconds: f
                      f"{'yes' if st.as_json()['fits'] else 'NO'}   ({st.where})")
     lines.append("(GiB; budget: what one actor or worker gets of one GPU)")
     lines += [f"{name}: {st.note}" for name, st in stages.items() if st.note]
-    count = f"{prompts} prompts" if prompts is not None else "prompts on storage (set prompts.limit to count them)"
+    count = f"{prompts[0]} prompts ({prompts[1]})" if prompts[0] is not None else prompts[1]
     lines.append(f"generation: {seconds:.0f} s per video on one H100 ({basis})")
     lines.append(f"GPU-hours per round (generation): {hours if hours is not None else 'unknown'} "
-                 f"({count} x {cfg.pairing.candidates_per_prompt} candidates)")
+                 f"({count}; {cfg.pairing.candidates_per_prompt} candidates each)")
     return "\n".join(lines)
