@@ -30,6 +30,7 @@ from torch import Tensor
 
 from actors.errors import InputError
 from actors.geometry import Geometry, center_square_resize, patch_transform, resize_geometry, transform_frames
+from actors.model_config import RANDOM_FULL_SIZE
 from actors.scoring_config import InputLayout, ScoringConfig
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,13 @@ class VGGTBackend(GFMBackend):
         if model is None:
             from vggt.models.vggt import VGGT
 
-            model = VGGT.from_pretrained(weights or VGGT_DEFAULT_ID)  # hub id or local directory
+            if weights == RANDOM_FULL_SIZE:  # VGGT's defaults are VGGT-1B's architecture
+                self.random_weights = True
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model = VGGT()
+            else:
+                model = VGGT.from_pretrained(weights or VGGT_DEFAULT_ID)  # hub id or local directory
         self.model = model.to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -290,7 +297,13 @@ class DA3Backend(GFMBackend):
                 from depth_anything_3.api import DepthAnything3
             except ImportError:
                 raise _missing("da3", *_BACKEND_PACKAGES["da3"]) from None
-            model = DepthAnything3.from_pretrained(weights or DA3_DEFAULT_ID)
+            if weights == RANDOM_FULL_SIZE:
+                self.random_weights = True
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model = DepthAnything3(model_name="da3-large")  # DA3-Large's preset, random init
+            else:
+                model = DepthAnything3.from_pretrained(weights or DA3_DEFAULT_ID)
         self.model = model.to(self.device).eval()
 
     def prepare(self, frames: Tensor) -> Tensor:
@@ -351,7 +364,7 @@ def check_backend(cfg: ScoringConfig) -> None:
         module, hint = _BACKEND_PACKAGES[cfg.backend]
         if importlib.util.find_spec(module) is None:
             raise _missing(cfg.backend, module, hint)
-    if cfg.weights is None:
+    if cfg.weights is None or (cfg.weights == RANDOM_FULL_SIZE and cfg.backend in ("vggt", "da3")):
         return
     local = cfg.backend == "tiny" or looks_local(cfg.weights)
     if local and not os.path.exists(os.path.expanduser(cfg.weights)):

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.errors import InputError
 from actors.family_names import Family
 
-# ``model.pretrained`` of the real-size rehearsal: the denoiser with the published architecture,
-# random weights, no download (trainer only: no VAE or text encoder is built).
+# ``model.pretrained`` of the real-size rehearsal: every component (denoiser, text encoder, VAE) at its
+# published size with random weights, no download (CogVideoX-5B and Wan2.2-TI2V-5B).
 RANDOM_FULL_SIZE = "random-full-size"
 
 class ModelConfig(BaseModel):
@@ -25,7 +25,7 @@ class ModelConfig(BaseModel):
 
     family: Family
     # hub id, local diffusers directory, "tiny" (offline random-init preset), or "random-full-size"
-    # (the trainer's denoiser with the published architecture, random weights: a real-size rehearsal)
+    # (every component at its published size, random weights: a real-size rehearsal)
     pretrained: str = "tiny"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     revision: str | None = None

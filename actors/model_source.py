@@ -77,9 +77,8 @@ def model_sampling_shape(model: ModelConfig) -> SamplingShape:
     """The sizes ``model`` can sample, from its configs alone (no weights loaded)."""
     family = get_family(model.family)
     if model.pretrained == RANDOM_FULL_SIZE:
-        raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} builds only the trainer's denoiser (a real-size "
-                         "rehearsal with random weights); it cannot generate")
-    if model.pretrained == "tiny":
+        vae, transformer = family.full_size_config("vae"), family.full_size_config("transformer")
+    elif model.pretrained == "tiny":
         vae, transformer = family.tiny_component_configs()
     else:
         vae, transformer = _component_config(model, "vae"), _component_config(model, "transformer")

@@ -9,8 +9,10 @@ between models (classes, dtypes, latent layouts, conditioning) is asked of the f
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,19 +34,60 @@ def tiny_sampling(family: str) -> SamplingConfig:
     return get_family(family).tiny_sampling()
 
 
-def build_pipeline(model: ModelConfig, device: str | torch.device = "cpu"):
-    """The family's diffusers pipeline on ``device``, in ``model.dtype`` where the family runs it so."""
+def build_pipeline(model: ModelConfig, device: str | torch.device = "cpu", stage: str | None = None,
+                   offload_idle_expert: bool = False):
+    """The family's diffusers pipeline on ``device``, in ``model.dtype`` where the family runs it so.
+    ``stage``: a key of the family's ``stage_components()`` ("text", "generate", "encode"); the
+    pipeline then holds only that stage's components, the others are None (None: every component).
+    ``offload_idle_expert``: a two-expert model keeps the expert that is not denoising in host
+    memory (``IdleExpertOffload``)."""
     family = get_family(model.family)
+    components = family.pipeline_components() if stage is None else family.stage_components()[stage]
     if model.pretrained == "tiny":
-        logger.info("building tiny %s pipeline (random init, seed %d, dtype %s)", model.family, TINY_SEED, model.dtype)
-        pipe = family.build_tiny_pipeline(DTYPES[model.dtype])
+        logger.info("building tiny %s %s (random init, seed %d, dtype %s)", model.family, ", ".join(components),
+                    TINY_SEED, model.dtype)
+    elif model.pretrained == RANDOM_FULL_SIZE:
+        logger.info("building %s %s at the published size, random weights (dtype %s)", model.family,
+                    ", ".join(components), model.dtype)
     else:
-        logger.info("loading %s pipeline from %s (revision %s, dtype %s)", model.family, model.pretrained,
-                    model.revision, model.dtype)
-        pipe = family.load_pipeline(model)
-    pipe.to(device)
+        logger.info("loading %s %s from %s (revision %s, dtype %s)", model.family, ", ".join(components),
+                    model.pretrained, model.revision, model.dtype)
+    pipe = family.build_stage_pipeline(model, components)
+    experts = [e for e in family.experts if getattr(pipe, e, None) is not None]
+    if offload_idle_expert and len(experts) > 1:
+        pipe.idle_expert_offload = IdleExpertOffload(pipe, experts, device)
+    else:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class IdleExpertOffload:
+    """Two-expert pipelines (Wan2.2-T2V-A14B): only the expert that is denoising sits on the device,
+    the other waits in host memory. The pipeline calls the high-noise expert for the first steps and
+    the low-noise one after the boundary, so a forward pre-hook swaps them once at the boundary and
+    once back when the next video starts. ``moves`` counts the swaps."""
+
+    def __init__(self, pipe, experts: list[str], device: str | torch.device, host: str | torch.device = "cpu"):
+        self.device, self.host = torch.device(device), torch.device(host)
+        self.experts = {name: getattr(pipe, name) for name in experts}
+        self.moves = 0
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module) and name not in self.experts:
+                component.to(self.device)
+        self.resident = experts[0]
+        for name, module in self.experts.items():
+            module.to(self.device if name == self.resident else self.host)
+            module.register_forward_pre_hook(functools.partial(self._before_forward, name))
+
+    def _before_forward(self, name: str, module: torch.nn.Module, args: tuple) -> None:
+        if name == self.resident:
+            return
+        self.experts[self.resident].to(self.host)  # out first: both never sit on the device together
+        module.to(self.device)
+        self.resident = name
+        self.moves += 1
+        logger.debug("expert offload: %s moved in (%d moves)", name, self.moves)
 
 
 def build_denoiser(model: ModelConfig, device: str | torch.device = "cpu", zero3: dict[str, Any] | None = None):
@@ -137,10 +180,13 @@ def generate_videos(
     prompt: str,
     seeds: list[int],
     image: np.ndarray | None = None,
+    embeds: PromptEmbeds | None = None,
 ) -> np.ndarray:
     """Sample one video per seed: uint8 ``[K, F, H, W, 3]``. The K seeds run as one batch with one
     ``torch.Generator(device).manual_seed(seed)`` per video, so each video depends only on its seed
-    (up to float reduction order when the batch composition changes)."""
+    (up to float reduction order when the batch composition changes). ``embeds``: the prompt's (and,
+    under classifier-free guidance, the negative prompt's) embeddings from ``encode_prompts``, for a
+    pipeline without a text encoder; None: the pipeline encodes ``prompt`` itself."""
     if not seeds:
         raise InputError("seeds: need at least one seed")
     family = get_family(model.family)
@@ -148,8 +194,6 @@ def generate_videos(
     _check_sampling(pipe, model, sampling)
     device = pipe._execution_device
     kwargs: dict[str, Any] = dict(
-        # CogVideoX ignores num_videos_per_prompt, so the batch is spelled out as K prompts.
-        prompt=[prompt] * len(seeds),
         num_frames=sampling.num_frames,
         height=sampling.height,
         width=sampling.width,
@@ -159,8 +203,20 @@ def generate_videos(
         output_type="np",
         max_sequence_length=family.text_len(model),
     )
-    if sampling.negative_prompt:
-        kwargs["negative_prompt"] = [sampling.negative_prompt] * len(seeds)
+    if embeds is None:
+        # CogVideoX ignores num_videos_per_prompt, so the batch is spelled out as K prompts.
+        kwargs["prompt"] = [prompt] * len(seeds)
+        if sampling.negative_prompt:
+            kwargs["negative_prompt"] = [sampling.negative_prompt] * len(seeds)
+    else:
+        # What encode_prompt returns for K prompts: the embeddings repeated, in the text encoder's dtype.
+        dtype = DTYPES[model.dtype]
+        kwargs["prompt_embeds"] = embeds.prompt.to(device, dtype).repeat(len(seeds), 1, 1)
+        if uses_cfg(sampling):
+            if embeds.negative is None:
+                raise InputError("negative prompt embeddings: required under classifier-free guidance "
+                                 "(sampling.guidance_scale > 1)")
+            kwargs["negative_prompt_embeds"] = embeds.negative.to(device, dtype).repeat(len(seeds), 1, 1)
     runner, kwargs = family.generation_call(pipe, kwargs, pil_image, sampling)
     logger.info(
         "generating %d video(s) %s: %dx%dx%d, %d steps, cfg %.2f",
@@ -187,8 +243,11 @@ def encode_training_inputs(
     videos: np.ndarray,
     prompt: str,
     image: np.ndarray | None,
+    prompt_embeds: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """VAE latents, prompt embeddings and image latents for training, as float32 CPU tensors.
+    ``prompt_embeds``: the prompt's embeddings from ``encode_prompts`` (copied: the encoding stage
+    holds only the VAE); None: the pipeline's text encoder encodes ``prompt``.
 
     Returns ``latents`` ``[N, ...]`` in the layout the family denoises in, ``prompt_embeds``
     ``[1,L,D]`` (no CFG) and ``image_latents`` (the family's ``encode_image``) or ``None``.
@@ -198,17 +257,11 @@ def encode_training_inputs(
         raise InputError(f"videos: expected uint8 [N,F,H,W,3], got {videos.dtype} {list(videos.shape)}")
     family = get_family(model.family)
     pil_image = family.check_image(image)
-    device = pipe._execution_device
     with torch.no_grad():
         # One video at a time: a full-resolution VAE encode is the memory peak.
         latents = torch.cat([family.encode_video(pipe, v) for v in videos])
-        prompt_embeds, _ = pipe.encode_prompt(
-            prompt,
-            do_classifier_free_guidance=False,
-            num_videos_per_prompt=1,
-            max_sequence_length=family.text_len(model),
-            device=device,
-        )
+        if prompt_embeds is None:
+            prompt_embeds = encode_prompts(pipe, model, [prompt])[0]
         image_latents = None
         if pil_image is not None:
             height, width = videos.shape[2], videos.shape[3]
@@ -220,3 +273,36 @@ def encode_training_inputs(
         "prompt_embeds": prompt_embeds.float().cpu(),
         "image_latents": None if image_latents is None else image_latents.float().cpu(),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt embeddings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptEmbeds:
+    """A prompt's embeddings ``[1, L, D]`` and, under classifier-free guidance, the negative prompt's."""
+
+    prompt: torch.Tensor
+    negative: torch.Tensor | None = None
+
+
+def uses_cfg(sampling: SamplingConfig) -> bool:
+    """Whether sampling runs classifier-free guidance (the pipelines' ``guidance_scale > 1``), which
+    then needs the negative prompt's embeddings ("" when ``sampling.negative_prompt`` is empty)."""
+    return sampling.guidance_scale > 1.0
+
+
+def encode_prompts(pipe, model: ModelConfig, texts: list[str]) -> list[torch.Tensor]:
+    """Each text's embeddings ``[1, L, D]`` on CPU, in the text encoder's dtype: exactly what the
+    pipeline computes for it when called with the text (``pipe.encode_prompt``, no CFG)."""
+    family = get_family(model.family)
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            embeds, _ = pipe.encode_prompt(text, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+                                           max_sequence_length=family.text_len(model),
+                                           device=pipe._execution_device)
+            out.append(embeds.cpu())
+    return out

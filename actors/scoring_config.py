@@ -21,7 +21,9 @@ class ScoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["tiny", "oracle", "vggt", "da3"] = "tiny"
-    weights: str | None = None  # tiny: safetensors file; vggt/da3: hub id or local dir
+    # tiny: safetensors file; vggt/da3: hub id, local dir, or "random-full-size" (the published
+    # architecture, VGGT-1B / DA3-Large, with random weights: a real-size rehearsal, no download)
+    weights: str | None = None
     scorer: Literal["3dcs", "epipolar"] = "3dcs"
     num_frames: int = Field(10, ge=2)
     # linspace(0, F-1, T) floored (official) or rounded (this project's earlier rule)

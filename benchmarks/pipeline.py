@@ -126,9 +126,14 @@ def _map_worker_start_times() -> dict[str, float]:
 def run_ray(cfg, rows: list[dict], store, videos_rel: str, pool) -> dict:
     """Materialize the product's generate+score graph with ``pool`` for both pools."""
     from pipelines.stages import build_candidates_dataset
+    from pipelines.text_embeddings import text_stage
 
+    # The prompts' embeddings first, as a round makes them (the loop's pipeline encodes them itself).
+    texts = text_stage(cfg, store, [r["prompt"] for r in rows])
+    rows = [{**r, "text_file": texts.file(r["prompt"])} for r in rows]
     known = set(_map_worker_start_times())
-    ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, videos_rel, None, pool, pool)
+    ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, videos_rel, None, pool, pool,
+                                  texts.negative)
     t0_epoch, t0 = time.time(), time.perf_counter()
     materialized = ds.materialize()
     total = time.perf_counter() - t0

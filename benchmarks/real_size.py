@@ -10,6 +10,17 @@ count and the step mechanics at real size, not speed. ``--paper-size`` uses 49 f
 (for a GPU: ``--device cuda``). Last line: one JSON object.
 
     python -m benchmarks.real_size --family cogvideox-t2v|wan2.2-ti2v [--workers 2] [--steps 2]
+
+``--round`` runs one whole round at real size instead: ``videogpa align`` with ``random-full-size``
+weights for every component (transformer, T5-XXL / umT5-XXL, VAE; DA3-Large for scoring) through
+the product's own pools and trainer, to a LoRA export: 2 prompts x 2 candidates at the smallest
+sampling and GFM sizes the models accept, 2 DPO steps under ZeRO-3 on 2 workers, bf16. A sampler
+reads each stage's processes' resident memory (``benchmarks.rehearsal.stage_memory``). Last line:
+``{"benchmark": "real_size_round", "family", "round_completed", "run_dir", "whole_pipeline_weights_gib",
+"stages": {stage: {"components", "weights_gib", "plan_gib", "peak_rss_mib"}}}``; ``plan_gib`` is
+``pipelines.plan.memory_plan``'s total for the stage.
+
+    python -m benchmarks.real_size --round --family cogvideox-t2v|wan2.2-ti2v [--run-dir DIR]
 """
 
 from __future__ import annotations
@@ -37,7 +48,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--paper-size", action="store_true", help="49 frames at 480x720 (GPU)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--round", action="store_true", help="one whole round of videogpa align at real size")
+    parser.add_argument("--run-dir", default="/tmp/videogpa-real-size", help="--round: output_uri (kept)")
     args = parser.parse_args()
+    if args.round:
+        from benchmarks.real_size_round import run_round_benchmark
+
+        print(json.dumps(run_round_benchmark(args.family, args.run_dir)))
+        return
 
     import ray
 

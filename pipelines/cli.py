@@ -148,6 +148,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """Each stage's GPU memory and a round's GPU-hours from the configs alone; needs no Ray and no GPU."""
+    from pipelines.config import load_config
+    from pipelines.plan import plan_report
+
+    result, table = plan_report(load_config(args.config, args.overrides))
+    print(table)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def _cmd_score_video(args: argparse.Namespace) -> int:
     from actors.scoring import ScoringConfig, VideoScorer
     from actors.video_io import decode_video
@@ -204,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_convert_lora)
 
     with_config("report", "(re)write the run's HTML report (<run>/report.html)", _cmd_report)
+
+    p = with_config("plan", "per stage: what its actors load, their GPU memory and whether it fits; GPU-hours per "
+                            "round (from configs on the meta device: no weights read, no Ray)", _cmd_plan)
+    p.add_argument("--json", action="store_true", help="also print the plan as one JSON object, last")
 
     p = sub.add_parser("score-video", help="print 3DCS, motion and evaluation metrics of video files")
     p.add_argument("videos", nargs="+")

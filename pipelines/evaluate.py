@@ -38,6 +38,7 @@ from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
 from pipelines.rounds import RoundPaths, candidate_seed, open_run, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
+from pipelines.text_embeddings import text_stage
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,11 @@ def base_samples_key(cfg: VideoGPAConfig, rows: list[dict[str, Any]]) -> str:
 
 def _sample(cfg: VideoGPAConfig, store: RunStore, rows: list[dict[str, Any]], out: str,
             lora_rel: str | None) -> list[dict[str, Any]]:
+    texts = text_stage(cfg, store, [r["prompt"] for r in rows])  # encoded once per run, as for training
+    rows = [{**r, "text_file": texts.file(r["prompt"])} for r in rows]
     ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, evaluation_scoring(cfg), store, f"{out}/videos",
-                                  lora_rel, cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
+                                  lora_rel, cfg.generation_pool, cfg.scoring_pool, texts.negative,
+                                  with_epipolar=True)
     return sorted(ds.take_all(), key=lambda r: (r["prompt_id"], r["seed"]))
 
 

@@ -24,18 +24,21 @@ log = logging.getLogger(__name__)
 def resource_demands(cfg: VideoGPAConfig) -> dict[str, dict[str, float]]:
     """What one actor or worker of each part of the run asks Ray for."""
     demands = {name: {"CPU": pool.num_cpus, "GPU": pool.num_gpus}
-               for name, pool in (("generation_pool", cfg.generation_pool), ("scoring_pool", cfg.scoring_pool),
-                                  ("encoding_pool", cfg.encoding_pool))}
+               for name, pool in (("text_pool", cfg.text_pool), ("generation_pool", cfg.generation_pool),
+                                  ("scoring_pool", cfg.scoring_pool), ("encoding_pool", cfg.encoding_pool))}
     demands["trainer"] = {"CPU": cfg.trainer.cpus_per_worker, "GPU": 1.0 if cfg.trainer.use_gpu else 0.0}
     return demands
 
 
 # The config key to change where each part's demand cannot be met, and which commands run each part.
-DEMAND_KEYS = {"generation_pool": "generation_pool.num_gpus", "scoring_pool": "scoring_pool.num_gpus",
-               "encoding_pool": "encoding_pool.num_gpus", "trainer": "trainer.use_gpu"}
-PARTS_OF = {"align": ("generation_pool", "scoring_pool", "encoding_pool", "trainer"),
-            "generate": ("generation_pool", "scoring_pool"), "score": ("scoring_pool",), "pairs": ("encoding_pool",),
-            "train": ("trainer",), "evaluate": ("generation_pool", "scoring_pool")}
+DEMAND_KEYS = {"text_pool": "text_pool.num_gpus", "generation_pool": "generation_pool.num_gpus",
+               "scoring_pool": "scoring_pool.num_gpus", "encoding_pool": "encoding_pool.num_gpus",
+               "trainer": "trainer.use_gpu"}
+# The text pool runs where prompts may still need encoding (a run made before the text stage: pairs too).
+PARTS_OF = {"align": ("text_pool", "generation_pool", "scoring_pool", "encoding_pool", "trainer"),
+            "generate": ("text_pool", "generation_pool", "scoring_pool"), "score": ("scoring_pool",),
+            "pairs": ("text_pool", "encoding_pool"), "train": ("trainer",),
+            "evaluate": ("text_pool", "generation_pool", "scoring_pool")}
 
 
 def _fits(demand: dict[str, float], resources: dict[str, float]) -> bool:

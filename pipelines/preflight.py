@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 
+from actors.errors import InputError
 from actors.gfm import check_backend
 from actors.lora_formats import check_lora
 from actors.model_source import check_model
 from pipelines.config import VideoGPAConfig
 from pipelines.evaluate import evaluation_scoring, round_to_evaluate
-from pipelines.placement import check_resources
+from pipelines.placement import PARTS_OF, check_resources
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS, Prompt, check_images, load_prompts
 from pipelines.rounds import check_stage_inputs, storage_spec
 from pipelines.storage import RunStore
@@ -54,5 +55,35 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
     if command in _STAGE_OF:
         check_stage_inputs(store, _STAGE_OF[command], round_index or 0)
     check_resources(cfg, command, started_here)
+    check_gpu_memory(cfg, command)
     log.info("%s: config, model, prompts and cluster checked before starting", command)
     return prompts
+
+
+# The config section of each part of a run (placement.PARTS_OF) and the plan's stage it runs.
+_STAGE_OF_PART = {"text_pool": "text", "generation_pool": "generate", "scoring_pool": "score",
+                  "encoding_pool": "encode", "trainer": "train"}
+
+
+def check_gpu_memory(cfg: VideoGPAConfig, command: str) -> None:
+    """Refuse, in one line, a pool (or trainer) that asks for GPUs whose actors' memory plan
+    (``pipelines.plan``) exceeds what each gets of one: it would run out of memory on its first batch.
+    Pools without GPUs are not checked."""
+    parts = [p for p in PARTS_OF.get(command, ()) if p in _STAGE_OF_PART and
+             (cfg.trainer.use_gpu if p == "trainer" else getattr(cfg, p).num_gpus > 0)]
+    if not parts:
+        return
+    from pipelines.plan import GIB, plan_stages
+
+    stages = plan_stages(cfg)
+    for part in parts:
+        stage = stages[_STAGE_OF_PART[part]]
+        if stage.total <= stage.budget_gib * GIB:
+            continue
+        key = "trainer.gpu_memory_gib" if part == "trainer" else f"{part}.gpu_memory_gib"
+        parts_gib = f"weights {stage.weights / GIB:.1f} + activations {stage.activations / GIB:.1f}"
+        raise InputError(
+            f"{key}: {part} needs {stage.total / GIB:.1f} GiB per actor by its memory plan "
+            f"({', '.join(stage.components)}: {parts_gib}; `videogpa plan` shows it), "
+            f"more than the {stage.budget_gib:.1f} GiB it gets ({stage.where}); use GPUs with more memory, "
+            "a smaller batch or sampling size, or spread the work over more GPUs")

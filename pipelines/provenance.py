@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 RUN_CONFIG = "config.yaml"
 # Dotted keys (and their subkeys) that do not change the meaning of completed work.
 FREE_TO_CHANGE = (
-    "rounds", "output_uri", "ray", "storage", "evaluation", "generation_pool", "scoring_pool", "encoding_pool",
-    "tracking",
+    "rounds", "output_uri", "ray", "storage", "evaluation", "text_pool", "generation_pool", "scoring_pool",
+    "encoding_pool", "tracking",
     "trainer.num_workers", "trainer.use_gpu", "trainer.cpus_per_worker", "trainer.max_failures",
     "trainer.log_every", "trainer.data_cache_mb",
 )

@@ -4,6 +4,7 @@ A stage is done when its marker exists; a round is done when its manifest exists
 last). Starting the same command again skips done rounds and done stages, and redoes an
 unfinished stage from a clean slate, so nothing is lost, duplicated or rewritten.
 
+    text         each prompt (+ negative prompt) → embeddings, once per run   (text/<model>/<batch>.done.json)
     candidates   prompts × K seeds → videos → geometry scores   (candidates.done.json)
     pairs        best vs worst per prompt → latents → shards      (pairs.done.json)
     train        Diffusion-DPO on the shards → LoRA               (train.done.json)
@@ -40,6 +41,7 @@ from pipelines.stages import (
     build_rescoring_dataset,
 )
 from pipelines.storage import TEMP_MARK, RunStore, StorageSpec
+from pipelines.text_embeddings import text_stage
 from pipelines.tracking import log_round, tracking_target
 from trainers.schema import SCHEMA_VERSION
 from trainers.train import train_dpo
@@ -182,10 +184,11 @@ def write_report(store: RunStore) -> str | None:
 
 def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], paths: RoundPaths) -> dict:
     store.delete_dir(paths.candidates)
+    texts = text_stage(cfg, store, [p.text for p in prompts])  # once per run: later rounds reuse them
     k = cfg.pairing.candidates_per_prompt
     rows = [
         {"round": paths.index, "prompt_id": p.prompt_id, "prompt": p.text, "image": p.image or "",
-         "seed": candidate_seed(cfg.seed, paths.index, p.prompt_id, j)}
+         "seed": candidate_seed(cfg.seed, paths.index, p.prompt_id, j), "text_file": texts.file(p.text)}
         for p in prompts for j in range(k)
     ]
     log.info("generating and scoring %d candidates (%d prompts × %d)", len(rows), len(prompts), k)
@@ -193,7 +196,7 @@ def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt
     # Every candidate also gets its Epipolar score (SIFT, cheap next to the GFM), from the frames in
     # memory: the same candidates can then be paired under either reward, and each round reports both.
     ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, paths.videos, lora_rel,
-                                  cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
+                                  cfg.generation_pool, cfg.scoring_pool, texts.negative, with_epipolar=True)
     ds.write_parquet(store.path(paths.candidates), filesystem=store.fs)
     _remove_torn_writes(store, paths.videos)
     return _file_listing(store, paths.candidates)
@@ -267,9 +270,10 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
             f"candidates dropped: {summary['candidates_dropped']}); lower pairing.min_gap or raise "
             "pairing.candidates_per_prompt"
         )
+    texts = text_stage(cfg, store, sorted({p.prompt for p in report.pairs}))  # encoded with the candidates
     rows = [
         {"pair_id": p.pair_id, "round": p.round, "prompt_id": p.prompt_id, "prompt": p.prompt, "image": p.image or "",
-         "scorer": p.winner["scorer"], "winner": p.winner, "loser": p.loser}
+         "scorer": p.winner["scorer"], "winner": p.winner, "loser": p.loser, "text_file": texts.file(p.prompt)}
         for p in report.pairs
     ]
     build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool).write_parquet(

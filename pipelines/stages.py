@@ -1,4 +1,5 @@
-"""The Ray Data graphs of a round: prompts → candidates → scores, and pairs → latents → shards.
+"""The Ray Data graphs of a round: texts → embeddings, prompts → candidates → scores, and pairs →
+latents → shards.
 
 Each model-bearing step is a callable class run on its own elastic actor pool
 (``ActorPoolStrategy(min_size, max_size)``), so generation, scoring and encoding scale
@@ -22,11 +23,12 @@ from PIL import Image, UnidentifiedImageError
 
 from actors.errors import InputError
 from actors.model_config import ModelConfig, SamplingConfig
-from actors.models import build_pipeline, encode_training_inputs, generate_videos, load_lora
+from actors.models import build_pipeline, encode_prompts, encode_training_inputs, generate_videos, load_lora
 from actors.scoring import SCORE_KEYS, ScoringConfig, VideoScorer
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import PoolConfig
 from pipelines.storage import RunStore, StorageSpec, make_filesystem, read_bytes, storage_error
+from pipelines.text_embeddings import TEXT_SCHEMA, EmbeddingReader
 from trainers.schema import PAIR_SCHEMA, SCHEMA_VERSION, tensor_to_bytes
 from trainers.storage_dirs import local_copy
 
@@ -76,14 +78,35 @@ def pool_args(pool: PoolConfig) -> dict[str, Any]:
     )
 
 
+class EncodeTexts:
+    """Actor: texts → embedding rows (``pipelines.text_embeddings``). It loads the tokenizer and the
+    text encoder, nothing else."""
+
+    def __init__(self, model: dict):
+        self.model = ModelConfig(**model)
+        self.pipe = build_pipeline(self.model, _device(), stage="text")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        texts = [str(t) for t in batch["text"]]
+        embeds = encode_prompts(self.pipe, self.model, texts)
+        return pa.Table.from_pylist(
+            [{"text_id": str(i), "text": t, "embeds": tensor_to_bytes(e)}
+             for i, t, e in zip(batch["text_id"], texts, embeds)], schema=TEXT_SCHEMA)
+
+
 class GenerateCandidates:
-    """Actor: rows (prompt, seed) → one video each, written to storage as mp4 and passed on as frames."""
+    """Actor: rows (prompt, seed, text_file) → one video each, written to storage as mp4 and passed on
+    as frames. It holds the denoiser(s) and the VAE; the prompts' embeddings come from the text stage
+    (``text_file``: the file holding the row's prompt; ``negative``: the negative prompt and its file
+    under CFG)."""
 
     def __init__(self, model: dict, sampling: dict, storage: StorageSpec, run_name: str, videos_rel: str,
-                 lora_rel: str | None):
+                 lora_rel: str | None, negative: tuple[str, str] | None):
         self.model, self.sampling = ModelConfig(**model), SamplingConfig(**sampling)
         self.store, self.videos_rel = RunStore(storage, run_name), videos_rel
-        self.pipe = build_pipeline(self.model, _device())
+        self.texts, self.negative = EmbeddingReader(storage, run_name), negative
+        self.pipe = build_pipeline(self.model, _device(), stage="generate",
+                                   offload_idle_expert=self.sampling.offload_idle_expert)
         if lora_rel:
             # Online rounds sample from the current policy: base + the previous round's LoRA.
             try:
@@ -102,7 +125,9 @@ class GenerateCandidates:
             first = rows[0]
             seeds = [int(batch["seed"][i]) for i in rows]
             image = _load_image(self.store, str(batch["image"][first]))
-            videos = generate_videos(self.pipe, self.model, self.sampling, str(batch["prompt"][first]), seeds, image)
+            prompt = str(batch["prompt"][first])
+            embeds = self.texts.embeds(prompt, str(batch["text_file"][first]), self.negative)
+            videos = generate_videos(self.pipe, self.model, self.sampling, prompt, seeds, image, embeds)
             for i, seed, video in zip(rows, seeds, videos):
                 # deterministic: a retried task overwrites, never duplicates
                 rel = f"{self.videos_rel}/{pid}-s{seed}.mp4"
@@ -150,6 +175,7 @@ class ScoreCandidates:
 
 class EncodePairs:
     """Actor: winner/loser videos → VAE latents + prompt embeddings (+ image latents) as shard rows.
+    It holds the VAE alone; the prompt's embeddings are copied from the text stage (``text_file``).
 
     Each input row carries its pair's two candidate rows as ``winner`` and ``loser``; the shard's
     per-side columns (``winner_seed`` … ``loser_motion``) are built from them here and only here.
@@ -158,7 +184,8 @@ class EncodePairs:
     def __init__(self, model: dict, storage: StorageSpec, run_name: str):
         self.model = ModelConfig(**model)
         self.store = RunStore(storage, run_name)
-        self.pipe = build_pipeline(self.model, _device())
+        self.texts = EmbeddingReader(storage, run_name)
+        self.pipe = build_pipeline(self.model, _device(), stage="encode")
         self.model_id = self.model.pretrained if self.model.pretrained != "tiny" else f"tiny:{self.model.family}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -167,7 +194,9 @@ class EncodePairs:
             sides = {side: batch[side][i] for side in ("winner", "loser")}  # each side's candidate row
             videos = np.stack([decode_video(self.store.read_bytes(str(row["video_uri"]))) for row in sides.values()])
             image = _load_image(self.store, str(batch["image"][i]))
-            enc = encode_training_inputs(self.pipe, self.model, videos, str(batch["prompt"][i]), image)
+            prompt = str(batch["prompt"][i])
+            embeds = self.texts.get(prompt, str(batch["text_file"][i]))
+            enc = encode_training_inputs(self.pipe, self.model, videos, prompt, image, prompt_embeds=embeds)
             latents = enc["latents"].cpu()
             rows.append({
                 "schema_version": SCHEMA_VERSION,
@@ -190,16 +219,24 @@ class EncodePairs:
         return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
+def build_text_dataset(rows: list[dict[str, str]], model: ModelConfig, text_pool: PoolConfig) -> ray.data.Dataset:
+    """(text_id, text) rows → embedding rows (``pipelines.text_embeddings.TEXT_SCHEMA``)."""
+    return ray.data.from_items(rows).map_batches(
+        EncodeTexts, fn_constructor_kwargs=dict(model=model.model_dump()), **pool_args(text_pool))
+
+
 def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sampling: SamplingConfig,
                              scoring: ScoringConfig, store: RunStore, videos_rel: str, lora_rel: str | None,
                              generation_pool: PoolConfig, scoring_pool: PoolConfig,
-                             with_epipolar: bool = False) -> ray.data.Dataset:
-    """prompts × seeds → generated videos → scored candidate rows (metadata only)."""
+                             negative: tuple[str, str] | None, with_epipolar: bool = False) -> ray.data.Dataset:
+    """prompts × seeds (each row with its prompt's ``text_file``) → generated videos → scored
+    candidate rows (metadata only). ``negative``: the negative prompt and its file under CFG."""
     ds = ray.data.from_items(rows)
     ds = ds.map_batches(
         GenerateCandidates,
         fn_constructor_kwargs=dict(model=model.model_dump(), sampling=sampling.model_dump(), storage=store.spec,
-                                   run_name=store.run_name, videos_rel=videos_rel, lora_rel=lora_rel),
+                                   run_name=store.run_name, videos_rel=videos_rel, lora_rel=lora_rel,
+                                   negative=negative),
         **pool_args(generation_pool),
     )
     return ds.map_batches(ScoreCandidates,
@@ -219,7 +256,7 @@ def build_rescoring_dataset(rows: list[dict[str, Any]], scoring: ScoringConfig, 
 
 def build_pairs_dataset(pair_rows: list[dict[str, Any]], model: ModelConfig, store: RunStore,
                         encoding_pool: PoolConfig) -> ray.data.Dataset:
-    """pair metadata → encoded preference-pair shard rows (PAIR_SCHEMA)."""
+    """pair metadata (each row with its prompt's ``text_file``) → encoded preference-pair shard rows (PAIR_SCHEMA)."""
     return ray.data.from_items(pair_rows).map_batches(
         EncodePairs,
         fn_constructor_kwargs=dict(model=model.model_dump(), storage=store.spec, run_name=store.run_name),

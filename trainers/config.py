@@ -16,6 +16,8 @@ class TrainerConfig(BaseModel):
     num_workers: PositiveInt = 1
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    # The memory of one GPU of the trainer's nodes: `videogpa plan` and preflight hold a worker's plan against it.
+    gpu_memory_gib: float = Field(80.0, gt=0)
     zero_stage: Literal[1, 2, 3] = 2
     # ZeRO-3: parameters gathered at once at most, how many are fetched ahead, and how close (in
     # parameters) a next use must be for a gathered parameter to stay. Larger values trade memory for

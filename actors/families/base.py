@@ -2,7 +2,8 @@
 
 The model-agnostic layers call only these methods:
 
-* ``actors.models`` builds pipelines (``build_tiny_pipeline`` / ``load_pipeline``), the training
+* ``actors.models`` builds each stage's pipeline (``build_stage_pipeline``: only the components of
+  ``stage_components()``), the training
   network (``tiny_denoiser`` / ``load_denoiser``), generates (``generation_call``) and encodes
   (``encode_video``, ``encode_image``, ``condition_latents``);
 * ``actors.model_source`` checks sampling sizes from configs (``sampling_shape``);
@@ -18,8 +19,12 @@ The model-agnostic layers call only these methods:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import inspect
 import logging
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 from actors.errors import InputError
+from actors.families.tiny import tiny_text_encoder, tiny_tokenizer
 from actors.model_config import RANDOM_FULL_SIZE, ModelConfig, SamplingConfig, SamplingShape
 
 logger = logging.getLogger(__name__)
@@ -52,9 +58,6 @@ class VideoFamily:
 
     name: str
     real_model_ids: tuple[str, ...]  # hub ids of its checkpoints; the first is the default recipe's
-    # The published transformer config of ``real_model_ids[0]`` (items), for the ``random-full-size``
-    # rehearsal; None where the family has none.
-    full_size_config: tuple[tuple[str, Any], ...] | None = None
 
     prediction: ClassVar[Literal["v_prediction", "flow_matching"]]
     lora_target_modules: ClassVar[tuple[str, ...]] = ATTENTION_LORA_TARGETS
@@ -64,6 +67,13 @@ class VideoFamily:
     accepts_image: ClassVar[bool] = False
     latent_frames_dim: ClassVar[int]  # where the frames are in the latents ``encode_video`` returns
     experts: ClassVar[tuple[str, ...]] = ("transformer",)  # the pipeline's denoising transformers
+    umt5_text_encoder: ClassVar[bool] = False  # UMT5 (Wan) rather than T5 (CogVideoX)
+    # How its pipeline spends GPU memory beyond the weights (`videogpa plan`): classifier-free guidance as one
+    # doubled batch (CogVideoX) rather than two passes (Wan); the VAE kept in float32 whatever model.dtype
+    # (Wan); the VAE decoding one video at a time in tiles (CogVideoX loads it with slicing and tiling).
+    cfg_in_one_batch: ClassVar[bool] = False
+    vae_float32: ClassVar[bool] = False
+    vae_tiled: ClassVar[bool] = False
 
     # ---- what each stage's actors load ---------------------------------------------------------
 
@@ -81,6 +91,121 @@ class VideoFamily:
 
     # ---- building ------------------------------------------------------------------------------
 
+    def pipeline_components(self) -> tuple[str, ...]:
+        """Every model component of its diffusers pipeline (the scheduler aside)."""
+        return ("tokenizer", "text_encoder", "vae", *self.experts)
+
+    def build_stage_pipeline(self, model: ModelConfig, components: tuple[str, ...]):
+        """Its diffusers pipeline holding only ``components`` (the others None) and the scheduler.
+        Each component is built alone: ``tiny`` under its own seed (so the weights are those of the
+        whole preset), ``random-full-size`` from its published config, real weights with
+        ``from_pretrained(..., subfolder=component)``."""
+        dtype = DTYPES[model.dtype]
+        unknown = set(components) - set(self.pipeline_components())
+        if unknown:
+            raise InputError(f"{self.name}: no pipeline component {sorted(unknown)[0]!r}")
+        built: dict[str, Any] = dict.fromkeys(self.pipeline_components())
+        if model.pretrained in ("tiny", RANDOM_FULL_SIZE):
+            full = model.pretrained == RANDOM_FULL_SIZE
+            for name in components:
+                built[name] = self._full_size_component(name, dtype) if full else self._tiny_component(name)
+                self._cast_component(name, built[name], dtype)
+            scheduler, extras = self.tiny_scheduler(), self._tiny_pipeline_extras()
+        else:
+            index = self._model_index(model)
+            for name in components:
+                built[name] = self._load_component(model, name, index)
+            scheduler = _index_class(index, "scheduler").from_pretrained(model.pretrained, subfolder="scheduler",
+                                                                         revision=model.revision)
+            parameters = inspect.signature(self.pipeline_class.__init__).parameters
+            extras = {k: v for k, v in index.items() if k in parameters and k not in built and k != "scheduler"}
+        return self.pipeline_class(**built, scheduler=scheduler, **extras)
+
+    def _tiny_component(self, name: str) -> Any:
+        """One component of the tiny preset, built under its own seed (see ``actors.families.tiny``)."""
+        if name == "tokenizer":
+            return tiny_tokenizer()
+        if name == "text_encoder":
+            return tiny_text_encoder(self.name, vocab_size=len(tiny_tokenizer()), umt5=self.umt5_text_encoder)
+        if name == "vae":
+            return self._tiny_vae()
+        return self._tiny_transformer(name)
+
+    def _full_size_component(self, name: str, dtype: torch.dtype) -> Any:
+        """One component at its published size with random weights (fixed seed), built in ``dtype``
+        directly: a float32 build of a 5B transformer would need 4 bytes per parameter first."""
+        if name == "tokenizer":
+            # No tokenizer files are written in code: the tiny tokenizer's ids index the random embedding.
+            return tiny_tokenizer()
+        config = self.full_size_config(name)
+        with torch.random.fork_rng(devices=[]), default_dtype(torch.float32 if self._float32(name) else dtype):
+            torch.manual_seed(zlib.crc32(f"{self.name}/{name}".encode()))
+            if name == "text_encoder":
+                from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+                config_class, model_class = ((UMT5Config, UMT5EncoderModel) if self.umt5_text_encoder
+                                             else (T5Config, T5EncoderModel))
+                return model_class(config_class(**config)).eval()
+            cls = self.full_size_transformer_class() if name in self.experts else self.vae_class()
+            return cls.from_config(config).eval()
+
+    def full_size_config(self, name: str) -> dict[str, Any]:
+        """Component ``name``'s published config of ``real_model_ids[0]`` (``actors.families.published``)
+        completed with its class's defaults (which the published files leave out where they agree),
+        tuples as the config.json files' lists (some modules concatenate them)."""
+        from actors.families.published import PUBLISHED
+
+        configs = PUBLISHED.get(self.real_model_ids[0], {})
+        if name not in configs:
+            raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} has no published {name} config for {self.name} "
+                             "here")
+        defaults: dict[str, Any] = {}
+        if name != "text_encoder":  # transformers configs fill their own defaults
+            cls = self.full_size_transformer_class() if name in self.experts else self.vae_class()
+            defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                        if k != "self" and p.default is not inspect.Parameter.empty}
+        config = {**defaults, **configs[name]}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    def _float32(self, name: str) -> bool:
+        """Whether component ``name`` runs in float32 whatever ``model.dtype`` (a Wan VAE)."""
+        return name == "vae" and self.vae_float32
+
+    def _cast_component(self, name: str, module: Any, dtype: torch.dtype) -> None:
+        """The dtypes ``from_pretrained(torch_dtype=dtype)`` gives: text encoder in ``dtype``, the
+        denoiser and VAE in ``dtype`` but for the modules they keep in float32 (a float32 VAE stays so)."""
+        if name == "text_encoder":
+            module.to(dtype)
+        elif name != "tokenizer" and not self._float32(name):
+            cast_like_from_pretrained(module, dtype)
+
+    def _tiny_pipeline_extras(self) -> dict[str, Any]:
+        """Pipeline arguments besides components of the tiny and full-size presets (a real model's
+        come from its model_index.json)."""
+        return {}
+
+    def _model_index(self, model: ModelConfig) -> dict[str, Any]:
+        from diffusers import DiffusionPipeline
+
+        return dict(DiffusionPipeline.load_config(model.pretrained, revision=model.revision))
+
+    def _load_component(self, model: ModelConfig, name: str, index: Mapping[str, Any]) -> Any:
+        """One component from real weights, as ``pipeline_class.from_pretrained`` loads it."""
+        cls = _index_class(index, name)
+        if name in self.experts:
+            return load_transformer(cls, model, name)
+        kwargs = {} if name == "tokenizer" else {
+            "torch_dtype": torch.float32 if self._float32(name) else DTYPES[model.dtype]}
+        component = cls.from_pretrained(model.pretrained, subfolder=name, revision=model.revision, **kwargs)
+        if name == "vae" and self.vae_tiled:  # the documented setting for full-resolution videos
+            component.enable_slicing()
+            component.enable_tiling()
+        return component
+
+    def vae_class(self) -> type:
+        raise NotImplementedError
+
+
     @property
     def pipeline_class(self) -> type:
         """The diffusers pipeline it generates with (text only), whose ``save_lora_weights`` exports."""
@@ -93,16 +218,12 @@ class VideoFamily:
         """Sampling settings that fit the tiny preset (CPU, about a second per call)."""
         raise NotImplementedError
 
-    def build_tiny_pipeline(self, dtype: torch.dtype):
-        """The pipeline with every component built from a config in code under fixed seeds."""
-        raise NotImplementedError
-
     def tiny_scheduler(self):
         """The tiny preset's scheduler: the real checkpoints' scheduler config."""
         raise NotImplementedError
 
-    def _tiny_transformer(self) -> torch.nn.Module:
-        """The tiny preset's transformer, built under its own seed."""
+    def _tiny_transformer(self, component: str = "transformer") -> torch.nn.Module:
+        """The tiny preset's transformer (or second expert ``component``), built under its own seed."""
         raise NotImplementedError
 
     def _tiny_vae(self) -> torch.nn.Module:
@@ -119,11 +240,10 @@ class VideoFamily:
     def full_size_denoiser(self, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
         """The ``random-full-size`` preset: the real architecture, random weights, the tiny scheduler
         (the real checkpoints' scheduler config)."""
-        if self.full_size_config is None:
-            raise InputError(f"model.pretrained: {RANDOM_FULL_SIZE} has no published config for {self.name} here")
+        config = self.full_size_config("transformer")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            transformer = self.full_size_transformer_class().from_config(dict(self.full_size_config)).eval()
+            transformer = self.full_size_transformer_class().from_config(config).eval()
         cast_like_from_pretrained(transformer, dtype)
         return transformer, self.tiny_scheduler()
 
@@ -134,9 +254,6 @@ class VideoFamily:
         """The tiny preset's VAE and transformer configs (for ``sampling_shape``)."""
         return self._tiny_vae().config, self._tiny_transformer().config
 
-    def load_pipeline(self, model: ModelConfig):
-        """The pipeline from real weights (``model.pretrained``: hub id or diffusers directory)."""
-        raise NotImplementedError
 
     def load_denoiser(self, model: ModelConfig) -> tuple[torch.nn.Module, Any]:
         """The denoiser (in ``model.dtype``) and scheduler from real weights."""
@@ -263,3 +380,20 @@ def load_transformer(cls: type, model: ModelConfig, subfolder: str) -> torch.nn.
     cast_like_from_pretrained(module, dtype)
     pw.load_partitioned(module, directory)
     return module
+
+
+def _index_class(index: Mapping[str, Any], name: str) -> type:
+    """The class model_index.json names for component ``name`` (``[library, class]``)."""
+    library, class_name = index[name]
+    return getattr(importlib.import_module(library), class_name)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create parameters in ``dtype`` (a random-full-size build never holds a float32 copy)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else previous)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

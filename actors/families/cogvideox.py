@@ -20,27 +20,15 @@ from typing import Any, ClassVar
 import torch
 
 from actors.families.base import (
-    DTYPES,
     VideoFamily,
     batch_like,
-    cast_like_from_pretrained,
     load_transformer,
     rand_on,
     vae_mean,
     video_to_vae_input,
 )
-from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, TINY_TEXT_DIM, seeded, tiny_text_encoder, tiny_tokenizer
+from actors.families.tiny import TINY_MAX_SEQUENCE_LENGTH, TINY_TEXT_DIM, seeded
 from actors.model_config import ModelConfig, SamplingConfig, SamplingShape
-
-# THUDM/CogVideoX-5b transformer/config.json (the published architecture, for random-full-size).
-COGVIDEOX_5B_TRANSFORMER = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True,
-    freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42, dropout=0.0, attention_bias=True,
-    sample_width=90, sample_height=60, sample_frames=49, patch_size=2, temporal_compression_ratio=4,
-    max_text_seq_length=226, activation_fn="gelu-approximate", timestep_activation_fn="silu",
-    norm_elementwise_affine=True, norm_eps=1e-5, spatial_interpolation_scale=1.875,
-    temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
-)
 
 _TINY_Z = 4  # latent channels of the tiny VAE (16 in the real one)
 
@@ -79,6 +67,8 @@ class CogVideoXFamily(VideoFamily):
     prediction: ClassVar = "v_prediction"
     real_text_len: ClassVar[int] = 226
     latent_frames_dim: ClassVar[int] = 1
+    cfg_in_one_batch: ClassVar[bool] = True
+    vae_tiled: ClassVar[bool] = True
 
     @property
     def requires_image(self) -> bool:  # type: ignore[override]
@@ -99,7 +89,12 @@ class CogVideoXFamily(VideoFamily):
     def tiny_sampling(self) -> SamplingConfig:
         return SamplingConfig(num_frames=9, height=32, width=32, num_inference_steps=2, guidance_scale=6.0)
 
-    def _tiny_transformer(self):
+    @property
+    def patch_size_t(self) -> int | None:
+        """The published checkpoints' temporal patch (CogVideoX1.5: frames in pairs; 1.0: none)."""
+        return 2 if self.version_1_5 else None
+
+    def _tiny_transformer(self, component: str = "transformer"):
         from diffusers import CogVideoXTransformer3DModel
 
         common = dict(
@@ -114,11 +109,11 @@ class CogVideoXFamily(VideoFamily):
             max_text_seq_length=TINY_MAX_SEQUENCE_LENGTH,
             use_rotary_positional_embeddings=True,  # as all 5B checkpoints
         )
-        with seeded(f"{self.name}/transformer"):
+        with seeded(f"{self.name}/{component}"):
             if self.version_1_5:
                 return CogVideoXTransformer3DModel(
-                    in_channels=_TINY_Z, patch_size_t=2, patch_bias=False, sample_height=16, sample_width=16,
-                    sample_frames=9, **common,
+                    in_channels=_TINY_Z, patch_size_t=self.patch_size_t, patch_bias=False, sample_height=16,
+                    sample_width=16, sample_frames=9, **common,
                 ).eval()
             # I2V: + image latents on channels. The real 5B-I2V also uses learned positional embeddings,
             # which pin it to one resolution; the tiny preset leaves them off so any tiny resolution works.
@@ -162,17 +157,6 @@ class CogVideoXFamily(VideoFamily):
             timestep_spacing="trailing",
         )
 
-    def build_tiny_pipeline(self, dtype: torch.dtype):
-        tokenizer = tiny_tokenizer()
-        text_encoder = tiny_text_encoder(self.name, vocab_size=len(tokenizer), umt5=False)
-        vae, transformer = self._tiny_vae(), self._tiny_transformer()
-        pipe = self.pipeline_class(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                                   scheduler=self.tiny_scheduler())
-        cast_like_from_pretrained(pipe.transformer, dtype)
-        pipe.text_encoder.to(dtype)
-        cast_like_from_pretrained(pipe.vae, dtype)
-        return pipe
-
     # ---- real weights --------------------------------------------------------------------------
 
     def full_size_transformer_class(self) -> type:
@@ -180,12 +164,10 @@ class CogVideoXFamily(VideoFamily):
 
         return CogVideoXTransformer3DModel
 
-    def load_pipeline(self, model: ModelConfig):
-        pipe = self.pipeline_class.from_pretrained(model.pretrained, torch_dtype=DTYPES[model.dtype],
-                                                   revision=model.revision)
-        pipe.vae.enable_slicing()
-        pipe.vae.enable_tiling()
-        return pipe
+    def vae_class(self) -> type:
+        from diffusers import AutoencoderKLCogVideoX
+
+        return AutoencoderKLCogVideoX
 
     def load_denoiser(self, model: ModelConfig):
         from diffusers import CogVideoXDPMScheduler, CogVideoXTransformer3DModel
@@ -207,14 +189,14 @@ class CogVideoXFamily(VideoFamily):
     def generation_call(self, pipe, kwargs, image, sampling):
         kwargs["use_dynamic_cfg"] = sampling.use_dynamic_cfg
         if image is not None:
-            kwargs["image"] = [image] * len(kwargs["prompt"])  # CogVideoX-I2V encodes one image per generator
+            kwargs["image"] = [image] * len(kwargs["generator"])  # CogVideoX-I2V encodes one image per generator
         return pipe, kwargs
 
     def encode_video(self, pipe, video):
         vae = pipe.vae
         z = vae_mean(vae, video_to_vae_input(video, vae.device, vae.dtype)).float()  # [1,C,F,H,W]
         z = (z * vae.config.scaling_factor).permute(0, 2, 1, 3, 4)  # [1,F,C,H,W]
-        p_t = pipe.transformer.config.patch_size_t
+        p_t = self.patch_size_t  # the encoding actor holds no transformer to ask
         if p_t is not None and z.shape[1] % p_t:
             # CogVideoX1.5 patches frames in pairs: repeat the first latent frame in front (official fine-tuning).
             z = torch.cat([z[:, :1].repeat(1, p_t - z.shape[1] % p_t, 1, 1, 1), z], dim=1)
@@ -269,7 +251,6 @@ class CogVideoXFamily(VideoFamily):
         )[0]
 
 
-COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",),
-                                full_size_config=tuple(COGVIDEOX_5B_TRANSFORMER.items()))
+COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",))
 COGVIDEOX_I2V = CogVideoXFamily("cogvideox-i2v", ("THUDM/CogVideoX-5b-I2V",), image_to_video=True)
 COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True)

@@ -20,16 +20,14 @@ from typing import Any, ClassVar
 import torch
 
 from actors.families.base import (
-    DTYPES,
     VideoFamily,
     batch_like,
-    cast_like_from_pretrained,
     load_transformer,
     rand_on,
     vae_mean,
     video_to_vae_input,
 )
-from actors.families.tiny import TINY_SEED, TINY_TEXT_DIM, seeded, tiny_text_encoder, tiny_tokenizer
+from actors.families.tiny import TINY_SEED, TINY_TEXT_DIM, seeded
 from actors.model_config import ModelConfig, SamplingShape
 
 
@@ -53,6 +51,8 @@ class WanFamily(VideoFamily):
     prediction: ClassVar = "flow_matching"
     real_text_len: ClassVar[int] = 512
     latent_frames_dim: ClassVar[int] = 2
+    umt5_text_encoder: ClassVar[bool] = True
+    vae_float32: ClassVar[bool] = True
     tiny_latent_channels: ClassVar[int]
 
     @property
@@ -100,23 +100,6 @@ class WanFamily(VideoFamily):
             solver_order=2,
         )
 
-    def _tiny_pipeline_components(self) -> dict[str, Any]:
-        tokenizer = tiny_tokenizer()
-        return dict(
-            tokenizer=tokenizer,
-            text_encoder=tiny_text_encoder(self.name, vocab_size=len(tokenizer), umt5=True),
-            vae=self._tiny_vae(),
-            transformer=self._tiny_transformer(),
-            scheduler=self.tiny_scheduler(),
-        )
-
-    def build_tiny_pipeline(self, dtype: torch.dtype):
-        pipe = self.pipeline_class(**self._tiny_pipeline_components())
-        for expert in self.experts:
-            cast_like_from_pretrained(getattr(pipe, expert), dtype)
-        pipe.text_encoder.to(dtype)  # the VAE stays float32, as load_pipeline loads it
-        return pipe
-
     # ---- real weights --------------------------------------------------------------------------
 
     def full_size_transformer_class(self) -> type:
@@ -124,15 +107,10 @@ class WanFamily(VideoFamily):
 
         return WanTransformer3DModel
 
-    def _real_vae(self, model: ModelConfig):
+    def vae_class(self) -> type:
         from diffusers import AutoencoderKLWan
 
-        return AutoencoderKLWan.from_pretrained(model.pretrained, subfolder="vae", torch_dtype=torch.float32,
-                                                revision=model.revision)
-
-    def load_pipeline(self, model: ModelConfig):
-        return self.pipeline_class.from_pretrained(model.pretrained, vae=self._real_vae(model),
-                                                   torch_dtype=DTYPES[model.dtype], revision=model.revision)
+        return AutoencoderKLWan
 
     def _real_scheduler(self, model: ModelConfig):
         from diffusers import UniPCMultistepScheduler

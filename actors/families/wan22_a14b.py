@@ -79,9 +79,8 @@ class Wan22A14BFamily(WanFamily):
     def _tiny_vae_kwargs(self):
         return tiny_wan21_vae_kwargs()
 
-    def _tiny_pipeline_components(self):
-        return {**super()._tiny_pipeline_components(), "transformer_2": self._tiny_transformer("transformer_2"),
-                "boundary_ratio": self.boundary_ratio}
+    def _tiny_pipeline_extras(self):
+        return {"boundary_ratio": self.boundary_ratio}
 
     def _boundary_timestep(self, scheduler, boundary_ratio: float) -> float:
         return boundary_ratio * scheduler.config.num_train_timesteps

@@ -49,22 +49,26 @@ class Wan22TI2VFamily(WanFamily):
                     temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
                     patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4)
 
-    def _tiny_pipeline_components(self):
-        return {**super()._tiny_pipeline_components(), "expand_timesteps": True}  # as its model_index.json
+    def _tiny_pipeline_extras(self):
+        return {"expand_timesteps": True}  # as its model_index.json
 
     def generation_call(self, pipe, kwargs, image, sampling):
         if image is None:
             return pipe, kwargs
         kwargs["image"] = image  # encoded once and shared by the batch
+        if "prompt_embeds" in kwargs:  # encoded by the text stage
+            return _image_pipeline(pipe), kwargs
         # diffusers' WanImageToVideoPipeline cleans prompts with ftfy unconditionally (an optional
         # package); WanPipeline.encode_prompt guards it, so the embeddings are made there.
-        kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = pipe.encode_prompt(
-            kwargs.pop("prompt"),
-            negative_prompt=kwargs.pop("negative_prompt", None),
-            do_classifier_free_guidance=sampling.guidance_scale > 1.0,
-            max_sequence_length=kwargs["max_sequence_length"],
-            device=pipe._execution_device,
-        )
+        # Under no_grad, as the pipelines encode (autograd mode changes the float rounding).
+        with torch.no_grad():
+            kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = pipe.encode_prompt(
+                kwargs.pop("prompt"),
+                negative_prompt=kwargs.pop("negative_prompt", None),
+                do_classifier_free_guidance=sampling.guidance_scale > 1.0,
+                max_sequence_length=kwargs["max_sequence_length"],
+                device=pipe._execution_device,
+            )
         return _image_pipeline(pipe), kwargs
 
     def encode_image(self, pipe, image, height, width, latent_frames):
@@ -126,13 +130,4 @@ def _image_pipeline(pipe):
     return i2v
 
 
-# Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json (the published architecture, for random-full-size).
-WAN22_TI2V_5B_TRANSFORMER = dict(
-    patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48, out_channels=48,
-    text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
-    pos_embed_seq_len=None,
-)
-
-WAN22_TI2V = Wan22TI2VFamily("wan2.2-ti2v", ("Wan-AI/Wan2.2-TI2V-5B-Diffusers",),
-                             full_size_config=tuple(WAN22_TI2V_5B_TRANSFORMER.items()))
+WAN22_TI2V = Wan22TI2VFamily("wan2.2-ti2v", ("Wan-AI/Wan2.2-TI2V-5B-Diffusers",))

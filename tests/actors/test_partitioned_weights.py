@@ -125,13 +125,16 @@ def test_random_full_size_is_the_published_architecture(family):
     assert transformer.config.num_layers == {"cogvideox-t2v": 42, "wan2.2-ti2v": 30}[family]
 
 
-def test_random_full_size_is_refused_where_it_cannot_serve():
+def test_random_full_size_serves_align_and_is_refused_without_published_configs():
+    import dataclasses
+
     from actors.errors import InputError
     from actors.families import get_family
     from actors.model_source import check_model
     from actors.models import tiny_sampling
 
-    with pytest.raises(InputError, match="random-full-size builds only the trainer's denoiser"):
-        check_model(ModelConfig(family="cogvideox-t2v", pretrained="random-full-size"), tiny_sampling("cogvideox-t2v"))
-    with pytest.raises(InputError, match="no published config for cogvideox-i2v"):
-        get_family("cogvideox-i2v").full_size_denoiser(torch.bfloat16)
+    check_model(ModelConfig(family="cogvideox-t2v", pretrained="random-full-size"),
+                tiny_sampling("cogvideox-t2v").model_copy(update={"height": 16, "width": 16}))
+    unpublished = dataclasses.replace(get_family("cogvideox-t2v"), real_model_ids=("someone/CogVideoX-fork",))
+    with pytest.raises(InputError, match="no published transformer config for cogvideox-t2v"):
+        unpublished.full_size_denoiser(torch.bfloat16)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -101,6 +102,12 @@ def test_align_local_then_resume(quickstart_run, ray_test, tmp_path_factory):
     manifest = _check_run(pafs.LocalFileSystem(), root)
     _check_shards(f"{root}/round-000/pairs", ray=ray_test)
     _lora_changes_output(f"{root}/round-000/lora")
+    # The text stage encoded each prompt and the CFG negative prompt ("") once, as one committed batch.
+    def text_batches() -> list[int]:  # the number of texts of each committed batch
+        return sorted(len(json.loads(p.read_text())["texts"]) for p in Path(root, "text").glob("*/*.done.json"))
+
+    prompts = set(pq.read_table(f"{root}/round-000/candidates", columns=["prompt"]).column(0).to_pylist())
+    assert text_batches() == [len(prompts) + 1]
 
     # The same command again: the completed round is skipped and nothing is rewritten (nor the
     # report, TensorBoard or MLflow); the only new file is the second command's own driver log.
@@ -123,6 +130,7 @@ def test_align_local_then_resume(quickstart_run, ray_test, tmp_path_factory):
         return ev
 
     ev = evaluate()
+    assert text_batches() == sorted([len(prompts) + 1, 2])  # the 2 held-out prompts, added as a batch
     table = ev.stdout.strip().splitlines()
     assert [line.split()[0] for line in table[1:-1]] == ["psnr", "ssim", "lpips", "mvcs", "mvcs_si", "3dcs", "epipolar",
                                                         "motion", "frame_change", "sharpness"]
@@ -149,6 +157,7 @@ def test_align_local_then_resume(quickstart_run, ray_test, tmp_path_factory):
     shared = list(Path(tmp_path, "shared-base", "evaluation").glob("base-*/videos/*.mp4"))
     assert len(shared) == 2 and "reusing" in evaluate("evaluation.base_run=shared-base").stderr
     assert len(list(Path(root, "evaluation/round-000/side_by_side").glob("*.mp4"))) == 2
+    assert text_batches() == sorted([len(prompts) + 1, 2])  # every later command reused them
 
 
 def test_align_to_s3(tmp_path, s3_server, flaky_s3_run):

@@ -1,0 +1,136 @@
+"""The text-encoding stage: each prompt, and the negative prompt under classifier-free guidance,
+encoded once per run by the text encoder alone, on its own elastic pool (``text_pool``).
+
+Generation, pair encoding, evaluation and every online round read the embeddings from the run
+instead of holding a text encoder. Layout, under the run::
+
+    text/<model key>/<batch>/*.parquet    one row per text: text_id, text, embeds (safetensors bytes)
+    text/<model key>/<batch>.done.json    the batch's commit marker (its files and text ids), written last
+
+``<model key>`` digests the model section (family, weights, revision, dtype): embeddings of another
+model are never reused. A call encodes only the texts no marker lists yet, as one new batch; a batch
+cut short (no marker) is removed and redone, so a rerun redoes nothing already committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from actors.model_config import ModelConfig, SamplingConfig
+from actors.models import PromptEmbeds, uses_cfg
+from pipelines.config import PoolConfig, VideoGPAConfig
+from pipelines.storage import RunStore, StorageSpec
+from trainers.schema import tensor_from_bytes
+
+log = logging.getLogger(__name__)
+
+TEXT_DIR = "text"
+TEXT_SCHEMA = pa.schema([
+    pa.field("text_id", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("embeds", pa.binary(), nullable=False),  # [1, L, D] in the text encoder's dtype
+])
+
+
+def text_id(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def model_key(model: ModelConfig) -> str:
+    return hashlib.sha256(json.dumps(model.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def texts_to_encode(prompts: list[str], sampling: SamplingConfig) -> list[str]:
+    """The prompts, plus the negative prompt ("" when none is set) where sampling uses CFG."""
+    texts = list(dict.fromkeys(prompts))
+    if uses_cfg(sampling) and sampling.negative_prompt not in texts:
+        texts.append(sampling.negative_prompt)
+    return texts
+
+
+def committed(store: RunStore, model: ModelConfig) -> dict[str, str]:
+    """text_id → the run-relative file holding its embeddings, over every committed batch."""
+    index: dict[str, str] = {}
+    for marker in store.list_files(f"{TEXT_DIR}/{model_key(model)}", ".done.json"):
+        index.update(store.read_json(marker)["texts"])
+    return index
+
+
+def ensure_text_embeddings(store: RunStore, model: ModelConfig, texts: list[str], pool: PoolConfig) -> dict[str, str]:
+    """Encode the texts no committed batch holds (on ``pool``); returns text_id → file for all ``texts``."""
+    from pipelines.stages import build_text_dataset  # it reads embeddings through this module
+
+    index = committed(store, model)
+    missing = {text_id(t): t for t in texts if text_id(t) not in index}
+    if missing:
+        root = f"{TEXT_DIR}/{model_key(model)}"
+        batch = f"{root}/{hashlib.sha256(''.join(sorted(missing)).encode()).hexdigest()[:16]}"
+        store.delete_dir(batch)  # a batch cut short before its marker
+        log.info("text: encoding %d text(s) once for the run (%d already encoded)", len(missing),
+                 len(texts) - len(missing))
+        rows = [{"text_id": i, "text": t} for i, t in missing.items()]
+        build_text_dataset(rows, model, pool).write_parquet(store.path(batch), filesystem=store.fs)
+        written = {}
+        for f in store.list_files(batch, ".parquet"):
+            for i in pq.read_table(store.path(f), filesystem=store.fs, columns=["text_id"]).column(0).to_pylist():
+                written[i] = f
+        lost = set(missing) - set(written)
+        if lost:
+            raise RuntimeError(f"text: {len(lost)} text(s) missing from {store.uri(batch)} after encoding")
+        store.write_json(f"{batch}.done.json", {"texts": written})
+        index.update(written)
+    else:
+        log.info("text: all %d text(s) already encoded", len(texts))
+    return {text_id(t): index[text_id(t)] for t in texts}
+
+
+class EmbeddingReader:
+    """Reads texts' embeddings from the run's text stage (in an actor), keeping the last few."""
+
+    def __init__(self, storage: StorageSpec, run_name: str, keep: int = 8):
+        self.store, self.keep = RunStore(storage, run_name), keep
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def get(self, text: str, file: str) -> torch.Tensor:
+        key = text_id(text)
+        if key not in self._cache:
+            table = pq.read_table(self.store.path(file), filesystem=self.store.fs, columns=["embeds"],
+                                  filters=[("text_id", "=", key)])
+            if table.num_rows != 1:
+                raise RuntimeError(f"text: {self.store.uri(file)} holds {table.num_rows} rows for text {key}")
+            self._cache[key] = tensor_from_bytes(table.column(0)[0].as_py())
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def embeds(self, prompt: str, file: str, negative: tuple[str, str] | None) -> PromptEmbeds:
+        """The prompt's embeddings and, given (negative prompt, its file), the negative prompt's."""
+        return PromptEmbeds(self.get(prompt, file), None if negative is None else self.get(*negative))
+
+
+@dataclass(frozen=True)
+class TextFiles:
+    """Where the run's text stage keeps the embeddings a graph's actors read."""
+
+    index: dict[str, str]  # text_id -> run-relative file
+    negative: tuple[str, str] | None  # (negative prompt, its file) under CFG, else None
+
+    def file(self, text: str) -> str:
+        return self.index[text_id(text)]
+
+
+def text_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[str]) -> TextFiles:
+    """The text stage for ``prompts`` (and the negative prompt under CFG): encodes what the run has
+    not encoded yet, on ``text_pool``."""
+    index = ensure_text_embeddings(store, cfg.model, texts_to_encode(prompts, cfg.sampling), cfg.text_pool)
+    negative = cfg.sampling.negative_prompt
+    return TextFiles(index, (negative, index[text_id(negative)]) if uses_cfg(cfg.sampling) else None)
