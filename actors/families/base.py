@@ -98,8 +98,13 @@ class VideoFamily:
         raise NotImplementedError
 
     def tiny_scheduler(self):
-        """The tiny preset's scheduler: the real checkpoints' scheduler config."""
+        """The tiny preset's scheduler: the real checkpoints' scheduler (class and config)."""
         raise NotImplementedError
+
+    def sampling_scheduler(self, scheduler):
+        """The scheduler its pipeline samples with, given the checkpoint's: the checkpoint's own unless the
+        family's module says otherwise (the official scripts' sampler). Tiny presets follow the same rule."""
+        return scheduler
 
     def _tiny_transformer(self) -> torch.nn.Module:
         """The tiny preset's transformer, built under its own seed."""

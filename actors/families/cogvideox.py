@@ -7,6 +7,9 @@
   concatenated on channels; every latent frame is trained.
 * Training: ``t`` is an integer in ``[0, num_train_timesteps)``, ``noisy = scheduler.add_noise``,
   ``target = scheduler.get_velocity``.
+* Sampling: CogVideoX-5B (T2V) and CogVideoX1.5 sample with ``CogVideoXDPMScheduler`` and trailing
+  timesteps, as the official ``generate/CogVideoX-5B.py`` and ``generate/CogVideoX1.5-5B.py`` set it; the
+  I2V family keeps its checkpoint's scheduler, as ``generate/CogVideoX-5B-I2V.py`` does.
 * The whole pipeline runs in ``model.dtype`` (CogVideoX decodes latents in the transformer's dtype);
   real VAEs decode with slicing and tiling, the documented setting for full-resolution 49 frames.
 """
@@ -75,6 +78,8 @@ def cogvideox_rotary_emb(config, num_frames: int, latent_height: int, latent_wid
 class CogVideoXFamily(VideoFamily):
     image_to_video: bool = False
     version_1_5: bool = False  # temporal patching, no patch bias, RoPE sliced from a max size
+    # Sample with CogVideoXDPMScheduler, trailing timesteps (the official T2V scripts), not the checkpoint's.
+    dpm_trailing_sampler: bool = False
 
     prediction: ClassVar = "v_prediction"
     real_text_len: ClassVar[int] = 226
@@ -146,10 +151,11 @@ class CogVideoXFamily(VideoFamily):
             ).eval()
 
     def tiny_scheduler(self):
-        from diffusers import CogVideoXDPMScheduler
+        from diffusers import CogVideoXDDIMScheduler
 
-        # CogVideoX-5B scheduler config: zero-terminal-SNR scaled-linear betas, v-prediction, trailing steps.
-        return CogVideoXDPMScheduler(
+        # The CogVideoX checkpoints' scheduler: CogVideoXDDIMScheduler, zero-terminal-SNR scaled-linear betas,
+        # v-prediction, trailing steps.
+        return CogVideoXDDIMScheduler(
             num_train_timesteps=1000,
             beta_start=0.00085,
             beta_end=0.012,
@@ -162,12 +168,19 @@ class CogVideoXFamily(VideoFamily):
             timestep_spacing="trailing",
         )
 
+    def sampling_scheduler(self, scheduler):
+        if not self.dpm_trailing_sampler:
+            return scheduler
+        from diffusers import CogVideoXDPMScheduler
+
+        return CogVideoXDPMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
+
     def build_tiny_pipeline(self, dtype: torch.dtype):
         tokenizer = tiny_tokenizer()
         text_encoder = tiny_text_encoder(self.name, vocab_size=len(tokenizer), umt5=False)
         vae, transformer = self._tiny_vae(), self._tiny_transformer()
         pipe = self.pipeline_class(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                                   scheduler=self.tiny_scheduler())
+                                   scheduler=self.sampling_scheduler(self.tiny_scheduler()))
         cast_like_from_pretrained(pipe.transformer, dtype)
         pipe.text_encoder.to(dtype)
         cast_like_from_pretrained(pipe.vae, dtype)
@@ -183,6 +196,7 @@ class CogVideoXFamily(VideoFamily):
     def load_pipeline(self, model: ModelConfig):
         pipe = self.pipeline_class.from_pretrained(model.pretrained, torch_dtype=DTYPES[model.dtype],
                                                    revision=model.revision)
+        pipe.scheduler = self.sampling_scheduler(pipe.scheduler)
         pipe.vae.enable_slicing()
         pipe.vae.enable_tiling()
         return pipe
@@ -270,6 +284,7 @@ class CogVideoXFamily(VideoFamily):
 
 
 COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",),
-                                full_size_config=tuple(COGVIDEOX_5B_TRANSFORMER.items()))
+                                full_size_config=tuple(COGVIDEOX_5B_TRANSFORMER.items()), dpm_trailing_sampler=True)
 COGVIDEOX_I2V = CogVideoXFamily("cogvideox-i2v", ("THUDM/CogVideoX-5b-I2V",), image_to_video=True)
-COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True)
+COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True,
+                                  dpm_trailing_sampler=True)
