@@ -10,6 +10,12 @@
   LoRA): modules named ``blocks.N.self_attn.q`` … ``blocks.N.cross_attn.o``. diffusers' own converter
   of original Wan LoRAs (``WanPipeline.lora_state_dict``) renames them to ``blocks.N.attn1.to_q`` ….
 
+Two official releases (``VideoGPA-Wan2.2TI2V-lora``, ``VideoGPA-I2V-1K-lora``) ship the PEFT weights
+without ``adapter_config.json`` (``download_ckpt.py`` fetches only the weights). Such a directory is read
+with the config the official training sets (``train/*/03_train.py``: r 64, lora_alpha 128 on the attention
+projections): r from the tensors' shapes, lora_alpha = 2 r (128 at r 64), the modules the file holds,
+and one log line saying so.
+
 A converted LoRA keeps its r and lora_alpha in the diffusers metadata, so its strength at a given
 ``set_adapters`` weight is the same as the PEFT adapter's (weight × lora_alpha / r).
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,11 +42,17 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 # A module of the original Wan code: the q/k/v/o projections of blocks.N.self_attn / cross_attn.
 _WAN_ORIGINAL = re.compile(r"(^|\.)blocks\.\d+\.(self_attn|cross_attn)\.")
+_BLOCK_INDEX = re.compile(r"^.*?\.\d+\.")
 # What the LoRA's strength depends on; the rest of a LoraConfig (paths, task, peft version) is not copied,
 # so the converted file loads with any peft that diffusers accepts.
 _CONFIG_KEYS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "lora_bias")
 
+# The official training's lora_alpha / r (train/*/03_train.py: lora_rank 64, lora_alpha 128).
+OFFICIAL_ALPHA_PER_RANK = 2.0
+
 LoraFormat = Literal["diffusers", "peft", "peft-wan"]
+
+logger = logging.getLogger(__name__)
 
 
 def lora_format(lora_dir: str, name: str | None = None) -> LoraFormat:
@@ -54,15 +67,13 @@ def lora_format(lora_dir: str, name: str | None = None) -> LoraFormat:
             raise InputError(f"LoRA {name}: {LORA_WEIGHT_NAME} holds no LoRA weights (keys <module>.lora_A/B.weight)")
         return "diffusers"
     if (path / PEFT_WEIGHTS).is_file():
-        if not (path / PEFT_CONFIG).is_file():
-            raise InputError(f"LoRA {name}: PEFT weights without {PEFT_CONFIG} (its r and lora_alpha)")
         keys = _safetensors_keys(path / PEFT_WEIGHTS, name)
         return "peft-wan" if any(_WAN_ORIGINAL.search(k) for k in keys) else "peft"
     if (path / "adapter_model.bin").is_file():
         raise InputError(f"LoRA {name}: pickled PEFT weights (adapter_model.bin) are not read; save the adapter "
                          f"with safe_serialization=True ({PEFT_WEIGHTS})")
     raise InputError(f"LoRA {name}: neither a diffusers LoRA ({LORA_WEIGHT_NAME}) nor a PEFT adapter "
-                     f"({PEFT_WEIGHTS} + {PEFT_CONFIG})")
+                     f"({PEFT_WEIGHTS}, with or without {PEFT_CONFIG})")
 
 
 def check_lora(model: ModelConfig, lora_dir: str, name: str | None = None) -> LoraFormat:
@@ -86,7 +97,7 @@ def lora_files(lora_dir: str, name: str | None = None) -> list[str]:
     fmt = lora_format(lora_dir, name)
     if fmt == "diffusers":
         return sorted(f.name for f in Path(lora_dir).glob("pytorch_lora_weights*.safetensors"))
-    return [PEFT_WEIGHTS, PEFT_CONFIG]
+    return [f for f in (PEFT_WEIGHTS, PEFT_CONFIG) if (Path(lora_dir) / f).is_file()]
 
 
 def _safetensors_keys(file: Path, name: str) -> list[str]:
@@ -109,7 +120,6 @@ def peft_to_diffusers(lora_dir: str, name: str | None = None) -> tuple[dict[str,
     """A PEFT adapter directory as a diffusers LoRA: (state dict keyed by transformer module, no prefix;
     the LoRA config for the diffusers metadata). ``peft-wan`` keys are renamed by diffusers' converter."""
     import safetensors.torch
-    from peft import LoraConfig
     from safetensors import SafetensorError
 
     name = name or lora_dir
@@ -117,18 +127,14 @@ def peft_to_diffusers(lora_dir: str, name: str | None = None) -> tuple[dict[str,
     if fmt == "diffusers":
         raise InputError(f"LoRA {name}: already in diffusers format")
     try:
-        config = LoraConfig.from_pretrained(lora_dir)
-    except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError) as err:
-        raise InputError(f"LoRA {name}: {PEFT_CONFIG} is not a LoRA config ({type(err).__name__}: {err})") from None
-    if not isinstance(config, LoraConfig):
-        raise InputError(f"LoRA {name}: {PEFT_CONFIG} is a {type(config).__name__}, not a LoRA")
-    try:
         state = safetensors.torch.load_file(str(Path(lora_dir) / PEFT_WEIGHTS))
     except (OSError, SafetensorError) as err:
         raise InputError(f"LoRA {name}: {PEFT_WEIGHTS} is not a readable safetensors file ({err})") from None
     if not state or not all(k.startswith(PEFT_PREFIX) and ".lora_" in k for k in state):
         raise InputError(f"LoRA {name}: {PEFT_WEIGHTS} does not hold PEFT LoRA weights "
                          f"(keys {PEFT_PREFIX}<module>.lora_A/B.weight)")
+    config = _peft_config(lora_dir, name) if (Path(lora_dir) / PEFT_CONFIG).is_file() else \
+        _official_config(state, name)
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
     if fmt == "peft-wan":
         if config.rank_pattern or config.alpha_pattern:
@@ -147,6 +153,36 @@ def peft_to_diffusers(lora_dir: str, name: str | None = None) -> tuple[dict[str,
     # of adapting whatever modules share a name.
     metadata["target_modules"] = sorted({k.split(".lora_")[0] for k in state})
     return state, metadata
+
+
+def _peft_config(lora_dir: str, name: str):
+    from peft import LoraConfig
+
+    try:
+        config = LoraConfig.from_pretrained(lora_dir)
+    except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError) as err:
+        raise InputError(f"LoRA {name}: {PEFT_CONFIG} is not a LoRA config ({type(err).__name__}: {err})") from None
+    if not isinstance(config, LoraConfig):
+        raise InputError(f"LoRA {name}: {PEFT_CONFIG} is a {type(config).__name__}, not a LoRA")
+    return config
+
+
+def _official_config(state: dict[str, Any], name: str):
+    """The LoraConfig of a released adapter without its config, as the official training sets it."""
+    from peft import LoraConfig
+
+    ranks = {v.shape[0] for k, v in state.items() if ".lora_A." in k}
+    if len(ranks) != 1:
+        raise InputError(f"LoRA {name}: no {PEFT_CONFIG} and its lora_A ranks differ ({sorted(ranks)}); "
+                         "give the adapter's config")
+    rank = ranks.pop()
+    modules = sorted({k.removeprefix(PEFT_PREFIX).split(".lora_")[0] for k in state})
+    kinds = sorted({_BLOCK_INDEX.sub("", m) for m in modules})  # e.g. attn1.to_q, not one line per block
+    alpha = OFFICIAL_ALPHA_PER_RANK * rank
+    logger.warning("LoRA %s: no %s; assuming the official training's config: r %d (from the weights' shapes), "
+                   "lora_alpha %g (2 r: the official r 64 / alpha 128), the %d modules it holds (%s)",
+                   name, PEFT_CONFIG, rank, alpha, len(modules), ", ".join(kinds))
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules)
 
 
 def write_diffusers_lora(state: dict[str, Any], metadata: dict[str, Any], out_dir: str,
