@@ -43,6 +43,9 @@ PEFT_PREFIX = "base_model.model."
 # A module of the original Wan code: the q/k/v/o projections of blocks.N.self_attn / cross_attn.
 _WAN_ORIGINAL = re.compile(r"(^|\.)blocks\.\d+\.(self_attn|cross_attn)\.")
 _BLOCK_INDEX = re.compile(r"^.*?\.\d+\.")
+# Up to a block's attention module (attn1., attn2.): what is left is the official target name (to_q, to_out.0).
+_ATTENTION_PREFIX = re.compile(r"^(.*\.)?attn\d\.")
+MODEL_CARD = "README.md"
 # What the LoRA's strength depends on; the rest of a LoraConfig (paths, task, peft version) is not copied,
 # so the converted file loads with any peft that diffusers accepts.
 _CONFIG_KEYS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "lora_bias")
@@ -204,25 +207,82 @@ def write_diffusers_lora(state: dict[str, Any], metadata: dict[str, Any], out_di
     return os.path.join(out_dir, weight_name)
 
 
-def convert_lora(lora_dir: str, out_dir: str) -> LoraFormat:
-    """Write ``lora_dir`` (PEFT format) as a diffusers-format LoRA directory ``out_dir`` (made whole
-    under a temporary name, then renamed, so a failure leaves nothing half-written). Returns the source format."""
-    fmt = lora_format(lora_dir)
-    if fmt == "diffusers":
-        raise InputError(f"LoRA {lora_dir}: already in diffusers format; nothing to convert")
+def diffusers_to_peft(lora_dir: str, name: str | None = None) -> tuple[dict[str, Any], Any]:
+    """A one-transformer diffusers-format LoRA as the official releases' PEFT layout: (state dict keyed
+    ``base_model.model.<module>.lora_A.weight``; the LoraConfig, targets named as the official training's:
+    ``to_q``, ``to_k``, ``to_v``, ``to_out.0``)."""
+    import safetensors.torch
+    from peft import LoraConfig
+    from safetensors import safe_open
+
+    name = name or lora_dir
+    if lora_format(lora_dir, name) != "diffusers":
+        raise InputError(f"LoRA {name}: already a PEFT adapter; nothing to convert")
+    path = Path(lora_dir)
+    experts = sorted(f.name for f in path.glob("pytorch_lora_weights*.safetensors"))
+    if experts != [LORA_WEIGHT_NAME]:
+        raise InputError(f"LoRA {name}: {len(experts)} expert files ({', '.join(experts)}); a PEFT adapter holds "
+                         "one transformer's LoRA")
+    with safe_open(str(path / LORA_WEIGHT_NAME), framework="pt") as f:
+        packed = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    meta = {k.removeprefix("transformer."): v for k, v in packed.items() if k.startswith("transformer.")}
+    if "r" not in meta or "lora_alpha" not in meta:
+        raise InputError(f"LoRA {name}: {LORA_WEIGHT_NAME} has no LoRA config (r, lora_alpha) in its metadata")
+    state = safetensors.torch.load_file(str(path / LORA_WEIGHT_NAME))
+    state = {PEFT_PREFIX + k.removeprefix("transformer."): v for k, v in state.items() if ".lora_" in k}
+    modules = {k.removeprefix(PEFT_PREFIX).split(".lora_")[0] for k in state}
+    targets = sorted({_ATTENTION_PREFIX.sub("", m) for m in modules})
+    config = LoraConfig(r=meta["r"], lora_alpha=meta["lora_alpha"], target_modules=targets, inference_mode=True,
+                        **{k: meta[k] for k in _CONFIG_KEYS if k in meta and k not in ("r", "lora_alpha")})
+    return state, config
+
+
+def _write_dir(out_dir: str, write) -> None:
+    """Make ``out_dir`` whole under a temporary name, then rename: a failure leaves nothing half-written."""
     if os.path.exists(out_dir):
         raise InputError(f"{out_dir}: already exists; give a new directory for the converted LoRA")
-    state, metadata = peft_to_diffusers(lora_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
     try:
-        write_diffusers_lora(state, metadata, tmp)
+        write(tmp)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def convert_lora(lora_dir: str, out_dir: str, to: Literal["diffusers", "peft"] = "diffusers") -> LoraFormat:
+    """Write ``lora_dir`` as a LoRA directory ``out_dir`` in format ``to``: a PEFT adapter (official
+    release) as diffusers format, or a videogpa (diffusers-format) LoRA in the official releases' PEFT
+    layout (``adapter_model.safetensors`` + ``adapter_config.json``). A model card (README.md) goes with
+    it. Returns the source format."""
+    fmt = lora_format(lora_dir)
+    if to == "diffusers":
+        if fmt == "diffusers":
+            raise InputError(f"LoRA {lora_dir}: already in diffusers format; nothing to convert")
+        state, metadata = peft_to_diffusers(lora_dir)
+
+        def write(tmp: str) -> None:
+            write_diffusers_lora(state, metadata, tmp)
+            _copy_card(lora_dir, tmp)
+    else:
+        import safetensors.torch
+
+        peft_state, config = diffusers_to_peft(lora_dir)
+
+        def write(tmp: str) -> None:
+            safetensors.torch.save_file(peft_state, os.path.join(tmp, PEFT_WEIGHTS), metadata={"format": "pt"})
+            config.save_pretrained(tmp)
+            _copy_card(lora_dir, tmp)
+    _write_dir(out_dir, write)
     return fmt
+
+
+def _copy_card(src: str, dst: str) -> None:
+    card = Path(src) / MODEL_CARD
+    if card.is_file():
+        shutil.copyfile(card, Path(dst) / MODEL_CARD)
 
 
 @contextlib.contextmanager

@@ -30,12 +30,12 @@ import ray
 
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
-from actors.lora_formats import lora_files
+from actors.lora_formats import MODEL_CARD, lora_files
 from actors.scoring import ScoringConfig
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
-from pipelines.rounds import RoundPaths, candidate_seed, open_run, storage_spec
+from pipelines.rounds import RoundPaths, candidate_seed, open_run, round_model_card, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
 
@@ -182,4 +182,6 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: Run
     ])
     store.write_json(f"{out}/results.json", result)
     result["table"] = format_table(result["base"], result["aligned"], label)
+    if index is not None:  # the round's LoRA directory: its model card gets the table
+        store.write_bytes(f"{lora}/{MODEL_CARD}", round_model_card(cfg, store, index, result["table"]).encode())
     return result

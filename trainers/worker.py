@@ -159,6 +159,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
     from trainers import checkpoint as ckpt_io
     from trainers.data import decode_batch
     from trainers.lora import add_lora, export_lora, policy_state_dict
+    from trainers.model_card import write_model_card
     from trainers.step import PolicyCall, dpo_micro_batch
     from trainers.validation import VALIDATION_EPOCH, rank_share, validation_figures, weighted_sums
 
@@ -320,6 +321,8 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
         with tempfile.TemporaryDirectory() as d:
             for name, expert in experts.items():
                 export_lora(states[name], expert, name, family.pipeline_class, d)
+            if config.get("model_card"):
+                write_model_card(d, config["model_card"])
             upload_dir(d, config["lora_out_dir"], filesystem)
         _log(rank, f"LoRA written to {config['lora_out_dir']}")
     if checkpoint is not None and step >= cfg.max_steps and not metrics:

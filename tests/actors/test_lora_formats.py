@@ -103,7 +103,7 @@ def test_convert_command_writes_what_plain_diffusers_loads(tmp_path):
     out = tmp_path / "converted"
     args = build_parser().parse_args(["convert-lora", str(tmp_path / "peft"), str(out)])
     assert args.handler(args) == 0
-    assert sorted(os.listdir(out)) == [LORA_WEIGHT_NAME]
+    assert sorted(os.listdir(out)) == ["README.md", LORA_WEIGHT_NAME]  # the source's card (peft writes one)
     pipe = build_pipeline(ModelConfig(family=family))
     probe = DenoiserProbe(pipe, family)
     pipe.load_lora_weights(str(out))  # diffusers alone: no weight_name, no videogpa code
@@ -186,3 +186,33 @@ def test_convert_command_bad_dir_exits_2_with_one_line(tmp_path):
                          "(pytorch_lora_weights.safetensors) nor a PEFT adapter (adapter_model.safetensors, with or "
                          "without adapter_config.json)")
     assert not (tmp_path / "o").exists()
+
+
+def test_convert_to_peft_writes_the_official_layout_and_converts_back(tmp_path):
+    """A videogpa LoRA as the official releases' PEFT layout: PEFT itself loads it and computes what
+    the diffusers LoRA computes; converted back, every tensor is the same; the model card goes along."""
+    from peft import PeftModel
+
+    family = "cogvideox-t2v"
+    adapter = peft_lora(family, tmp_path / "peft")
+    ours = _diffusers_equivalent(adapter, family, tmp_path / "ours")
+    (ours / "README.md").write_text("# card\n")
+    args = build_parser().parse_args(["convert-lora", "--to", "peft", str(ours), str(tmp_path / "release")])
+    assert args.handler(args) == 0
+    release = tmp_path / "release"
+    assert sorted(os.listdir(release)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    config = json.loads((release / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (RANK, ALPHA)
+    assert sorted(config["target_modules"]) == ["to_k", "to_out.0", "to_q", "to_v"]  # as the official releases
+    pipe = build_pipeline(ModelConfig(family=family))
+    probe = DenoiserProbe(pipe, family)
+    loaded = PeftModel.from_pretrained(build_pipeline(ModelConfig(family=family)).transformer, str(release))
+    _close(probe(loaded.base_model.model), probe(adapter.base_model.model))
+
+    back = tmp_path / "back"
+    assert args.handler(build_parser().parse_args(["convert-lora", str(release), str(back)])) == 0
+    a, b = load_file(str(ours / LORA_WEIGHT_NAME)), load_file(str(back / LORA_WEIGHT_NAME))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (back / "README.md").read_text() == "# card\n"
+    with pytest.raises(InputError, match="already a PEFT adapter"):
+        args.handler(build_parser().parse_args(["convert-lora", "--to", "peft", str(release), str(tmp_path / "x")]))
