@@ -72,7 +72,8 @@ class PairingConfig(_Section):
     # (above) makes every winner faster and sharper. Each pair keeps its raw scores.
     adjust_for: list[Literal["motion", "sharpness"]] = []
     # Drop a prompt whose winner (its best candidate) scores this or worse (lower is better): a winner that
-    # is itself inconsistent teaches little. The official training uses 0.8 on 3DCS; null: no threshold.
+    # is itself inconsistent teaches little. The fork jsw24000/VideoGPA_and_EpipolarDPO applies 0.8 on 3DCS
+    # (the official 03_train.py defines 0.8 but never passes it on); null: no threshold.
     winner_threshold: float | None = None
 
 
