@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from actors.errors import InputError
-from actors.families import get_family
+from actors.families import get_family, objective_family
 from actors.families.base import DTYPES, lora_weight_name
 from actors.families.tiny import TINY_SEED
 from actors.lora_formats import check_lora, diffusers_lora_dir, lora_module_names
@@ -187,8 +187,10 @@ def encode_training_inputs(
     videos: np.ndarray,
     prompt: str,
     image: np.ndarray | None,
+    official_objective: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """VAE latents, prompt embeddings and image latents for training, as float32 CPU tensors.
+    """VAE latents, prompt embeddings and image latents for training, as float32 CPU tensors
+    (``official_objective``: encoded as the official training scripts do; ``objective_family``).
 
     Returns ``latents`` ``[N, ...]`` in the layout the family denoises in, ``prompt_embeds``
     ``[1,L,D]`` (no CFG) and ``image_latents`` (the family's ``encode_image``) or ``None``.
@@ -196,7 +198,7 @@ def encode_training_inputs(
     videos = np.asarray(videos)
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
         raise InputError(f"videos: expected uint8 [N,F,H,W,3], got {videos.dtype} {list(videos.shape)}")
-    family = get_family(model.family)
+    family = objective_family(model.family, official_objective)
     pil_image = family.check_image(image)
     device = pipe._execution_device
     with torch.no_grad():

@@ -155,8 +155,9 @@ class EncodePairs:
     per-side columns (``winner_seed`` … ``loser_motion``) are built from them here and only here.
     """
 
-    def __init__(self, model: dict, storage: StorageSpec, run_name: str):
+    def __init__(self, model: dict, storage: StorageSpec, run_name: str, official_objective: bool = False):
         self.model = ModelConfig(**model)
+        self.official_objective = official_objective  # trainer.official_objective: the official latent encoding
         self.store = RunStore(storage, run_name)
         self.pipe = build_pipeline(self.model, _device())
         self.model_id = self.model.pretrained if self.model.pretrained != "tiny" else f"tiny:{self.model.family}"
@@ -167,7 +168,8 @@ class EncodePairs:
             sides = {side: batch[side][i] for side in ("winner", "loser")}  # each side's candidate row
             videos = np.stack([decode_video(self.store.read_bytes(str(row["video_uri"]))) for row in sides.values()])
             image = _load_image(self.store, str(batch["image"][i]))
-            enc = encode_training_inputs(self.pipe, self.model, videos, str(batch["prompt"][i]), image)
+            enc = encode_training_inputs(self.pipe, self.model, videos, str(batch["prompt"][i]), image,
+                                         self.official_objective)
             latents = enc["latents"].cpu()
             rows.append({
                 "schema_version": SCHEMA_VERSION,
@@ -218,10 +220,11 @@ def build_rescoring_dataset(rows: list[dict[str, Any]], scoring: ScoringConfig, 
 
 
 def build_pairs_dataset(pair_rows: list[dict[str, Any]], model: ModelConfig, store: RunStore,
-                        encoding_pool: PoolConfig) -> ray.data.Dataset:
+                        encoding_pool: PoolConfig, official_objective: bool = False) -> ray.data.Dataset:
     """pair metadata → encoded preference-pair shard rows (PAIR_SCHEMA)."""
     return ray.data.from_items(pair_rows).map_batches(
         EncodePairs,
-        fn_constructor_kwargs=dict(model=model.model_dump(), storage=store.spec, run_name=store.run_name),
+        fn_constructor_kwargs=dict(model=model.model_dump(), storage=store.spec, run_name=store.run_name,
+                                   official_objective=official_objective),
         **pool_args(encoding_pool),
     )

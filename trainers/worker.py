@@ -127,7 +127,7 @@ def train_loop(config: dict[str, Any]) -> None:
 def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901 (one readable loop)
     import ray.train
 
-    from actors.families import get_family
+    from actors.families import objective_family
     from actors.model_config import ModelConfig
     from actors.models import build_denoiser
     from trainers.config import TrainerConfig
@@ -167,7 +167,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
     filesystem = config.get("filesystem")
 
     # -- model: base transformer(s) (frozen) + LoRA policy (+ frozen reference adapter) on each expert --
-    family = get_family(model.family)
+    family = objective_family(model.family, cfg.official_objective)
     ds_config = build_deepspeed_config(cfg, world, device.type)
     rss_before_model = _current_rss_mb()
     # ZeRO-3: the frozen base is built partitioned; no worker ever holds all of its weights.

@@ -38,3 +38,18 @@ def get_family(name: str) -> VideoFamily:
         raise InputError(f"model.family: unknown family {name!r} (expected one of {', '.join(FAMILIES)})")
     module, attribute = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def objective_family(name: str, official_objective: bool) -> VideoFamily:
+    """The family ``name`` encoding and training as videogpa does, or (``official_objective``) exactly as the
+    official VideoGPA training script of that model does (``VideoFamily.official_training``); an InputError
+    for a family the official code has no training script for."""
+    import dataclasses
+
+    family = get_family(name)
+    if not official_objective:
+        return family
+    if family.official_training is None:
+        raise InputError(f"trainer.official_objective: the official VideoGPA code has no training script for "
+                         f"{name}; set it false")
+    return dataclasses.replace(family, official_objective=True)

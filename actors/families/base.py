@@ -55,6 +55,9 @@ class VideoFamily:
     # The published transformer config of ``real_model_ids[0]`` (items), for the ``random-full-size``
     # rehearsal; None where the family has none.
     full_size_config: tuple[tuple[str, Any], ...] | None = None
+    # Encode and train exactly as the official VideoGPA training script (``official_training``) does, where
+    # it departs from the model's own inference (trainer.official_objective; ``objective_family``).
+    official_objective: bool = False
 
     prediction: ClassVar[Literal["v_prediction", "flow_matching"]]
     lora_target_modules: ClassVar[tuple[str, ...]] = ATTENTION_LORA_TARGETS
@@ -64,6 +67,8 @@ class VideoFamily:
     accepts_image: ClassVar[bool] = False
     latent_frames_dim: ClassVar[int]  # where the frames are in the latents ``encode_video`` returns
     experts: ClassVar[tuple[str, ...]] = ("transformer",)  # the pipeline's denoising transformers
+    # The official VideoGPA training script of this model (Hongyang-Du/VideoGPA), None where there is none.
+    official_training: ClassVar[str | None] = None
 
     # ---- what each stage's actors load ---------------------------------------------------------
 
