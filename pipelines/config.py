@@ -88,6 +88,10 @@ class EvaluationConfig(_Section):
     base_run: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # The GFM the held-out samples are scored with (the paper's: DA3-Large at 504); null: the scoring section's.
     scoring: ScoringConfig | None = None
+    # A video whose Epipolar no frame pair could score: left out of the mean ("drop", counted in the table) or
+    # averaged in as -1, as the official benchmark does (metrics/epipolar.py returns -1; replicate_scorer.py
+    # averages it).
+    epipolar_unscorable: Literal["drop", "minus_one"] = "drop"
 
 
 class StorageConfig(_Section):

@@ -125,9 +125,10 @@ def test_align_local_then_resume(quickstart_run, ray_test, tmp_path_factory):
 
     ev = evaluate()
     table = ev.stdout.strip().splitlines()
-    assert [line.split()[0] for line in table[1:-1]] == ["psnr", "ssim", "lpips", "mvcs", "mvcs_si", "3dcs", "epipolar",
+    assert [line.split()[0] for line in table[1:-2]] == ["psnr", "ssim", "lpips", "mvcs", "mvcs_si", "3dcs", "epipolar",
                                                         "motion", "frame_change", "sharpness"]
     assert "mvcs_si: this project's scale-invariant MVCS" in table[-1]
+    assert table[-2].startswith("(epipolar: sift matches; unscorable videos (no frame pair matched): base ")
     card = Path(root, "round-000/lora/README.md").read_text()  # the round's model card now holds the table
     assert "\n".join(table) in card and "preference pairs (this round): " in card
     results = json.loads(Path(root, "evaluation/round-000/results.json").read_text())

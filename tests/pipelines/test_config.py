@@ -107,6 +107,8 @@ def test_real_recipes_sample_and_train_as_the_official_code():
         # AdamW weight decay: torch's default 0.01 (official CogVideoX/Wan training), 1e-3 for CogVideoX1.5.
         assert t.weight_decay == (1e-3 if cfg.model.family == "cogvideox1.5-t2v" else 0.01), name
         assert cfg.pairing.winner_threshold == 0.8 and cfg.scoring.scorer == "3dcs", name
+        # The evaluation's Epipolar is the benchmark's (SuperPoint + LightGlue); training's reward stays 3DCS.
+        assert cfg.evaluation.scoring.epipolar_matcher == "superpoint-lightglue", name
         assert (t.validation_fraction, t.loss) == (0.02, "sigmoid"), name  # the official 98/2 split, DPO loss
         if cfg.rounds == 1:  # online.yaml: 1,000 steps a round
             assert t.max_steps == (1500 if cfg.model.family == "cogvideox1.5-t2v" else 10_000), name
