@@ -27,7 +27,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from actors.errors import InputError
-from actors.families import objective_family
 from actors.families.base import LORA_WEIGHT_NAME
 from actors.scoring import SCORE_KEYS
 from pipelines.config import VideoGPAConfig
@@ -273,7 +272,6 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
          "scorer": p.winner["scorer"], "winner": p.winner, "loser": p.loser}
         for p in report.pairs
     ]
-    objective_family(cfg.model.family, cfg.trainer.official_objective)  # a refused switch fails here, not in actors
     build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool, cfg.trainer.official_objective).write_parquet(
         store.path(paths.pairs), filesystem=store.fs)
     return {**_file_listing(store, paths.pairs), "pairing": summary, "scorer": scored_as,
