@@ -41,6 +41,10 @@ class SamplingConfig(BaseModel):
     width: int = Field(720, gt=0)
     num_inference_steps: int = Field(50, ge=1)
     guidance_scale: float = Field(6.0, ge=0.0)  # <= 1 disables classifier-free guidance
+    # Two-expert models (Wan2.2-T2V-A14B): the guidance of the low-noise expert (transformer_2; diffusers'
+    # ``guidance_scale_2``), ``guidance_scale`` then being the high-noise expert's. None: guidance_scale for both.
+    # The official A14B sampling (Wan's sample_guide_scale) is 3.0 low-noise / 4.0 high-noise.
+    guidance_scale_2: float | None = Field(None, ge=0.0)
     # Strength of the LoRA when sampling from base + LoRA, as diffusers' ``set_adapters`` weight: the
     # LoRA's update is multiplied by lora_scale × lora_alpha / r. The official scripts: CogVideoX-5B(-I2V)
     # at full strength (1.0); CogVideoX1.5 sets the PEFT scaling itself to 0.2, which for its LoRAs
@@ -68,6 +72,7 @@ class SamplingShape:
     multiple: int
     fixed: tuple[int, int] | None = None
     dynamic_cfg: bool = False
+    second_expert: bool = False  # a low-noise expert with its own guidance (guidance_scale_2)
 
 
 def check_sampling(shape: SamplingShape, model: ModelConfig, sampling: SamplingConfig) -> None:
@@ -80,6 +85,8 @@ def check_sampling(shape: SamplingShape, model: ModelConfig, sampling: SamplingC
                          f"got {sampling.height}x{sampling.width}")
     if sampling.use_dynamic_cfg and not shape.dynamic_cfg:
         raise InputError(f"sampling.use_dynamic_cfg: {model.family} pipelines have no dynamic CFG (CogVideoX only)")
+    if sampling.guidance_scale_2 is not None and not shape.second_expert:
+        raise InputError(f"sampling.guidance_scale_2: {model.family} has one denoising expert; drop it")
     if shape.fixed is not None and (sampling.height, sampling.width) != shape.fixed:
         raise InputError(f"sampling.height/width: {model.pretrained} only generates {shape.fixed[0]}x{shape.fixed[1]}, "
                          f"got {sampling.height}x{sampling.width}")

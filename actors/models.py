@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from actors.errors import InputError
-from actors.families import get_family
+from actors.families import get_family, objective_family
 from actors.families.base import DTYPES, lora_weight_name
 from actors.families.tiny import TINY_SEED
 from actors.lora_formats import check_lora, diffusers_lora_dir, lora_module_names
@@ -244,10 +244,13 @@ def encode_training_inputs(
     prompt: str,
     image: np.ndarray | None,
     prompt_embeds: torch.Tensor | None = None,
+    *,
+    official_objective: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """VAE latents, prompt embeddings and image latents for training, as float32 CPU tensors.
     ``prompt_embeds``: the prompt's embeddings from ``encode_prompts`` (copied: the encoding stage
-    holds only the VAE); None: the pipeline's text encoder encodes ``prompt``.
+    holds only the VAE); None: the pipeline's text encoder encodes ``prompt``. ``official_objective``:
+    encoded as the official training scripts do (``objective_family``).
 
     Returns ``latents`` ``[N, ...]`` in the layout the family denoises in, ``prompt_embeds``
     ``[1,L,D]`` (no CFG) and ``image_latents`` (the family's ``encode_image``) or ``None``.
@@ -255,7 +258,7 @@ def encode_training_inputs(
     videos = np.asarray(videos)
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
         raise InputError(f"videos: expected uint8 [N,F,H,W,3], got {videos.dtype} {list(videos.shape)}")
-    family = get_family(model.family)
+    family = objective_family(model.family, official_objective)
     pil_image = family.check_image(image)
     with torch.no_grad():
         # One video at a time: a full-resolution VAE encode is the memory peak.

@@ -327,7 +327,7 @@ def sampson_distance(fmat: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.nda
     return torch.sqrt(d2 + 1e-8).numpy()
 
 
-def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0) -> float:
+def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0, matcher=None) -> float:
     """The official SIFT Epipolar (``metrics/epipolar.py``; lower = more consistent): the mean Sampson
     distance of SIFT matches under a fundamental matrix, per consecutive frame pair.
 
@@ -338,18 +338,27 @@ def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0) -> float:
     scored pairs, NaN if no pair could be scored (the official code returns -1): callers treat
     NaN as "unscorable". ``min_size``: frames with a shorter side below it are upscaled to it
     first (bicubic; distances are then in its pixels; 0, the default and official, never).
+    ``matcher``: the official benchmark's SuperPoint + LightGlue (``actors.superpoint.SuperPointLightGlue``)
+    instead of SIFT; the fit and the distances are the same.
     """
     gray = _to_gray_u8(frames)
     short = min(gray[0].shape) if gray else 0
     if 0 < short < min_size:
         f = min_size / short
         gray = [cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC) for g in gray]
-    sift = cv2.SIFT_create()
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    feats = [sift.detectAndCompute(g, None) for g in gray]
+    if matcher is not None:
+        feats = [matcher.features(g) for g in gray]
+        pair_matches = matcher.matches
+    else:
+        sift = cv2.SIFT_create()
+        bf = cv2.BFMatcher(cv2.NORM_L2)
+        feats = [sift.detectAndCompute(g, None) for g in gray]
+
+        def pair_matches(a, b):
+            return sift_matches(a, b, bf)
     errors = []
     for i in range(len(gray) - 1):
-        matches = sift_matches(feats[i], feats[i + 1], matcher)
+        matches = pair_matches(feats[i], feats[i + 1])
         fmat = fit_fundamental(*matches) if matches is not None else None
         if fmat is not None:
             error = float(sampson_distance(fmat, *matches).mean())
@@ -389,8 +398,9 @@ class VideoScorer:
     benchmark does, except the image-only guards: ``score`` (the reward, lower is better: 3DCS or
     epipolar per ``cfg.scorer``), ``3dcs``, ``mse``, ``lpips``, ``psnr``, ``ssim``, ``mvcs``
     (official), ``mvcs_si`` (``mvcs_scale_invariant``), ``motion``, ``epipolar``, and
-    ``sharpness`` and ``frame_change`` (of the sampled frames as decoded). Epipolar (SIFT on CPU)
-    is computed when it is the reward or when asked (``with_epipolar=True``), NaN otherwise.
+    ``sharpness`` and ``frame_change`` (of the sampled frames as decoded). Epipolar (``cfg.epipolar_matcher``:
+    SIFT on CPU, or SuperPoint + LightGlue on the scorer's device) is computed when it is the reward or when
+    asked (``with_epipolar=True``), NaN otherwise.
     """
 
     def __init__(self, cfg: ScoringConfig, device: torch.device | str = "cpu") -> None:
@@ -398,6 +408,11 @@ class VideoScorer:
         self.device = torch.device(device)
         self.backend = build_backend(cfg, self.device)
         self.lpips_model, self._lpips_used = build_lpips(cfg.lpips_backbone, self.device)
+        self.epipolar_matcher = None  # SIFT
+        if cfg.epipolar_matcher == "superpoint-lightglue":
+            from actors.superpoint import SuperPointLightGlue
+
+            self.epipolar_matcher = SuperPointLightGlue(cfg.superpoint_weights, cfg.lightglue_weights, self.device)
 
     @property
     def lpips_backbone_used(self) -> str:
@@ -439,7 +454,8 @@ class VideoScorer:
         result["sharpness"] = sharpness(frames)
         result["frame_change"] = frame_change(frames)
         want_epi = self.cfg.scorer == "epipolar" if with_epipolar is None else with_epipolar
-        result["epipolar"] = epipolar_score(x, self.cfg.epipolar_min_size) if want_epi else float("nan")
+        result["epipolar"] = (epipolar_score(x, self.cfg.epipolar_min_size, self.epipolar_matcher) if want_epi
+                              else float("nan"))
         result["score"] = result["epipolar"] if self.cfg.scorer == "epipolar" else result["3dcs"]
         return result
 

@@ -43,3 +43,10 @@ class ScoringConfig(BaseModel):
     # Epipolar: frames whose shorter side is below this are upscaled (bicubic) to it before SIFT,
     # which finds too few keypoints on tiny frames (32 px) to fit F; 0 = native size.
     epipolar_min_size: int = Field(0, ge=0)
+    # The Epipolar metric's matches: "sift" (the official metric class's default) or "superpoint-lightglue"
+    # (the official benchmark's, replicate_scorer.py: SCORE_DESCRIPTOR_TYPE=lightglue; actors.superpoint).
+    epipolar_matcher: Literal["sift", "superpoint-lightglue"] = "sift"
+    # Their weights: a local file, "download" (by URL; a cluster with internet) or "random" (offline tests:
+    # exercises the code path, scores rank nothing).
+    superpoint_weights: str = "download"
+    lightglue_weights: str = "download"

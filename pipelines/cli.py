@@ -127,8 +127,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_convert_lora(args: argparse.Namespace) -> int:
     from actors.lora_formats import convert_lora
 
-    source_format = convert_lora(args.lora, args.out)
-    print(json.dumps({"lora": args.lora, "format": source_format, "diffusers_lora": args.out}))
+    source_format = convert_lora(args.lora, args.out, to=args.to)
+    print(json.dumps({"lora": args.lora, "format": source_format, f"{args.to}_lora": args.out}))
     return 0
 
 
@@ -210,9 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate this LoRA directory instead (diffusers or PEFT format, e.g. an official release)")
 
     p = sub.add_parser("convert-lora", help="write a PEFT-format LoRA (e.g. an official VideoGPA release, Wan "
-                                            "module names too) as a diffusers-format LoRA directory")
-    p.add_argument("lora", help="PEFT adapter directory (adapter_model.safetensors + adapter_config.json)")
-    p.add_argument("out", help="new directory for the diffusers-format LoRA (pipe.load_lora_weights(out))")
+                                            "module names too) as a diffusers-format LoRA directory, or "
+                                            "(--to peft) a videogpa LoRA in the official releases' PEFT layout")
+    p.add_argument("lora", help="the LoRA directory: a PEFT adapter (adapter_model.safetensors, with or without "
+                                "adapter_config.json) or, with --to peft, a videogpa (diffusers-format) LoRA")
+    p.add_argument("out", help="new directory for the converted LoRA")
+    p.add_argument("--to", choices=["diffusers", "peft"], default="diffusers",
+                   help="diffusers: pipe.load_lora_weights(out) (default); peft: adapter_model.safetensors + "
+                        "adapter_config.json, as the official releases (PeftModel.from_pretrained(transformer, out))")
     p.set_defaults(handler=_cmd_convert_lora)
 
     with_config("report", "(re)write the run's HTML report (<run>/report.html)", _cmd_report)

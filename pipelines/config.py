@@ -72,7 +72,8 @@ class PairingConfig(_Section):
     # (above) makes every winner faster and sharper. Each pair keeps its raw scores.
     adjust_for: list[Literal["motion", "sharpness"]] = []
     # Drop a prompt whose winner (its best candidate) scores this or worse (lower is better): a winner that
-    # is itself inconsistent teaches little. The official training uses 0.8 on 3DCS; null: no threshold.
+    # is itself inconsistent teaches little. The fork jsw24000/VideoGPA_and_EpipolarDPO applies 0.8 on 3DCS
+    # (the official 03_train.py defines 0.8 but never passes it on); null: no threshold.
     winner_threshold: float | None = None
 
 
@@ -87,6 +88,10 @@ class EvaluationConfig(_Section):
     base_run: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # The GFM the held-out samples are scored with (the paper's: DA3-Large at 504); null: the scoring section's.
     scoring: ScoringConfig | None = None
+    # A video whose Epipolar no frame pair could score: left out of the mean ("drop", counted in the table) or
+    # averaged in as -1, as the official benchmark does (metrics/epipolar.py returns -1; replicate_scorer.py
+    # averages it).
+    epipolar_unscorable: Literal["drop", "minus_one"] = "drop"
 
 
 class StorageConfig(_Section):

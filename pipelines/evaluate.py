@@ -30,12 +30,12 @@ import ray
 
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
-from actors.lora_formats import lora_files
+from actors.lora_formats import MODEL_CARD, lora_files
 from actors.scoring_config import ScoringConfig
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
-from pipelines.rounds import RoundPaths, candidate_seed, open_run, storage_spec
+from pipelines.rounds import RoundPaths, candidate_seed, open_run, round_model_card, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
 from pipelines.text_embeddings import text_stage
@@ -82,23 +82,32 @@ def _side_by_side(spec: StorageSpec, base_run: str, left_rel: str, run_name: str
     return out_rel
 
 
-def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _summary(rows: list[dict[str, Any]], epipolar_unscorable: str = "drop") -> dict[str, dict[str, float]]:
+    """Mean, standard error and count of each metric over the rows; ``unscorable``: the rows without a
+    finite value, dropped, or (``epipolar_unscorable="minus_one"``, the official benchmark's) Epipolar at -1."""
     out = {}
     for key, _ in METRICS:
         values = [r[key] for r in rows if math.isfinite(r[key])]
+        unscorable = len(rows) - len(values)
+        if key == "epipolar" and epipolar_unscorable == "minus_one":
+            values += [-1.0] * unscorable
         mean = statistics.fmean(values) if values else float("nan")
         sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-        out[key] = {"mean": mean, "sem": sem, "count": len(values)}
+        out[key] = {"mean": mean, "sem": sem, "count": len(values), "unscorable": unscorable}
     return out
 
 
-def format_table(base: dict, aligned: dict, label: str) -> str:
+def format_table(base: dict, aligned: dict, label: str, epipolar_matcher: str = "sift",
+                 epipolar_unscorable: str = "drop") -> str:
     lines = [f"{'metric':<12}{'base':>18}{label:>22}{'delta':>10}"]
     for key, arrow in METRICS:
         b, a = base[key], aligned[key]
         lines.append(f"{key + ' ' + arrow:<12}{b['mean']:>11.4f} ± {b['sem']:<5.3f}"
                      f"{a['mean']:>15.4f} ± {a['sem']:<5.3f}{a['mean'] - b['mean']:>+10.4f}")
-    return "\n".join([*lines, f"({TABLE_NOTE})"])
+    handling = "averaged in as -1 (official)" if epipolar_unscorable == "minus_one" else "left out"
+    epi = (f"epipolar: {epipolar_matcher} matches; unscorable videos (no frame pair matched): "
+           f"base {base['epipolar'].get('unscorable', 0)}, LoRA {aligned['epipolar'].get('unscorable', 0)}, {handling}")
+    return "\n".join([*lines, f"({epi})", f"({TABLE_NOTE})"])
 
 
 def base_samples_key(cfg: VideoGPAConfig, rows: list[dict[str, Any]]) -> str:
@@ -173,8 +182,10 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: Run
         "round": index,
         **({"lora": lora_dir} if lora_dir else {}),
         "samples": len(rows),
-        "base": _summary(arms["base"]),
-        "aligned": _summary(arms["aligned"]),
+        "base": _summary(arms["base"], ev.epipolar_unscorable),
+        "aligned": _summary(arms["aligned"], ev.epipolar_unscorable),
+        "epipolar_matcher": evaluation_scoring(cfg).epipolar_matcher,
+        "epipolar_unscorable": ev.epipolar_unscorable,
         "per_sample": {arm: [{k: r[k] for k in ("prompt_id", "seed", "video_uri", *dict(METRICS))} for r in v]
                        for arm, v in arms.items()},
         "base_run": base_store.run_name,  # the base videos' video_uri are relative to this run
@@ -185,5 +196,8 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: Run
         for b, a in zip(arms["base"], arms["aligned"])
     ])
     store.write_json(f"{out}/results.json", result)
-    result["table"] = format_table(result["base"], result["aligned"], label)
+    result["table"] = format_table(result["base"], result["aligned"], label, result["epipolar_matcher"],
+                                   ev.epipolar_unscorable)
+    if index is not None:  # the round's LoRA directory: its model card gets the table
+        store.write_bytes(f"{lora}/{MODEL_CARD}", round_model_card(cfg, store, index, result["table"]).encode())
     return result

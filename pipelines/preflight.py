@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from actors.errors import InputError
+from actors.families import objective_family
 from actors.gfm import check_backend
 from actors.lora_formats import check_lora
 from actors.model_source import check_model
@@ -50,6 +51,8 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
             check_lora(cfg.model, lora_dir)
         else:
             round_to_evaluate(store, cfg.rounds, round_index)
+    if command in ("align", "train", "pairs"):
+        objective_family(cfg.model.family, cfg.trainer.official_objective)
     if command in ("align", "train") and cfg.trainer.init_lora:
         check_lora(cfg.model, cfg.trainer.init_lora, "trainer.init_lora " + cfg.trainer.init_lora)
     if command in _STAGE_OF:

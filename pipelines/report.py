@@ -202,11 +202,17 @@ def _evaluation_section(store: RunStore, media: _Media, rel: str, per_round: int
     rows = [[esc(f"{key} {arrow}"), f"{fmt(base[key]['mean'])} ± {fmt(base[key]['sem'], 3)}",
              f"{fmt(aligned[key]['mean'])} ± {fmt(aligned[key]['sem'], 3)}",
              fmt(aligned[key]["mean"] - base[key]["mean"])] for key, arrow in METRICS if key in base]
+    epipolar = ""
+    if "epipolar_matcher" in result:  # evaluations made before the matcher was recorded have no such line
+        official = result.get("epipolar_unscorable") == "minus_one"
+        epipolar = (f"<p>epipolar: {esc(result['epipolar_matcher'])} matches; unscorable videos: base "
+                    f"{base['epipolar'].get('unscorable', 0)}, LoRA {aligned['epipolar'].get('unscorable', 0)} "
+                    f"{'(averaged in as -1, as the official benchmark)' if official else '(left out)'}</p>")
     clips = _spread(sorted(result.get("side_by_side", [])), per_round)
     videos = "".join(video(media.video(c, replace=True), esc(c.rsplit("/", 1)[-1]), width=300) for c in clips)
     return (f"<section class='evaluation' id='evaluation-{index:03d}'><h2>Evaluation of round {index}'s LoRA "
             f"({result['samples']} held-out samples, mean ± s.e.m.)</h2>"
-            f"{table(['metric', 'base', f'round {index} LoRA', 'delta'], rows, text_columns=1)}"
+            f"{table(['metric', 'base', f'round {index} LoRA', 'delta'], rows, text_columns=1)}{epipolar}"
             f"<h3>Side by side (left: base, right: aligned; {len(clips)} of {len(result.get('side_by_side', []))})"
             f"</h3><div class='videos'>{videos}</div></section>")
 

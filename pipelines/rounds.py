@@ -276,7 +276,7 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
          "scorer": p.winner["scorer"], "winner": p.winner, "loser": p.loser, "text_file": texts.file(p.prompt)}
         for p in report.pairs
     ]
-    build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool).write_parquet(
+    build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool, cfg.trainer.official_objective).write_parquet(
         store.path(paths.pairs), filesystem=store.fs)
     return {**_file_listing(store, paths.pairs), "pairing": summary, "scorer": scored_as,
             "pair_reasons": {p.pair_id: p.reason for p in report.pairs}, "unpaired": report.unpaired}
@@ -292,9 +292,25 @@ def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         name="checkpoints", lora_out_dir=store.path(paths.lora),
         previous_lora_dir=store.path(previous) if previous else None,
         tracking=tracking_target(cfg, store, train_step_offset=paths.index * cfg.trainer.max_steps),
+        model_card=round_model_card(cfg, store, paths.index),
     )
     return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_WEIGHT_NAME}"),
             "history": _train_history(store, metrics.get("checkpoint"))}
+
+
+def round_model_card(cfg: VideoGPAConfig, store: RunStore, index: int, evaluation: str | None = None) -> str:
+    """The README.md of round ``index``'s LoRA directory (``evaluation``: the evaluate command's table)."""
+    from actors.families import get_family
+    from actors.families.base import lora_weight_name
+    from trainers.model_card import CardInfo, model_card
+
+    family = get_family(cfg.model.family)
+    pairs = store.read_json(RoundPaths(index).marker("pairs")) or {}
+    return model_card(CardInfo(
+        base_model=cfg.model.pretrained, family=cfg.model.family, pipeline_class=family.pipeline_class.__name__,
+        recipe=f"{cfg.run_name} ({store.uri(store.config_rel)})", round_index=index, rounds=cfg.rounds,
+        pairs=int(pairs.get("rows", 0)), lora_scale=cfg.sampling.lora_scale,
+        expert_files=tuple(lora_weight_name(e) for e in family.experts), evaluation=evaluation))
 
 
 def _train_history(store: RunStore, checkpoint: str | None) -> list[dict[str, float]]:

@@ -181,8 +181,9 @@ class EncodePairs:
     per-side columns (``winner_seed`` … ``loser_motion``) are built from them here and only here.
     """
 
-    def __init__(self, model: dict, storage: StorageSpec, run_name: str):
+    def __init__(self, model: dict, storage: StorageSpec, run_name: str, official_objective: bool = False):
         self.model = ModelConfig(**model)
+        self.official_objective = official_objective  # trainer.official_objective: the official latent encoding
         self.store = RunStore(storage, run_name)
         self.texts = EmbeddingReader(storage, run_name)
         self.pipe = build_pipeline(self.model, _device(), stage="encode")
@@ -196,7 +197,8 @@ class EncodePairs:
             image = _load_image(self.store, str(batch["image"][i]))
             prompt = str(batch["prompt"][i])
             embeds = self.texts.get(prompt, str(batch["text_file"][i]))
-            enc = encode_training_inputs(self.pipe, self.model, videos, prompt, image, prompt_embeds=embeds)
+            enc = encode_training_inputs(self.pipe, self.model, videos, prompt, image, prompt_embeds=embeds,
+                                         official_objective=self.official_objective)
             latents = enc["latents"].cpu()
             rows.append({
                 "schema_version": SCHEMA_VERSION,
@@ -255,10 +257,11 @@ def build_rescoring_dataset(rows: list[dict[str, Any]], scoring: ScoringConfig, 
 
 
 def build_pairs_dataset(pair_rows: list[dict[str, Any]], model: ModelConfig, store: RunStore,
-                        encoding_pool: PoolConfig) -> ray.data.Dataset:
+                        encoding_pool: PoolConfig, official_objective: bool = False) -> ray.data.Dataset:
     """pair metadata (each row with its prompt's ``text_file``) → encoded preference-pair shard rows (PAIR_SCHEMA)."""
     return ray.data.from_items(pair_rows).map_batches(
         EncodePairs,
-        fn_constructor_kwargs=dict(model=model.model_dump(), storage=store.spec, run_name=store.run_name),
+        fn_constructor_kwargs=dict(model=model.model_dump(), storage=store.spec, run_name=store.run_name,
+                                   official_objective=official_objective),
         **pool_args(encoding_pool),
     )

@@ -59,6 +59,10 @@ class TrainerConfig(BaseModel):
     # "dpo": Diffusion-DPO on (winner, loser). "sft": the winners' denoising loss only, the
     # supervised baseline; its reward metrics are still reported.
     objective: Literal["dpo", "sft"] = "dpo"
+    # Encode and train exactly as the official VideoGPA training scripts (reproduce or continue a released
+    # LoRA as it was trained), where they depart from the model's inference: CogVideoX without rotary
+    # embeddings and with their latent encoding, Wan2.2-TI2V fed the raw t (docs/FIDELITY.md lists all).
+    official_objective: bool = False
     beta: float = Field(1.0, gt=0)  # see trainers.dpo for the convention
     # The preference loss on β·margin (trainers.dpo.preference_loss): "sigmoid" (DPO), "hinge",
     # or "label_smoothed" with label_smoothing = ε, the assumed rate of wrong preference labels.

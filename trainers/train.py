@@ -141,9 +141,10 @@ def train_dpo(
     lora_out_dir: str,
     previous_lora_dir: str | None = None,
     tracking: TrackingTarget | None = None,
+    model_card: str | None = None,
 ) -> dict[str, Any]:
     """Train the policy LoRA with Diffusion-DPO on the pair shards; export it to
-    ``<lora_out_dir>/pytorch_lora_weights.safetensors``.
+    ``<lora_out_dir>/pytorch_lora_weights.safetensors`` (with ``model_card`` as its README.md).
 
     ``filesystem``: the pyarrow filesystem of every path here (None = local paths). ``tracking``:
     where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere).
@@ -178,6 +179,7 @@ def train_dpo(
         checkpoint_root=_strip_scheme(storage_path, filesystem).rstrip("/") + "/" + name,
         device=device,
         tracking=tracking,
+        model_card=model_card,
     )
     trainer = TorchTrainer(
         train_loop,

@@ -136,6 +136,7 @@ class WorkerJob:
     previous_lora_dir: str | None = None
     tracking: TrackingTarget | None = None
     fault: str | None = None  # FAULT_ENV's value (tests)
+    model_card: str | None = None  # the exported LoRA directory's README.md (trainers.model_card)
 
 
 @dataclass
@@ -200,7 +201,7 @@ def build_training(job: WorkerJob, fresh: bool) -> Training:
     wrapped by DeepSpeed; the data feed starts streaming first on a fresh run."""
     import ray.train
 
-    from actors.families import get_family
+    from actors.families import objective_family
     from actors.models import build_denoiser
     from trainers.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, make_lr_scheduler
     from trainers.lora import add_lora
@@ -224,7 +225,7 @@ def build_training(job: WorkerJob, fresh: bool) -> Training:
         skip_cpu_shm_op()
         return_freed_memory_to_the_os()  # host memory is the workers' device memory here
 
-    family = get_family(job.model.family)
+    family = objective_family(job.model.family, cfg.official_objective)
     ds_config = build_deepspeed_config(cfg, world, device.type)
     rss_before_model = _current_rss_mb()
     # ZeRO-3: the frozen base is built partitioned; no worker ever holds all of its weights.
@@ -411,6 +412,7 @@ def save_checkpoint(run: Training, state: LoopState) -> None:
 def export(run: Training, state: LoopState) -> None:
     """The policy LoRA (the best-validated one where asked) in diffusers format, one file per expert."""
     from trainers.lora import export_lora, policy_state_dict
+    from trainers.model_card import write_model_card
 
     cfg, job = run.cfg, run.job
     if cfg.export == "best_validation":
@@ -421,5 +423,7 @@ def export(run: Training, state: LoopState) -> None:
         with tempfile.TemporaryDirectory() as d:
             for name, expert in run.experts.items():
                 export_lora(states[name], expert, name, run.net.family.pipeline_class, d)
+            if job.model_card:
+                write_model_card(d, job.model_card)
             upload_dir(d, job.lora_out_dir, job.filesystem)
         _log(run.rank, f"LoRA written to {job.lora_out_dir}")

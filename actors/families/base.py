@@ -58,6 +58,9 @@ class VideoFamily:
 
     name: str
     real_model_ids: tuple[str, ...]  # hub ids of its checkpoints; the first is the default recipe's
+    # Encode and train exactly as the official VideoGPA training script (``official_training``) does, where
+    # it departs from the model's own inference (trainer.official_objective; ``objective_family``).
+    official_objective: bool = False
 
     prediction: ClassVar[Literal["v_prediction", "flow_matching"]]
     lora_target_modules: ClassVar[tuple[str, ...]] = ATTENTION_LORA_TARGETS
@@ -74,6 +77,8 @@ class VideoFamily:
     cfg_in_one_batch: ClassVar[bool] = False
     vae_float32: ClassVar[bool] = False
     vae_tiled: ClassVar[bool] = False
+    # The official VideoGPA training script of this model (Hongyang-Du/VideoGPA), None where there is none.
+    official_training: ClassVar[str | None] = None
 
     # ---- what each stage's actors load ---------------------------------------------------------
 
@@ -119,7 +124,8 @@ class VideoFamily:
                                                                          revision=model.revision)
             parameters = inspect.signature(self.pipeline_class.__init__).parameters
             extras = {k: v for k, v in index.items() if k in parameters and k not in built and k != "scheduler"}
-        return self.pipeline_class(**built, scheduler=scheduler, **extras)
+        # the scheduler it samples with: the checkpoint's, or the official scripts' where the family says so
+        return self.pipeline_class(**built, scheduler=self.sampling_scheduler(scheduler), **extras)
 
     def _tiny_component(self, name: str) -> Any:
         """One component of the tiny preset, built under its own seed (see ``actors.families.tiny``)."""
@@ -219,8 +225,13 @@ class VideoFamily:
         raise NotImplementedError
 
     def tiny_scheduler(self):
-        """The tiny preset's scheduler: the real checkpoints' scheduler config."""
+        """The tiny preset's scheduler: the real checkpoints' scheduler (class and config)."""
         raise NotImplementedError
+
+    def sampling_scheduler(self, scheduler):
+        """The scheduler its pipeline samples with, given the checkpoint's: the checkpoint's own unless the
+        family's module says otherwise (the official scripts' sampler). Tiny presets follow the same rule."""
+        return scheduler
 
     def _tiny_transformer(self, component: str = "transformer") -> torch.nn.Module:
         """The tiny preset's transformer (or second expert ``component``), built under its own seed."""

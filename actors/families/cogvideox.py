@@ -7,16 +7,27 @@
   concatenated on channels; every latent frame is trained.
 * Training: ``t`` is an integer in ``[0, num_train_timesteps)``, ``noisy = scheduler.add_noise``,
   ``target = scheduler.get_velocity``.
+* Sampling: CogVideoX-5B (T2V) and CogVideoX1.5 sample with ``CogVideoXDPMScheduler`` and trailing
+  timesteps, as the official ``generate/CogVideoX-5B.py`` and ``generate/CogVideoX1.5-5B.py`` set it; the
+  I2V family keeps its checkpoint's scheduler, as ``generate/CogVideoX-5B-I2V.py`` does.
+* ``official_objective`` (trainer.official_objective): as the official ``train/CogVideoX*/02_encode.py`` and
+  ``03_train.py``: videos encoded from [0,1] pixels (not [-1,1]) with a posterior sample (seeded by the
+  video's bytes, so every process gets the same), scaled by ``scaling_factor`` for CogVideoX1.5 only;
+  CogVideoX1.5's odd latent frame count trimmed to even (21 -> 20) instead of padded; I2V image latents
+  from the [0,1] image resized (nearest) to the video size, a posterior sample × ``scaling_factor``; the
+  transformer called without its rotary embeddings.
 * The whole pipeline runs in ``model.dtype`` (CogVideoX decodes latents in the transformer's dtype);
   real VAEs decode with slicing and tiling, the documented setting for full-resolution 49 frames.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from actors.families.base import (
@@ -63,6 +74,8 @@ def cogvideox_rotary_emb(config, num_frames: int, latent_height: int, latent_wid
 class CogVideoXFamily(VideoFamily):
     image_to_video: bool = False
     version_1_5: bool = False  # temporal patching, no patch bias, RoPE sliced from a max size
+    # Sample with CogVideoXDPMScheduler, trailing timesteps (the official T2V scripts), not the checkpoint's.
+    dpm_trailing_sampler: bool = False
 
     prediction: ClassVar = "v_prediction"
     real_text_len: ClassVar[int] = 226
@@ -73,6 +86,11 @@ class CogVideoXFamily(VideoFamily):
     @property
     def requires_image(self) -> bool:  # type: ignore[override]
         return self.image_to_video
+
+    @property
+    def official_training(self) -> str:  # type: ignore[override]
+        name = "CogVideoX1.5-5B" if self.version_1_5 else "CogVideoX-I2V-5B" if self.image_to_video else "CogVideoX-5B"
+        return f"train/{name}/03_train.py"
 
     @property
     def accepts_image(self) -> bool:  # type: ignore[override]
@@ -141,10 +159,11 @@ class CogVideoXFamily(VideoFamily):
             ).eval()
 
     def tiny_scheduler(self):
-        from diffusers import CogVideoXDPMScheduler
+        from diffusers import CogVideoXDDIMScheduler
 
-        # CogVideoX-5B scheduler config: zero-terminal-SNR scaled-linear betas, v-prediction, trailing steps.
-        return CogVideoXDPMScheduler(
+        # The CogVideoX checkpoints' scheduler: CogVideoXDDIMScheduler, zero-terminal-SNR scaled-linear betas,
+        # v-prediction, trailing steps.
+        return CogVideoXDDIMScheduler(
             num_train_timesteps=1000,
             beta_start=0.00085,
             beta_end=0.012,
@@ -156,6 +175,13 @@ class CogVideoXFamily(VideoFamily):
             snr_shift_scale=1.0,
             timestep_spacing="trailing",
         )
+
+    def sampling_scheduler(self, scheduler):
+        if not self.dpm_trailing_sampler:
+            return scheduler
+        from diffusers import CogVideoXDPMScheduler
+
+        return CogVideoXDPMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
 
     # ---- real weights --------------------------------------------------------------------------
 
@@ -194,6 +220,8 @@ class CogVideoXFamily(VideoFamily):
 
     def encode_video(self, pipe, video):
         vae = pipe.vae
+        if self.official_objective:
+            return self._official_video_latents(vae, video)
         z = vae_mean(vae, video_to_vae_input(video, vae.device, vae.dtype)).float()  # [1,C,F,H,W]
         z = (z * vae.config.scaling_factor).permute(0, 2, 1, 3, 4)  # [1,F,C,H,W]
         p_t = self.patch_size_t  # the encoding actor holds no transformer to ask
@@ -202,8 +230,27 @@ class CogVideoXFamily(VideoFamily):
             z = torch.cat([z[:, :1].repeat(1, p_t - z.shape[1] % p_t, 1, 1, 1), z], dim=1)
         return z
 
+    def _official_video_latents(self, vae, video: np.ndarray) -> torch.Tensor:
+        """02_encode.py: frames / 255 (no [-1,1] shift), ``latent_dist.sample()``, × scaling_factor for 1.5 only;
+        03_train.py of CogVideoX1.5 trims the frames to an even count."""
+        x = torch.from_numpy(np.ascontiguousarray(video)).to(vae.device, torch.float32)
+        x = x.permute(3, 0, 1, 2)[None] / 255.0  # [1,3,F,H,W] in [0,1]
+        z = _posterior_sample(vae, x.to(vae.dtype), video).float()
+        if self.version_1_5:
+            z = z * vae.config.scaling_factor
+        z = z.permute(0, 2, 1, 3, 4)  # [1,F,C,H,W]
+        return z[:, : z.shape[1] - z.shape[1] % 2] if self.version_1_5 else z
+
     def encode_image(self, pipe, image, height, width, latent_frames):
         vae = pipe.vae
+        if self.official_objective:
+            # 03_train.py (I2V): the [0,1] image resized (nearest) to the video, a posterior sample × scaling_factor.
+            arr = np.array(image.convert("RGB"))
+            x = torch.from_numpy(arr).to(vae.device, torch.float32).permute(2, 0, 1)[None] / 255.0
+            x = torch.nn.functional.interpolate(x, size=(height, width))
+            z = _posterior_sample(vae, x.unsqueeze(2).to(vae.dtype), arr).float() * vae.config.scaling_factor
+            z = z.permute(0, 2, 1, 3, 4)
+            return torch.cat([z, z.new_zeros(1, latent_frames - 1, *z.shape[2:])], dim=1)
         pixels = pipe.video_processor.preprocess(image, height=height, width=width)  # [1,3,H,W] in [-1,1]
         z = vae_mean(vae, pixels.unsqueeze(2).to(vae.device, vae.dtype)).float()  # [1,C,1,h,w]
         # CogVideoXImageToVideoPipeline.prepare_latents: scale, then zero-pad over the latent frames.
@@ -234,9 +281,9 @@ class CogVideoXFamily(VideoFamily):
         hidden = noisy.to(dtype)
         if image_latents is not None:
             hidden = torch.cat([hidden, batch_like(image_latents.to(hidden), batch)], dim=2)
-        rotary = (
+        rotary = (  # the official 03_train.py calls the transformer without them
             cogvideox_rotary_emb(config, frames, height, width, noisy.device)
-            if config.use_rotary_positional_embeddings
+            if config.use_rotary_positional_embeddings and not self.official_objective
             else None
         )
         # CogVideoX1.5-I2V has an "ofs" embedding; its pipeline always feeds 2.0.
@@ -251,6 +298,14 @@ class CogVideoXFamily(VideoFamily):
         )[0]
 
 
-COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",))
+def _posterior_sample(vae, x: torch.Tensor, source: np.ndarray) -> torch.Tensor:
+    """``vae.encode(x).latent_dist.sample()`` under a generator seeded by ``source``'s bytes: the official
+    encoding's draw, the same for the same video in every process."""
+    generator = torch.Generator(vae.device).manual_seed(zlib.crc32(np.ascontiguousarray(source).tobytes()))
+    return vae.encode(x).latent_dist.sample(generator=generator)
+
+
+COGVIDEOX_T2V = CogVideoXFamily("cogvideox-t2v", ("THUDM/CogVideoX-5b",), dpm_trailing_sampler=True)
 COGVIDEOX_I2V = CogVideoXFamily("cogvideox-i2v", ("THUDM/CogVideoX-5b-I2V",), image_to_video=True)
-COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True)
+COGVIDEOX15_T2V = CogVideoXFamily("cogvideox1.5-t2v", ("THUDM/CogVideoX1.5-5B",), version_1_5=True,
+                                  dpm_trailing_sampler=True)

@@ -12,7 +12,7 @@ load back with ``pipe.load_lora_weights(dir, weight_name=...)``, the second with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -20,7 +20,7 @@ import torch
 from actors.families.base import cast_like_from_pretrained, load_transformer, lora_weight_name
 from actors.families.wan import WanFamily, tiny_wan_transformer_kwargs
 from actors.families.wan21_t2v import tiny_wan21_vae_kwargs
-from actors.model_config import ModelConfig, SamplingConfig
+from actors.model_config import ModelConfig, SamplingConfig, SamplingShape
 
 
 class WanExperts(torch.nn.Module):
@@ -72,6 +72,14 @@ class Wan22A14BFamily(WanFamily):
     def tiny_sampling(self) -> SamplingConfig:
         # 4 steps: with shift 12 and boundary 0.875, both experts denoise some of them.
         return SamplingConfig(num_frames=9, height=32, width=32, num_inference_steps=4, guidance_scale=4.0)
+
+    def sampling_shape(self, vae, transformer) -> SamplingShape:
+        return replace(super().sampling_shape(vae, transformer), second_expert=True)
+
+    def generation_call(self, pipe, kwargs, image, sampling):
+        if sampling.guidance_scale_2 is not None:  # the low-noise expert's own guidance (official: 3.0 vs 4.0)
+            kwargs["guidance_scale_2"] = sampling.guidance_scale_2
+        return super().generation_call(pipe, kwargs, image, sampling)
 
     def _tiny_transformer_kwargs(self):
         return tiny_wan_transformer_kwargs(self.tiny_latent_channels)

@@ -7,6 +7,12 @@ target there and ``predict`` returns zeros there, so its squared error is exactl
 ``image_latents`` out of ``noisy_and_target`` makes the frame's error ``|noise - x0|^2``: a constant
 with no gradient, identical for a winner and a loser sharing noise, since their frame 0 is the same
 condition — it cancels in the DPO loss.)
+
+``official_objective`` (trainer.official_objective), as the official ``train/Wan2.2-TI2V-5B/03_train.py``:
+an integer ``t ~ U{1..999}`` noises at the shifted ``sigma = s t' / (1 + (s-1) t')`` (``t' = t/1000``) but
+the transformer is fed the raw ``t`` (inference feeds ``1000 sigma``); latent frame 0's tokens always get
+timestep 0 (with or without an image) and frame 0 stays in the loss (target ``noise - x0`` there too); the
+image is scaled to cover the video size and centre-cropped (the pipeline stretches it).
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from typing import ClassVar
 
 import torch
 
-from actors.families.base import batch_like, vae_mean
-from actors.families.wan import WanFamily, normalise_latents, tiny_wan_transformer_kwargs
+from actors.families.base import batch_like, rand_on, vae_mean
+from actors.families.wan import WanFamily, flow_sigmas, normalise_latents, tiny_wan_transformer_kwargs
 from actors.model_config import SamplingConfig
 
 
@@ -35,6 +41,7 @@ def per_token_timesteps(patch_size, shape, timesteps: torch.Tensor) -> torch.Ten
 class Wan22TI2VFamily(WanFamily):
     accepts_image: ClassVar[bool] = True
     tiny_latent_channels: ClassVar[int] = 48  # as the real Wan2.2 VAE
+    official_training: ClassVar[str | None] = "train/Wan2.2-TI2V-5B/03_train.py"
 
     def tiny_sampling(self) -> SamplingConfig:
         # The VAE compresses 16x spatially and the transformer patches 2x2.
@@ -73,7 +80,9 @@ class Wan22TI2VFamily(WanFamily):
 
     def encode_image(self, pipe, image, height, width, latent_frames):
         vae = pipe.vae
-        pixels = pipe.video_processor.preprocess(image, height=height, width=width)  # [1,3,H,W] in [-1,1]
+        # official 02_encode.py: scaled to cover the size, centre-cropped; else stretched, as the pipeline does
+        resize_mode = "crop" if self.official_objective else "default"
+        pixels = pipe.video_processor.preprocess(image, height=height, width=width, resize_mode=resize_mode)
         z = vae_mean(vae, pixels.unsqueeze(2).to(vae.device, vae.dtype)).float()  # [1,C,1,h,w]
         return normalise_latents(vae, z)  # replaces latent frame 0 (expand_timesteps)
 
@@ -82,7 +91,19 @@ class Wan22TI2VFamily(WanFamily):
         latents[:, :, :1] = image_latents
         return latents
 
+    def sample_timesteps(self, scheduler, batch_size, generator, device):
+        if not self.official_objective:
+            return super().sample_timesteps(scheduler, batch_size, generator, device)
+        num_train = scheduler.config.num_train_timesteps
+        return rand_on(generator, torch.randint, 1, num_train, (batch_size,)).float().to(device)
+
     def noisy_and_target(self, scheduler, latents, noise, timesteps, image_latents=None):
+        if self.official_objective:  # noised at the shifted sigma of the raw t; every frame in the loss
+            shift = float(scheduler.config.flow_shift)
+            u = flow_sigmas(timesteps.to(latents.device), scheduler, latents.ndim)
+            sigma = shift * u / (1.0 + (shift - 1.0) * u)
+            noisy = (1.0 - sigma) * latents + sigma * noise
+            return noisy.to(latents.dtype), (noise - latents).to(latents.dtype)
         noisy, target = super().noisy_and_target(scheduler, latents, noise, timesteps)
         if image_latents is not None:  # the condition frame is given, not denoised: zero target
             target = torch.cat([torch.zeros_like(target[:, :, :1]), target[:, :, 1:]], dim=2)
@@ -92,12 +113,14 @@ class Wan22TI2VFamily(WanFamily):
         """With ``image_latents`` ``[1|B, C, 1, H, W]``: latent frame 0 is replaced by the condition, its
         tokens get timestep 0 (the rest ``timesteps``), and frame 0 of the returned prediction is zeroed
         so that, against ``noisy_and_target(..., image_latents=...)``, it carries no loss."""
-        if image_latents is None:
+        if image_latents is None and not self.official_objective:
             return super().predict(denoiser, noisy, timesteps, prompt_embeds, None)
         batch = noisy.shape[0]
         dtype = denoiser.dtype
-        condition = batch_like(image_latents.to(device=noisy.device, dtype=dtype), batch)
-        hidden = torch.cat([condition, noisy.to(dtype)[:, :, 1:]], dim=2)
+        hidden = noisy.to(dtype)
+        if image_latents is not None:
+            condition = batch_like(image_latents.to(device=noisy.device, dtype=dtype), batch)
+            hidden = torch.cat([condition, hidden[:, :, 1:]], dim=2)
         t = per_token_timesteps(denoiser.config.patch_size, noisy.shape,
                                 timesteps.to(device=noisy.device, dtype=torch.float32))
         pred = denoiser(
@@ -106,6 +129,8 @@ class Wan22TI2VFamily(WanFamily):
             encoder_hidden_states=batch_like(prompt_embeds.to(device=noisy.device, dtype=dtype), batch),
             return_dict=False,
         )[0]
+        if self.official_objective:  # frame 0's prediction stays in the loss
+            return pred
         return torch.cat([torch.zeros_like(pred[:, :, :1]), pred[:, :, 1:]], dim=2)
 
 

@@ -148,7 +148,7 @@ def build_miniature_pipeline(family: str = "cogvideox-t2v", size: int = 32, num_
         )
     pipe = CogVideoXPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=get_family(family).tiny_scheduler()
+        scheduler=get_family(family).sampling_scheduler(get_family(family).tiny_scheduler())
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -13,11 +13,12 @@ from actors.families import FAMILIES, get_family
 from actors.families.cogvideox import cogvideox_rotary_emb
 from actors.model_config import ModelConfig
 from actors.models import (
+    build_pipeline,
     encode_training_inputs,
     generate_videos,
     tiny_sampling,
 )
-from tests.support.tiny import tiny_image, tiny_pipe
+from tests.support.tiny import scheduler_settings, tiny_image, tiny_pipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -268,3 +269,21 @@ def test_a14b_lora_of_each_expert_learns_only_from_its_timesteps():
         assert any(g is not None and g.abs().sum() > 0 for g in grads["both"][name]), name
     assert any(g.abs().sum() > 0 for g in grads["high only"]["transformer"])
     assert all(g is not None and g.abs().sum() == 0 for g in grads["high only"]["transformer_2"])
+
+
+@pytest.mark.parametrize(("family", "sampler"), [
+    ("cogvideox-t2v", "CogVideoXDPMScheduler"),  # generate/CogVideoX-5B.py swaps the checkpoint's scheduler
+    ("cogvideox1.5-t2v", "CogVideoXDPMScheduler"),  # generate/CogVideoX1.5-5B.py likewise
+    ("cogvideox-i2v", "CogVideoXDDIMScheduler"),  # generate/CogVideoX-5B-I2V.py keeps the checkpoint's
+])
+def test_cogvideox_samples_with_the_official_scripts_scheduler(family, sampler, tmp_path):
+    fam = get_family(family)
+    checkpoint = fam.tiny_scheduler()
+    assert type(checkpoint).__name__ == "CogVideoXDDIMScheduler"  # the published checkpoints' class
+    tiny = tiny_pipe(family).scheduler
+    assert type(tiny).__name__ == sampler and tiny.config.timestep_spacing == "trailing"
+    # A checkpoint directory, its scheduler folder as published, loads (build_pipeline) with the same sampler.
+    build_pipeline(ModelConfig(family=family)).save_pretrained(tmp_path)  # (saving marks the config: not tiny_pipe)
+    checkpoint.save_pretrained(tmp_path / "scheduler")
+    loaded = build_pipeline(ModelConfig(family=family, pretrained=str(tmp_path))).scheduler
+    assert type(loaded) is type(tiny) and scheduler_settings(loaded) == scheduler_settings(tiny)

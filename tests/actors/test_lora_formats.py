@@ -5,6 +5,7 @@ the convert command writes a directory plain diffusers loads; bad directories ar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,9 +44,15 @@ def _diffusers_equivalent(adapter, family: str, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("family", "wan_original"), [("cogvideox-t2v", False), ("wan2.2-ti2v", True)])
-def test_official_format_lora_computes_what_peft_computes(family, wan_original, tmp_path):
-    adapter = peft_lora(family, tmp_path / "peft", wan_original=wan_original)
+@pytest.mark.parametrize(("family", "wan_original", "with_config"), [
+    ("cogvideox-t2v", False, True),
+    ("wan2.2-ti2v", True, True),
+    # The releases without adapter_config.json: VideoGPA-I2V-1K-lora, VideoGPA-Wan2.2TI2V-lora.
+    ("cogvideox-i2v", False, False),
+    ("wan2.2-ti2v", True, False),
+])
+def test_official_format_lora_computes_what_peft_computes(family, wan_original, with_config, tmp_path, caplog):
+    adapter = peft_lora(family, tmp_path / "peft", wan_original=wan_original, with_config=with_config)
     assert lora_format(str(tmp_path / "peft")) == ("peft-wan" if wan_original else "peft")
     model = ModelConfig(family=family)
     pipe = build_pipeline(model)
@@ -53,7 +60,15 @@ def test_official_format_lora_computes_what_peft_computes(family, wan_original, 
     base, official = probe(pipe.transformer), probe(adapter.base_model.model)
     assert (official - base).abs().max() > 1e-3, "the test LoRA must change the output"
 
-    load_lora(pipe, model, str(tmp_path / "peft"), scale=1.0)
+    with caplog.at_level(logging.WARNING, logger="actors.lora_formats"):
+        load_lora(pipe, model, str(tmp_path / "peft"), scale=1.0)
+    assumed = [r.getMessage() for r in caplog.records if "assuming the official training's config" in r.getMessage()]
+    if with_config:
+        assert not assumed
+    else:  # one line saying what was assumed: r from the shapes, alpha 2 r, the attention projections
+        n = len([m for m in adapter.modules() if hasattr(m, "lora_A") and "default" in m.lora_A])
+        assert len(assumed) == 1 and f"r {RANK} " in assumed[0] and f"lora_alpha {ALPHA} " in assumed[0]
+        assert f"the {n} modules it holds" in assumed[0]
     from_peft = probe(pipe.transformer)
     _close(from_peft, official)
     # The diffusers-format equivalent gives the same outputs (loaded again under the same adapter name).
@@ -84,11 +99,11 @@ def test_recipe_lora_scale_is_the_official_strength(family, recipe, official_sca
 
 def test_convert_command_writes_what_plain_diffusers_loads(tmp_path):
     family = "wan2.2-ti2v"
-    adapter = peft_lora(family, tmp_path / "peft", wan_original=True)
+    adapter = peft_lora(family, tmp_path / "peft", wan_original=True, with_config=False)  # as released
     out = tmp_path / "converted"
     args = build_parser().parse_args(["convert-lora", str(tmp_path / "peft"), str(out)])
     assert args.handler(args) == 0
-    assert sorted(os.listdir(out)) == [LORA_WEIGHT_NAME]
+    assert sorted(os.listdir(out)) == ["README.md", LORA_WEIGHT_NAME]  # the source's card (peft writes one)
     pipe = build_pipeline(ModelConfig(family=family))
     probe = DenoiserProbe(pipe, family)
     pipe.load_lora_weights(str(out))  # diffusers alone: no weight_name, no videogpa code
@@ -104,9 +119,13 @@ def _bad_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     peft_lora("cogvideox-t2v", peft_dir)
     empty = tmp_path / "empty"
     empty.mkdir()
-    no_config = tmp_path / "no-config"
+    no_config = tmp_path / "no-config"  # and ranks that differ: r cannot be read from the shapes
     no_config.mkdir()
-    (no_config / "adapter_model.safetensors").write_bytes((peft_dir / "adapter_model.safetensors").read_bytes())
+    state = load_file(str(peft_dir / "adapter_model.safetensors"))
+    first = sorted(k for k in state if ".lora_A." in k)[0]
+    state[first] = torch.cat([state[first], state[first]])
+    state[first.replace(".lora_A.", ".lora_B.")] = torch.cat([state[first.replace(".lora_A.", ".lora_B.")]] * 2, 1)
+    save_file(state, str(no_config / "adapter_model.safetensors"), metadata={"format": "pt"})
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "adapter_model.safetensors").write_bytes(b"not safetensors")
@@ -127,7 +146,7 @@ def _bad_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp_path / "nope", "not a directory"),
         "empty": (empty, "neither a diffusers LoRA"),
-        "no-config": (no_config, "without adapter_config.json"),
+        "no-config": (no_config, rf"no adapter_config.json and its lora_A ranks differ \(\[{RANK}, {2 * RANK}\]\)"),
         "garbage": (garbage, "not a readable safetensors file"),
         "pickled": (pickled, "pickled PEFT weights"),
         "not-lora": (not_lora, "pytorch_lora_weights.safetensors holds no LoRA weights"),
@@ -164,6 +183,36 @@ def test_convert_command_bad_dir_exits_2_with_one_line(tmp_path):
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert lines[-1] == (f"videogpa: error: LoRA {tmp_path}: neither a diffusers LoRA "
-                         "(pytorch_lora_weights.safetensors) nor a PEFT adapter (adapter_model.safetensors + "
-                         "adapter_config.json)")
+                         "(pytorch_lora_weights.safetensors) nor a PEFT adapter (adapter_model.safetensors, with or "
+                         "without adapter_config.json)")
     assert not (tmp_path / "o").exists()
+
+
+def test_convert_to_peft_writes_the_official_layout_and_converts_back(tmp_path):
+    """A videogpa LoRA as the official releases' PEFT layout: PEFT itself loads it and computes what
+    the diffusers LoRA computes; converted back, every tensor is the same; the model card goes along."""
+    from peft import PeftModel
+
+    family = "cogvideox-t2v"
+    adapter = peft_lora(family, tmp_path / "peft")
+    ours = _diffusers_equivalent(adapter, family, tmp_path / "ours")
+    (ours / "README.md").write_text("# card\n")
+    args = build_parser().parse_args(["convert-lora", "--to", "peft", str(ours), str(tmp_path / "release")])
+    assert args.handler(args) == 0
+    release = tmp_path / "release"
+    assert sorted(os.listdir(release)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    config = json.loads((release / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (RANK, ALPHA)
+    assert sorted(config["target_modules"]) == ["to_k", "to_out.0", "to_q", "to_v"]  # as the official releases
+    pipe = build_pipeline(ModelConfig(family=family))
+    probe = DenoiserProbe(pipe, family)
+    loaded = PeftModel.from_pretrained(build_pipeline(ModelConfig(family=family)).transformer, str(release))
+    _close(probe(loaded.base_model.model), probe(adapter.base_model.model))
+
+    back = tmp_path / "back"
+    assert args.handler(build_parser().parse_args(["convert-lora", str(release), str(back)])) == 0
+    a, b = load_file(str(ours / LORA_WEIGHT_NAME)), load_file(str(back / LORA_WEIGHT_NAME))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (back / "README.md").read_text() == "# card\n"
+    with pytest.raises(InputError, match="already a PEFT adapter"):
+        args.handler(build_parser().parse_args(["convert-lora", "--to", "peft", str(release), str(tmp_path / "x")]))

@@ -44,3 +44,27 @@ def test_negative_prompt_steers_guidance(with_image):
     plain = _generate(family, image)
     np.testing.assert_array_equal(_generate(family, image, negative_prompt=""), plain)
     assert not np.array_equal(_generate(family, image, negative_prompt="static, blurry, deformed"), plain)
+
+
+def test_low_noise_expert_guidance_reaches_the_a14b_pipeline():
+    """sampling.guidance_scale_2 is diffusers' guidance of transformer_2 (the official A14B's 3.0 low-noise,
+    guidance_scale 4.0 high-noise); unset, both experts use guidance_scale."""
+    import torch
+
+    family = "wan2.2-t2v-a14b"
+    plain = _generate(family)
+    np.testing.assert_array_equal(_generate(family, guidance_scale_2=tiny_sampling(family).guidance_scale), plain)
+    official = _generate(family, guidance_scale_2=3.0)
+    assert not np.array_equal(official, plain)
+    s = tiny_sampling(family)
+    direct = tiny_pipe(family)(prompt=[PROMPT], num_frames=s.num_frames, height=s.height, width=s.width,
+                               num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                               guidance_scale_2=3.0, generator=[torch.Generator("cpu").manual_seed(3)],
+                               output_type="np", max_sequence_length=16).frames
+    np.testing.assert_array_equal(official[0], (np.clip(direct[0], 0, 1) * 255).round().astype(np.uint8))
+
+
+def test_low_noise_expert_guidance_is_refused_with_one_expert():
+    sampling = tiny_sampling("wan2.2-ti2v").model_copy(update={"guidance_scale_2": 3.0})
+    with pytest.raises(InputError, match="^sampling.guidance_scale_2: wan2.2-ti2v has one denoising expert"):
+        check_model(ModelConfig(family="wan2.2-ti2v"), sampling)

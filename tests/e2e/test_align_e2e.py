@@ -50,7 +50,8 @@ def _align(output_uri: str, *extra: str, env: dict | None = None) -> subprocess.
 def _check_run(fs: pafs.FileSystem, root: str, candidates: int = 9) -> dict:
     """SPEC §3 run layout, manifest and shard columns; returns the manifest."""
     manifest = json.loads(fs.open_input_stream(f"{root}/round-000/manifest.json").read())
-    for name in ("config.yaml", "round-000/metrics.json", "round-000/lora/pytorch_lora_weights.safetensors"):
+    for name in ("config.yaml", "round-000/metrics.json", "round-000/lora/pytorch_lora_weights.safetensors",
+                 "round-000/lora/README.md"):  # the LoRA's model card
         assert fs.get_file_info(f"{root}/{name}").type == pafs.FileType.File, name
     for stage in ("candidates", "pairs"):
         listed = {f["path"] for f in manifest[stage]["files"]}
@@ -132,9 +133,12 @@ def test_align_local_then_resume(quickstart_run, ray_test, tmp_path_factory):
     ev = evaluate()
     assert text_batches() == sorted([len(prompts) + 1, 2])  # the 2 held-out prompts, added as a batch
     table = ev.stdout.strip().splitlines()
-    assert [line.split()[0] for line in table[1:-1]] == ["psnr", "ssim", "lpips", "mvcs", "mvcs_si", "3dcs", "epipolar",
+    assert [line.split()[0] for line in table[1:-2]] == ["psnr", "ssim", "lpips", "mvcs", "mvcs_si", "3dcs", "epipolar",
                                                         "motion", "frame_change", "sharpness"]
     assert "mvcs_si: this project's scale-invariant MVCS" in table[-1]
+    assert table[-2].startswith("(epipolar: sift matches; unscorable videos (no frame pair matched): base ")
+    card = Path(root, "round-000/lora/README.md").read_text()  # the round's model card now holds the table
+    assert "\n".join(table) in card and "preference pairs (this round): " in card
     results = json.loads(Path(root, "evaluation/round-000/results.json").read_text())
     assert results["samples"] == 2 and all(math.isfinite(results[arm]["epipolar"]["mean"]) or
                                            results[arm]["epipolar"]["count"] == 0 for arm in ("base", "aligned"))

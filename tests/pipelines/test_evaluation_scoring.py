@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import pytest
+
 from pipelines.config import load_config
-from pipelines.evaluate import METRICS, base_samples_key, evaluation_scoring, format_table
+from pipelines.evaluate import METRICS, _summary, base_samples_key, evaluation_scoring, format_table
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [{"prompt_id": "p", "prompt": "a house", "image": "", "seed": 1}]
@@ -28,5 +30,18 @@ def test_evaluation_gfm_falls_back_to_the_scoring_section_and_keys_the_base_samp
 def test_table_says_which_metrics_are_official():
     stats = {key: {"mean": 0.5, "sem": 0.01, "count": 2} for key, _ in METRICS}
     lines = format_table(stats, stats, 0).splitlines()
-    assert [line.split()[0] for line in lines[1:-1]] == [key for key, _ in METRICS]
+    assert [line.split()[0] for line in lines[1:-2]] == [key for key, _ in METRICS]
     assert "mvcs_si" in dict(METRICS) and "official" in lines[-1] and "mvcs_si" in lines[-1]
+
+
+def test_table_names_the_epipolar_matcher_and_counts_unscorable_videos():
+    """Unscorable (NaN) Epipolar: left out and counted, or averaged in as -1 as the official benchmark."""
+    rows = [{key: 1.0 for key, _ in METRICS} for _ in range(3)]
+    rows[0]["epipolar"] = float("nan")
+    dropped, official = _summary(rows), _summary(rows, "minus_one")
+    assert (dropped["epipolar"]["mean"], dropped["epipolar"]["count"], dropped["epipolar"]["unscorable"]) == (1.0, 2, 1)
+    assert (official["epipolar"]["mean"], official["epipolar"]["count"]) == (pytest.approx(1 / 3), 3)
+    assert official["3dcs"] == dropped["3dcs"]  # only Epipolar's unscorable videos are averaged in
+    line = format_table(official, dropped, "LoRA", "superpoint-lightglue", "minus_one").splitlines()[-2]
+    assert line == ("(epipolar: superpoint-lightglue matches; unscorable videos (no frame pair matched): base 1, "
+                    "LoRA 1, averaged in as -1 (official))")

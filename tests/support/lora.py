@@ -22,10 +22,12 @@ _WAN_ORIGINAL = (("attn1.", "self_attn."), ("attn2.", "cross_attn."), ("to_q.", 
                  ("to_v.", "v."), ("to_out.0.", "o."))
 
 
-def peft_lora(family: str, out_dir: Path, wan_original: bool = False, seed: int = 0) -> PeftModel:
+def peft_lora(family: str, out_dir: Path, wan_original: bool = False, seed: int = 0,
+              with_config: bool = True) -> PeftModel:
     """``get_peft_model(tiny transformer).save_pretrained(out_dir)`` with random (non-zero) A and B, as the
     official trainers save; ``wan_original``: then renamed to the original Wan module names (q, k, v, o
-    in blocks.N.self_attn / cross_attn), as a LoRA trained on the original Wan code. Returns the adapter."""
+    in blocks.N.self_attn / cross_attn), as a LoRA trained on the original Wan code; ``with_config=False``:
+    adapter_config.json deleted, as two official releases ship. Returns the adapter."""
     denoiser, _ = build_denoiser(ModelConfig(family=family))
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(get_family(family).lora_target_modules),
                         init_lora_weights=False)  # A and B both random: the LoRA changes the output
@@ -35,6 +37,8 @@ def peft_lora(family: str, out_dir: Path, wan_original: bool = False, seed: int 
     model.save_pretrained(str(out_dir))
     if wan_original:
         _rename_to_wan_original(out_dir)
+    if not with_config:
+        (out_dir / "adapter_config.json").unlink()
     return model.eval()
 
 

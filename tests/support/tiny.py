@@ -21,3 +21,8 @@ def tiny_image(family: str, seed: int = 0) -> np.ndarray:
     """A random uint8 [H,W,3] image of ``family``'s tiny sampling size."""
     s = tiny_sampling(family)
     return np.random.RandomState(seed).randint(0, 256, (s.height, s.width, 3), dtype=np.uint8)
+
+
+def scheduler_settings(scheduler) -> dict:
+    """A scheduler's config without diffusers' bookkeeping keys (``_class_name``, ... added on saving)."""
+    return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}

@@ -18,9 +18,11 @@ from trainers.lora import POLICY, add_lora, export_lora, policy_state_dict, refe
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize(("family", "wan_original"), [("cogvideox-t2v", False), ("wan2.2-ti2v", True)])
-def test_warm_started_policy_is_the_given_lora(family, wan_original, tmp_path):
-    adapter = peft_lora(family, tmp_path / "peft", wan_original=wan_original)
+# The Wan LoRA as the official Wan2.2-TI2V release ships: no adapter_config.json.
+@pytest.mark.parametrize(("family", "wan_original", "with_config"), [("cogvideox-t2v", False, True),
+                                                                      ("wan2.2-ti2v", True, False)])
+def test_warm_started_policy_is_the_given_lora(family, wan_original, with_config, tmp_path):
+    adapter = peft_lora(family, tmp_path / "peft", wan_original=wan_original, with_config=with_config)
     probe = DenoiserProbe(tiny_pipe(family), family)
     fam, model = get_family(family), ModelConfig(family=family)
     denoiser, _ = build_denoiser(model)
