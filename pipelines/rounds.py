@@ -86,9 +86,10 @@ def candidate_seed(run_seed: int, round_index: int, prompt_id: str, k: int) -> i
 
 
 def open_run(cfg: VideoGPAConfig, command: str = "align", stamp: str | None = None,
-             allow_config_change: bool = False) -> RunStore:
-    """The run's store, with this command's config recorded in it (``pipelines.provenance``)."""
-    store = RunStore(storage_spec(cfg), cfg.run_name)
+             allow_config_change: bool = False, store: RunStore | None = None) -> RunStore:
+    """The run's store (``store``: one already holding the run's lease), with this command's config
+    recorded in it (``pipelines.provenance``)."""
+    store = store or RunStore(storage_spec(cfg), cfg.run_name)
     store.config_rel = record_config(store, cfg, command, stamp or command_stamp(), allow_config_change)
     return store
 
@@ -288,6 +289,7 @@ def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         name="checkpoints", lora_out_dir=store.path(paths.lora),
         previous_lora_dir=store.path(previous) if previous else None,
         tracking=tracking_target(cfg, store, train_step_offset=paths.index * cfg.trainer.max_steps),
+        fence=store.fence,
     )
     return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_WEIGHT_NAME}"),
             "history": _train_history(store, metrics.get("checkpoint"))}

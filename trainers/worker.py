@@ -139,6 +139,8 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
     from trainers.epochs import EpochFeed
 
     cfg = TrainerConfig(**config["trainer"])
+    fence = config.get("fence") or (lambda: None)  # raises once the driver lost the run (trainers.train)
+    fence()  # a retried worker group of a fenced driver stops at once
     on_cpu = config["device"] == "cpu"  # what the workers really have (trainers.train.workers_have_cuda)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -233,6 +235,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
 
     def save_and_report(metrics: dict[str, Any]) -> None:
         tensors = ckpt_io.gather_state(engine, named)  # collective
+        fence()  # before the checkpoint lands in the run
         state = {"step": step, "epoch": epoch, "position": position, "world_size": world,
                  "accum": accum, "history": history}
         with tempfile.TemporaryDirectory() as d:
@@ -317,6 +320,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
     # -- export the policy LoRA (diffusers format) --
     states = {name: policy_state_dict(expert, cfg.zero_stage) for name, expert in experts.items()}  # collective
     if rank == 0:
+        fence()  # before the LoRA lands in the run
         with tempfile.TemporaryDirectory() as d:
             for name, expert in experts.items():
                 export_lora(states[name], expert, name, family.pipeline_class, d)

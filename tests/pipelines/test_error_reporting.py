@@ -10,7 +10,7 @@ from ray.exceptions import ActorDiedError, RayTaskError
 from ray.train.v2.api.exceptions import WorkerGroupError
 
 from actors.errors import InputError
-from pipelines.cli import _find_input_error
+from pipelines.cli import _one_line
 from pipelines.run_log import _TracebackFilter
 
 
@@ -23,8 +23,8 @@ def _remote(err: BaseException, function: str = "ray::MapWorker.__init__()") -> 
 
 
 def _found(err: BaseException) -> str | None:
-    found = _find_input_error(err)
-    return None if found is None else str(found)
+    found = _one_line(err, "the run")
+    return None if found is None else str(found[1])
 
 
 def test_input_error_inside_a_task_error_and_its_user_exception_subclass():
