@@ -7,6 +7,7 @@ round manifest lists, so a half-written stage is never mistaken for a finished o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -197,11 +198,16 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         if isinstance(fs, pafs.LocalFileSystem):
             os.makedirs(parent, exist_ok=True)
             tmp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):  # a full disk keeps no torn temporary file
+                    os.unlink(tmp)
+                raise
         else:
             with fs.open_output_stream(path) as out:  # one PUT: the object appears only when complete
                 out.write(data)

@@ -504,3 +504,77 @@ def test_no_pickle_on_any_data_path():
                 if "weights_only=True" not in m.group(0):
                     bad.append(f"{path.relative_to(ROOT)}: {m.group(0)[:80]}")
     assert bad == []
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real size-limited filesystem (a 2 MiB tmpfs) as output_uri; mounting one needs root."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``; the file to delete to free them again."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 1 << 12, 1 << 8, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_address):
+    """The disk fills up once the first video is written: one line naming the cause and the disk (the
+    run's logs/ cannot take the log, so the line names its local copy); with space freed the same
+    command resumes, and every candidate and pair is there exactly once."""
+    args = ("--config", "configs/quickstart.yaml", "run_name=full", "prompts.limit=2",
+            "pairing.candidates_per_prompt=2", "generation_pool.batch_size=1", f"output_uri={small_disk}")
+    videos = small_disk / "full" / "round-000" / "videos"
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "generate", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 300
+    while not (videos.exists() and any(p.suffix == ".mp4" for p in videos.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    filler = _fill(small_disk)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("videogpa:")]
+    assert len(ours) == 1 and stderr.strip().splitlines()[-1] == ours[0], stderr[-3000:]
+    line = ours[0]
+    assert line.startswith(f"videogpa: failed: storage error at {small_disk}/full"), line
+    assert "no space left on device" in line and "run the same command again" in line, line
+    local_log = Path(line.rsplit("(full log: ", 1)[1].rstrip(")"))
+    kept = local_log.read_text()
+    assert line.split(" (full log: ")[0] in kept and "not saved into the run" in kept, kept[-3000:]
+    local_log.unlink()
+
+    filler.unlink()
+    for command in ("generate", "pairs"):
+        result = run_cli(command, *args, env={"RAY_ADDRESS": ray_address})
+        assert result.returncode == 0, result.stderr[-3000:]
+    root = small_disk / "full" / "round-000"
+    candidates = pq.read_table(root / "candidates").to_pylist()
+    assert sorted((c["prompt_id"], c["seed"]) for c in candidates) == sorted(
+        {(c["prompt_id"], c["seed"]) for c in candidates}) and len(candidates) == 4
+    assert sorted(p.name for p in videos.iterdir()) == sorted(Path(c["video_uri"]).name for c in candidates)
+    marker = json.loads((root / "pairs.done.json").read_text())
+    pair_ids = pq.read_table(root / "pairs", columns=["pair_id"]).column("pair_id").to_pylist()
+    assert len(pair_ids) == len(set(pair_ids)) == marker["rows"] > 0
+    assert not (small_disk / "full" / "lease").exists()  # released after the failure and after each command
