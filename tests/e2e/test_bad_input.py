@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -538,10 +539,11 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_address):
+def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_address, tmp_path):
     """The disk fills up once the first video is written: one line naming the cause and the disk (the
     run's logs/ cannot take the log, so the line names its local copy); with space freed the same
-    command resumes, and every candidate and pair is there exactly once."""
+    command resumes, a second driver racing it is refused, and every candidate and pair is there
+    exactly once."""
     args = ("--config", "configs/quickstart.yaml", "run_name=full", "prompts.limit=2",
             "pairing.candidates_per_prompt=2", "generation_pool.batch_size=1", f"output_uri={small_disk}")
     videos = small_disk / "full" / "round-000" / "videos"
@@ -566,9 +568,25 @@ def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_addre
     local_log.unlink()
 
     filler.unlink()
-    for command in ("generate", "pairs"):
-        result = run_cli(command, *args, env={"RAY_ADDRESS": ray_address})
-        assert result.returncode == 0, result.stderr[-3000:]
+    # The same command resumes; a second driver started while it runs (here: while it is paused, so
+    # the race is decided) is refused before it writes anything, naming the holder.
+    output = tmp_path / "resumed.log"
+    with open(output, "w") as out:
+        resumed = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "generate", *args], cwd=ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
+    while not list((small_disk / "full" / "lease").glob("*.json")):
+        assert resumed.poll() is None and time.monotonic() < deadline + 300, output.read_text()[-3000:]
+        time.sleep(0.05)
+    resumed.send_signal(signal.SIGSTOP)
+    try:
+        rival = run_cli("generate", *args, env={"RAY_ADDRESS": ray_address})
+    finally:
+        resumed.send_signal(signal.SIGCONT)
+    assert_one_line_error(rival, f"run {small_disk}/full is being written by `videogpa generate` "
+                                 f"(pid {resumed.pid} on ")
+    assert resumed.wait(timeout=300) == 0, output.read_text()[-3000:]
+    result = run_cli("pairs", *args, env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 0, result.stderr[-3000:]
     root = small_disk / "full" / "round-000"
     candidates = pq.read_table(root / "candidates").to_pylist()
     assert sorted((c["prompt_id"], c["seed"]) for c in candidates) == sorted(
