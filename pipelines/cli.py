@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     args.lease, args.where = None, None
     try:
         code = args.handler(args)
+        if args.lease is not None:
+            args.lease.fence()  # a command that lost the run while it ran says so, even with nothing left to write
     except KeyboardInterrupt:
         code, line = 130, "videogpa: interrupted; run the same command again to resume"
     except BaseException as err:  # noqa: BLE001 - the one place that turns errors into an exit code

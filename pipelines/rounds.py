@@ -195,9 +195,23 @@ def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt
     # memory: the same candidates can then be paired under either reward, and each round reports both.
     ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, paths.videos, lora_rel,
                                   cfg.generation_pool, cfg.scoring_pool, with_epipolar=True)
-    ds.write_parquet(store.path(paths.candidates), filesystem=store.fs)
+    write_parquet(ds, store, paths.candidates)
     _remove_torn_writes(store, paths.videos)
     return _file_listing(store, paths.candidates)
+
+
+def write_parquet(ds: Any, store: RunStore, rel: str) -> None:
+    """Write the dataset's blocks as Parquet files under ``rel``; with the run's lease
+    (``pipelines.lease``), each write task checks it first, so a driver that lost the run while its
+    tasks were in flight adds no file to the new holder's stage."""
+    fence = store.fence
+    if fence is not None:
+        def fenced(block: Any) -> Any:
+            fence()
+            return block
+
+        ds = ds.map_batches(fenced, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+    ds.write_parquet(store.path(rel), filesystem=store.fs)
 
 
 def _remove_torn_writes(store: RunStore, rel: str) -> None:
@@ -232,8 +246,7 @@ def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
     rows = read_candidates(store, paths)
     log.info("re-scoring %d candidates of round %d with %s:%s", len(rows), index, cfg.scoring.scorer,
              cfg.scoring.backend)
-    build_rescoring_dataset(rows, cfg.scoring, store, cfg.scoring_pool).write_parquet(
-        store.path(paths.candidates), filesystem=store.fs)
+    write_parquet(build_rescoring_dataset(rows, cfg.scoring, store, cfg.scoring_pool), store, paths.candidates)
     old_files = {f["path"] for f in old["files"]}
     listing = _file_listing(store, paths.candidates, exclude=old_files)
     store.write_json(paths.marker("candidates"), {**listing, "seconds": old.get("seconds"), "rescored": True})
@@ -273,8 +286,7 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
          "scorer": p.winner["scorer"], "winner": p.winner, "loser": p.loser}
         for p in report.pairs
     ]
-    build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool).write_parquet(
-        store.path(paths.pairs), filesystem=store.fs)
+    write_parquet(build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool), store, paths.pairs)
     return {**_file_listing(store, paths.pairs), "pairing": summary, "scorer": scored_as,
             "pair_reasons": {p.pair_id: p.reason for p in report.pairs}, "unpaired": report.unpaired}
 

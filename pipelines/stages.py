@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,9 +81,10 @@ class GenerateCandidates:
     """Actor: rows (prompt, seed) → one video each, written to storage as mp4 and passed on as frames."""
 
     def __init__(self, model: dict, sampling: dict, storage: StorageSpec, run_name: str, videos_rel: str,
-                 lora_rel: str | None):
+                 lora_rel: str | None, fence: Callable[[], None] | None = None):
         self.model, self.sampling = ModelConfig(**model), SamplingConfig(**sampling)
         self.store, self.videos_rel = RunStore(storage, run_name), videos_rel
+        self.store.fence = fence  # the driver's lease (pipelines.lease): no video lands once it is lost
         self.pipe = build_pipeline(self.model, _device())
         if lora_rel:
             # Online rounds sample from the current policy: base + the previous round's LoRA.
@@ -199,7 +201,8 @@ def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sam
     ds = ds.map_batches(
         GenerateCandidates,
         fn_constructor_kwargs=dict(model=model.model_dump(), sampling=sampling.model_dump(), storage=store.spec,
-                                   run_name=store.run_name, videos_rel=videos_rel, lora_rel=lora_rel),
+                                   run_name=store.run_name, videos_rel=videos_rel, lora_rel=lora_rel,
+                                   fence=store.fence),
         **pool_args(generation_pool),
     )
     return ds.map_batches(ScoreCandidates,

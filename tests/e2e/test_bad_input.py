@@ -542,8 +542,8 @@ def _fill(disk: Path) -> Path:
 def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_address, tmp_path):
     """The disk fills up once the first video is written: one line naming the cause and the disk (the
     run's logs/ cannot take the log, so the line names its local copy); with space freed the same
-    command resumes, a second driver racing it is refused, and every candidate and pair is there
-    exactly once."""
+    command resumes, drivers racing it are refused or fence it off, and every candidate and pair is
+    there exactly once."""
     args = ("--config", "configs/quickstart.yaml", "run_name=full", "prompts.limit=2",
             "pairing.candidates_per_prompt=2", "generation_pool.batch_size=1", f"output_uri={small_disk}")
     videos = small_disk / "full" / "round-000" / "videos"
@@ -568,8 +568,10 @@ def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_addre
     local_log.unlink()
 
     filler.unlink()
-    # The same command resumes; a second driver started while it runs (here: while it is paused, so
-    # the race is decided) is refused before it writes anything, naming the holder.
+    # The same command resumes. Paused as soon as it holds the run, a second driver is refused
+    # before it writes anything, naming it; a third, for which the pause outlasts its
+    # storage.lease_timeout_s, takes the run over and completes it; the first, resumed, is fenced
+    # off in one line and leaves the third's files as they were, byte for byte.
     output = tmp_path / "resumed.log"
     with open(output, "w") as out:
         resumed = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "generate", *args], cwd=ROOT,
@@ -580,11 +582,21 @@ def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_addre
     resumed.send_signal(signal.SIGSTOP)
     try:
         rival = run_cli("generate", *args, env={"RAY_ADDRESS": ray_address})
+        assert_one_line_error(rival, f"run {small_disk}/full is being written by `videogpa generate` "
+                                     f"(pid {resumed.pid} on ")
+        taker = run_cli("generate", *args, "storage.lease_timeout_s=1", env={"RAY_ADDRESS": ray_address})
+        assert taker.returncode == 0, taker.stderr[-3000:]
+        assert f"took over the lease of run {small_disk}/full from `videogpa generate` (pid {resumed.pid} on " \
+               in taker.stderr and "(storage.lease_timeout_s=1)" in taker.stderr
+        theirs = _snapshot(small_disk / "full")
     finally:
         resumed.send_signal(signal.SIGCONT)
-    assert_one_line_error(rival, f"run {small_disk}/full is being written by `videogpa generate` "
-                                 f"(pid {resumed.pid} on ")
-    assert resumed.wait(timeout=300) == 0, output.read_text()[-3000:]
+    assert resumed.wait(timeout=300) == 2, output.read_text()[-3000:]
+    last = output.read_text().strip().splitlines()[-1]
+    # The third has ended and released the run: who took it is no longer there to name.
+    assert last.startswith(f"videogpa: error: run {small_disk}/full: this command's lease (generation 1) was "
+                           "released or taken over by another command; it stops without writing more"), last
+    assert _snapshot(small_disk / "full") == theirs
     result = run_cli("pairs", *args, env={"RAY_ADDRESS": ray_address})
     assert result.returncode == 0, result.stderr[-3000:]
     root = small_disk / "full" / "round-000"

@@ -21,16 +21,19 @@ def main(argv: list[str]) -> int:
     store = RunStore(StorageSpec(uri, endpoint_url=argv[4] if len(argv) > 4 else None, region="us-east-1",
                                  max_attempts=2), run_name)
     time.sleep(max(0.0, start_at - time.time()))
+    lease = None
     try:
         lease = acquire(store, timeout_s, "lease-holder")
         print(f"held {lease.generation}", flush=True)
         for line in sys.stdin:
             store.write_json(line.strip(), {"writer": os.getpid()})
             print(f"wrote {line.strip()}", flush=True)
-        lease.release()
     except InputError as err:
+        if lease is not None:
+            lease.release()  # its heartbeat thread logs no more: the error line is the last, as in the CLI
         print(f"videogpa: error: {err}", file=sys.stderr, flush=True)
         return 2
+    lease.release()
     return 0
 
 
