@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from actors.errors import InputError
-from pipelines.storage import RunStore, StorageSpec, storage_error, write_bytes_atomic
+from pipelines.storage import RunStore, StorageSpec, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,8 @@ def _process_started(pid: int) -> float | None:
 
 def _read(store: RunStore, generation: int) -> dict[str, Any] | None:
     """A lease file's record, or None when it does not exist (any more)."""
-    try:
-        with store.fs.open_input_stream(store.path(_rel(generation))) as stream:
-            return json.loads(stream.read().decode("utf-8"))
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        if "does not exist" in str(err) or "NoSuchKey" in str(err):
-            return None
-        raise storage_error(store.uri(_rel(generation)), err) from None
+    data = read_bytes(store.fs, store.path(_rel(generation)), store.spec.max_attempts, missing_ok=True)
+    return None if data is None else json.loads(data.decode("utf-8"))
 
 
 def _generations(store: RunStore) -> list[int]:
@@ -226,7 +219,10 @@ def acquire(store: RunStore, timeout_s: float, command: str, ray_job_id: str | N
                   "pid": os.getpid(), "pid_started": _process_started(os.getpid()), "pid_namespace": _pid_namespace(),
                   "ray_job_id": ray_job_id, "started_at": now, "heartbeat_at": now}
         if not store.create_exclusive(_rel(top + 1), json.dumps(record, indent=2, sort_keys=True).encode("utf-8")):
-            continue  # another command took this generation first: look again
+            # Another command took this generation first, unless a retried PUT found our own first attempt
+            # (its response lost on the way back): look again.
+            if (_read(store, top + 1) or {}).get("token") != record["token"]:
+                continue
         if held:
             log.warning("took over the lease of run %s from %s, started %s: %s", store.uri(), describe(held),
                         _utc(float(held["started_at"])), why)

@@ -171,12 +171,15 @@ class RunStore:
 _MISCLASSIFIED_TRANSIENT = ("Failed to flush response stream", "AWS Error INTERNAL_FAILURE")
 
 
-def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = 5) -> bytes:
+def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = 5, missing_ok: bool = False) -> bytes | None:
+    """The file's bytes; a missing file is an InputError naming it (None with ``missing_ok``)."""
     for attempt in range(1, max(1, attempts) + 1):
         try:
             with fs.open_input_stream(path) as stream:
                 return stream.read()
         except FileNotFoundError:
+            if missing_ok:
+                return None
             raise InputError(f"{path}: file not found") from None
         except OSError as err:
             if attempt < attempts and any(s in str(err) for s in _MISCLASSIFIED_TRANSIENT):

@@ -554,8 +554,9 @@ def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_addre
     while not (videos.exists() and any(p.suffix == ".mp4" for p in videos.iterdir())):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.05)
-    filler = _fill(small_disk)
+    filler, filled_at = _fill(small_disk), time.monotonic()
     _, stderr = proc.communicate(timeout=300)
+    seconds = {"disk_full_to_exit": time.monotonic() - filled_at}  # the README's figures (printed below)
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
     ours = [line for line in stderr.splitlines() if line.startswith("videogpa:")]
     assert len(ours) == 1 and stderr.strip().splitlines()[-1] == ours[0], stderr[-3000:]
@@ -581,17 +582,23 @@ def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_addre
         time.sleep(0.05)
     resumed.send_signal(signal.SIGSTOP)
     try:
+        start = time.monotonic()
         rival = run_cli("generate", *args, env={"RAY_ADDRESS": ray_address})
+        seconds["refused_command"] = time.monotonic() - start
         assert_one_line_error(rival, f"run {small_disk}/full is being written by `videogpa generate` "
                                      f"(pid {resumed.pid} on ")
+        start = time.monotonic()
         taker = run_cli("generate", *args, "storage.lease_timeout_s=1", env={"RAY_ADDRESS": ray_address})
+        seconds["takeover_command"] = time.monotonic() - start
         assert taker.returncode == 0, taker.stderr[-3000:]
         assert f"took over the lease of run {small_disk}/full from `videogpa generate` (pid {resumed.pid} on " \
                in taker.stderr and "(storage.lease_timeout_s=1)" in taker.stderr
         theirs = _snapshot(small_disk / "full")
     finally:
         resumed.send_signal(signal.SIGCONT)
+        start = time.monotonic()
     assert resumed.wait(timeout=300) == 2, output.read_text()[-3000:]
+    seconds["fenced_after_resume"] = time.monotonic() - start
     last = output.read_text().strip().splitlines()[-1]
     # The third has ended and released the run: who took it is no longer there to name.
     assert last.startswith(f"videogpa: error: run {small_disk}/full: this command's lease (generation 1) was "
@@ -608,3 +615,5 @@ def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_addre
     pair_ids = pq.read_table(root / "pairs", columns=["pair_id"]).column("pair_id").to_pylist()
     assert len(pair_ids) == len(set(pair_ids)) == marker["rows"] > 0
     assert not (small_disk / "full" / "lease").exists()  # released after the failure and after each command
+    print(json.dumps({"seconds": {k: round(v, 1) for k, v in seconds.items()}, "disk_full": line,
+                      "refused": rival.stderr.strip().splitlines()[-1], "fenced": last}))
