@@ -245,7 +245,8 @@ def create_exclusive(spec: StorageSpec, fs: pafs.FileSystem, path: str, data: by
             status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status in (409, 412):  # 412: the object exists; 409: a concurrent conditional write won
                 return False
-            raise OSError(f"AWS Error {_aws_code(err)}: {' '.join(str(err).split())[:300]}") from None
+            raise OSError(f"When writing key '{key}' in bucket '{bucket}': AWS Error {_aws_code(err)}: "
+                          f"{' '.join(str(err).split())[:300]}") from None
         return True
     except OSError as err:
         raise storage_error(path if not spec.is_s3 else f"s3://{path}", err) from None
