@@ -1,5 +1,5 @@
 """One writer per run (pipelines.lease), against a local folder and moto's real S3 server, with real
-holder processes (tests/support/lease_holder.py) that race, are SIGKILLed, and are paused (SIGSTOP)
+holder processes (benchmarks/rehearsal/lease_holder.py) that race, are SIGKILLed, and are paused (SIGSTOP)
 past the timeout and resumed (SIGCONT) after another command took the run over."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def run(request, tmp_path) -> tuple[StorageSpec, str]:
 
 
 def start_holder(spec: StorageSpec, run_name: str, timeout_s: float, start_at: float = 0.0) -> subprocess.Popen:
-    args = [sys.executable, "-m", "tests.support.lease_holder", spec.uri, run_name, str(timeout_s), str(start_at)]
+    args = [sys.executable, "-m", "benchmarks.rehearsal.lease_holder", spec.uri, run_name, str(timeout_s),
+            str(start_at)]
     return subprocess.Popen(args + ([spec.endpoint_url] if spec.endpoint_url else []), cwd=ROOT, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

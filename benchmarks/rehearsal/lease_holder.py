@@ -1,8 +1,9 @@
-"""A process that holds a run's lease through pipelines.lease, for tests that race, kill, pause and
-resume holders: ``python -m tests.support.lease_holder <output_uri> <run_name> <timeout_s> <start_at>
-[<endpoint_url>]``. At ``start_at`` (epoch seconds) it takes the lease and prints ``held <generation>``;
-then each stdin line names a run-relative file it writes (fenced, as every commit point is) and
-prints ``wrote <file>``; at the end of stdin it releases the lease. A refusal or a lost lease is one
+"""A process that holds a run's lease through pipelines.lease, for the tests and benchmarks/lease.py,
+which race, kill, pause and resume holders:
+``python -m benchmarks.rehearsal.lease_holder <output_uri> <run_name> <timeout_s> <start_at> [<endpoint_url>]``.
+At ``start_at`` (epoch seconds) it takes the lease and prints ``held <generation>``; then each stdin
+line names a run-relative file it writes (fenced, as every commit point is) and prints ``wrote
+<file>``; at the end of stdin it releases the lease. A refusal or a lost lease is one
 ``videogpa: error:`` line on stderr and exit 2, as the CLI has it."""
 
 from __future__ import annotations
