@@ -279,12 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         code, line = 130, "videogpa: interrupted; run the same command again to resume"
     except BaseException as err:  # noqa: BLE001 - the one place that turns errors into an exit code
         if args.debug or isinstance(err, SystemExit):
-            _release(args.lease)
             run_log.close()
+            _release(args.lease)
             raise
         found = _one_line(err, args.where or "the run's storage")
         if found is not None:
             code, one = found
+            if code == 1:  # a failure, not bad input: its log keeps where it happened
+                run_log.write_only_to_file(traceback.format_exc())
             line = f"videogpa: error: {one}" if code == 2 else f"videogpa: failed: {one}"
         else:
             # The traceback goes to the run's log only: the terminal gets one line that says where.

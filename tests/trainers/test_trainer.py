@@ -61,8 +61,16 @@ def one_worker_run(quiet_ray, tmp_path_factory, s3_server):
                            access_key="testing", secret_key="testing")
     files = write_shards(f"{bucket}/run/round-000/pairs", N_PAIRS, filesystem=fs, swapped=HELD_OUT)
     cfg = TrainerConfig(**BASE, num_workers=1, zero_stage=2)
+    # Held under the run's lease, as the CLI trains: its fence travels to the worker, which checks it
+    # before each checkpoint and the LoRA export.
+    from pipelines.lease import acquire
+    from pipelines.storage import RunStore, StorageSpec
+
+    lease = acquire(RunStore(StorageSpec(f"s3://{bucket}", endpoint_url=s3_server, region="us-east-1"), "run"), 120,
+                    "train")
     metrics = train_dpo(cfg, MODEL, files, fs, f"s3://{bucket}/run/round-000", "checkpoints",
-                        f"s3://{bucket}/run/round-000/lora")
+                        f"s3://{bucket}/run/round-000/lora", fence=lease.fence)
+    lease.release()
     local = tmp_path_factory.mktemp("from-s3")
     for sub in ("ckpts", "lora"):
         (local / sub).mkdir()
