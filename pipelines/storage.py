@@ -306,7 +306,8 @@ def storage_error(where: str, err: OSError) -> InputError | StorageFailure:
                               "AWS_SESSION_TOKEN) and run the same command again (it resumes)")
     if "AWS Error ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
         cause = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
-    elif "NETWORK_CONNECTION" in text or "Connection refused" in text or "curlCode" in text:
+    elif any(s in text for s in ("NETWORK_CONNECTION", "Connection refused", "curlCode",
+                                 "Could not connect to the endpoint")):  # pyarrow's, then boto3's
         cause = "S3 endpoint unreachable: check storage.endpoint_url"
     elif any(s in text for s in ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "(HTTP status 5")):
         detail = text[max(text.find("AWS Error"), 0):][:160]
