@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             first = str(err).splitlines()[0] if str(err) else ""
             code, line = 1, f"videogpa: failed in {where}: {type(err).__name__}: {first}"
     _leave_ray()
-    if line is not None:
-        run_log.write_only_to_file(line + "\n")
+    if line is not None:  # a failure's line names its log, also in the log (where it will be, if it can be)
+        run_log.write_only_to_file(line + (f" (full log: {run_log.planned_where})" if code == 1 else "") + "\n")
     saved = run_log.close(keep_local=code == 1)  # before the lease goes: the log is the command's last write
     _release(args.lease)
     if line is not None and saved is not None and (code == 1 or not saved.in_run):

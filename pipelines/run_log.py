@@ -102,6 +102,11 @@ class RunLog:
         """The run this command works on: the log is saved there at the end."""
         self.store = store
 
+    @property
+    def planned_where(self) -> str:
+        """Where :meth:`close` will put the log unless the run cannot take it."""
+        return self.store.uri(self.rel) if self.store is not None else self._path
+
     def write_only_to_file(self, text: str) -> None:
         self._file.write(text)
 
