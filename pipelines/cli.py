@@ -9,24 +9,33 @@ import re
 import sys
 from collections.abc import Callable
 
-from actors.errors import InputError
+from actors.errors import InputError, StorageFailure
 
 STAGE_COMMANDS = {"generate": "candidates", "pairs": "pairs", "train": "train"}
 
 
-# How an InputError reads in a remote traceback that Ray keeps only as text (an actor that died in
+# How a one-line error reads in a remote traceback that Ray keeps only as text (an actor that died in
 # its constructor becomes an ActorDiedError holding the creation task's traceback as a string).
-_REMOTE_INPUT_ERROR = re.compile(r"^(?:actors\.errors\.)?InputError: (.+)$", re.MULTILINE)
+_REMOTE_ONE_LINE = re.compile(r"^(?:actors\.errors\.)?(InputError|StorageFailure): (.+)$", re.MULTILINE)
+# An OSError as Ray forwards it from a Ray Data write operator or a trainer worker.
+_REMOTE_OS_ERROR = re.compile(r"^(?:\w+\.)*(?:OSError|FileNotFoundError|PermissionError): (.+)$", re.MULTILINE)
+# Where pyarrow's and the AWS SDK's messages name the file: '<path>', or key 'k' in bucket 'b'.
+_NAMED_PATH = re.compile(r"key '([^']+)' in bucket '([^']+)'|'(/[^']+)'")
 
 
-def _find_input_error(err: BaseException) -> InputError | None:
-    """The user-facing error inside whatever Ray wrapped it in: RayTaskError/UserCodeException
-    (``cause``), Ray Train's TrainingFailedError (``worker_failures``, ``controller_failure``),
-    exception groups, and ActorDiedError (the text of its creation task's traceback)."""
+def _one_line(err: BaseException, where: str) -> tuple[int, InputError | StorageFailure] | None:
+    """The exit status and the one-line error inside whatever Ray wrapped it in: RayTaskError/
+    UserCodeException (``cause``), Ray Train's TrainingFailedError (``worker_failures``,
+    ``controller_failure``), exception groups, and ActorDiedError (the text of its creation task's
+    traceback). A storage failure (no space, permission denied, missing bucket, expired credentials)
+    raised as a plain OSError, e.g. by a Ray Data write operator, becomes one line naming the file it
+    names, else ``where``. Exit 2: bad input or refused; 1: a failure the same command resumes after."""
     from ray.exceptions import RayError
 
+    from pipelines.storage import STORAGE_FAILURE_TEXTS, storage_error
+
     seen: set[int] = set()
-    stack, texts = [err], []
+    stack, texts, os_errors = [err], [], []
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:
@@ -34,8 +43,10 @@ def _find_input_error(err: BaseException) -> InputError | None:
         seen.add(id(current))
         # Ray re-raises a remote error as a class deriving from both RayTaskError and the error's
         # own class, whose text is the whole remote traceback: its ``cause`` is the error itself.
-        if isinstance(current, InputError) and not isinstance(current, RayError):
-            return current
+        if isinstance(current, (InputError, StorageFailure)) and not isinstance(current, RayError):
+            return (1 if isinstance(current, StorageFailure) else 2), current
+        if isinstance(current, OSError) and not isinstance(current, RayError):
+            os_errors.append(current)
         texts.append(str(current))
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None),
                       getattr(current, "controller_failure", None)])
@@ -43,9 +54,19 @@ def _find_input_error(err: BaseException) -> InputError | None:
         stack.extend(e for e in (getattr(current, "worker_failures", None) or {}).values()
                      if isinstance(e, BaseException))
     for text in texts:
-        found = _REMOTE_INPUT_ERROR.findall(text)
+        found = _REMOTE_ONE_LINE.findall(text)
         if found:
-            return InputError(found[-1].strip())
+            kind, message = found[-1]
+            return (1, StorageFailure(message.strip())) if kind == "StorageFailure" else (2, InputError(message))
+    candidates = [(str(e), e) for e in os_errors]
+    candidates += [(m, OSError(m)) for t in texts for m in _REMOTE_OS_ERROR.findall(t)]
+    for text, os_error in candidates:
+        if any(s in text for s in STORAGE_FAILURE_TEXTS):
+            named = _NAMED_PATH.search(text)
+            place = (f"s3://{named.group(2)}/{named.group(1)}" if named and named.group(1) else
+                     named.group(3) if named else where)
+            one = storage_error(place, os_error)
+            return (1 if isinstance(one, StorageFailure) else 2), one
     return None
 
 
@@ -73,10 +94,19 @@ def _config_on_ray(args: argparse.Namespace):
 
 
 def _open_run(args: argparse.Namespace, cfg):
-    """The run's store with this command's config recorded and its log attached."""
-    from pipelines.rounds import open_run
+    """The run's store, its lease taken (``pipelines.lease``: refused while another command writes
+    the run), with this command's config recorded and its log attached."""
+    import ray
 
-    store = open_run(cfg, args.command, args.stamp, getattr(args, "allow_config_change", False))
+    from pipelines.lease import acquire
+    from pipelines.rounds import open_run, storage_spec
+    from pipelines.storage import RunStore
+
+    store = RunStore(storage_spec(cfg), cfg.run_name)
+    args.where = store.uri()
+    args.lease = acquire(store, cfg.storage.lease_timeout_s, args.command,
+                         ray.get_runtime_context().get_job_id() if ray.is_initialized() else None)
+    store = open_run(cfg, args.command, args.stamp, getattr(args, "allow_config_change", False), store=store)
     args.run_log.attach(store)
     return store
 
@@ -261,33 +291,45 @@ def main(argv: list[str] | None = None) -> int:
     args.run_log = run_log = RunLog(args.command, args.stamp, tracebacks_on_terminal=args.debug)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     code, line = 0, None
+    args.lease, args.where = None, None
     try:
         code = args.handler(args)
+        if args.lease is not None:
+            args.lease.fence()  # a command that lost the run while it ran says so, even with nothing left to write
     except KeyboardInterrupt:
         code, line = 130, "videogpa: interrupted; run the same command again to resume"
     except BaseException as err:  # noqa: BLE001 - the one place that turns errors into an exit code
         if args.debug or isinstance(err, SystemExit):
             run_log.close()
+            _release(args.lease)
             raise
-        found = _find_input_error(err)
+        found = _one_line(err, args.where or "the run's storage")
         if found is not None:
-            code, line = 2, f"videogpa: error: {found}"
+            code, one = found
+            if code == 1:  # a failure, not bad input: its log keeps where it happened
+                run_log.write_only_to_file(traceback.format_exc())
+            line = f"videogpa: error: {one}" if code == 2 else f"videogpa: failed: {one}"
         else:
             # The traceback goes to the run's log only: the terminal gets one line that says where.
             run_log.write_only_to_file(traceback.format_exc())
             where = "; ".join(getattr(err, "__notes__", [])) or args.command
             first = str(err).splitlines()[0] if str(err) else ""
-            code, line = 1, f"videogpa: failed in {where}: {type(err).__name__}: {first} (full log: {run_log.where})"
+            code, line = 1, f"videogpa: failed in {where}: {type(err).__name__}: {first}"
     _leave_ray()
-    if line is not None:
-        run_log.write_only_to_file(line + "\n")
-    try:
-        run_log.close(keep_local=code == 1)
-    except (OSError, InputError) as err:  # the run's storage failed too: the terminal line still comes
-        print(f"(could not save the log into the run: {str(err).splitlines()[0]})", file=sys.stderr)
+    if line is not None:  # a failure's line names its log, also in the log (where it will be, if it can be)
+        run_log.write_only_to_file(line + (f" (full log: {run_log.planned_where})" if code == 1 else "") + "\n")
+    saved = run_log.close(keep_local=code == 1)  # before the lease goes: the log is the command's last write
+    _release(args.lease)
+    if line is not None and saved is not None and (code == 1 or not saved.in_run):
+        line += f" (full log: {saved.where})"
     if line is not None:
         print(line, file=sys.stderr)
     return code
+
+
+def _release(lease) -> None:
+    if lease is not None:
+        lease.release()
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ class StorageConfig(_Section):
     max_attempts: int = Field(5, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
+    # A run's lease (pipelines.lease) whose holder has not renewed it for this long is taken over by the
+    # next command; the holder renews it every quarter of this, so a few slow S3 requests do not lose it.
+    lease_timeout_s: float = Field(120.0, gt=0)
 
     @field_validator("endpoint_url")
     @classmethod

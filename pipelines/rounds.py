@@ -39,6 +39,7 @@ from pipelines.stages import (
     build_candidates_dataset,
     build_pairs_dataset,
     build_rescoring_dataset,
+    write_parquet,
 )
 from pipelines.storage import TEMP_MARK, RunStore, StorageSpec
 from pipelines.text_embeddings import text_stage
@@ -88,9 +89,10 @@ def candidate_seed(run_seed: int, round_index: int, prompt_id: str, k: int) -> i
 
 
 def open_run(cfg: VideoGPAConfig, command: str = "align", stamp: str | None = None,
-             allow_config_change: bool = False) -> RunStore:
-    """The run's store, with this command's config recorded in it (``pipelines.provenance``)."""
-    store = RunStore(storage_spec(cfg), cfg.run_name)
+             allow_config_change: bool = False, store: RunStore | None = None) -> RunStore:
+    """The run's store (``store``: one already holding the run's lease), with this command's config
+    recorded in it (``pipelines.provenance``)."""
+    store = store or RunStore(storage_spec(cfg), cfg.run_name)
     store.config_rel = record_config(store, cfg, command, stamp or command_stamp(), allow_config_change)
     return store
 
@@ -197,7 +199,7 @@ def _candidates_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt
     # memory: the same candidates can then be paired under either reward, and each round reports both.
     ds = build_candidates_dataset(rows, cfg.model, cfg.sampling, cfg.scoring, store, paths.videos, lora_rel,
                                   cfg.generation_pool, cfg.scoring_pool, texts.negative, with_epipolar=True)
-    ds.write_parquet(store.path(paths.candidates), filesystem=store.fs)
+    write_parquet(ds, store, paths.candidates)
     _remove_torn_writes(store, paths.videos)
     return _file_listing(store, paths.candidates)
 
@@ -234,8 +236,7 @@ def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
     rows = read_candidates(store, paths)
     log.info("re-scoring %d candidates of round %d with %s:%s", len(rows), index, cfg.scoring.scorer,
              cfg.scoring.backend)
-    build_rescoring_dataset(rows, cfg.scoring, store, cfg.scoring_pool).write_parquet(
-        store.path(paths.candidates), filesystem=store.fs)
+    write_parquet(build_rescoring_dataset(rows, cfg.scoring, store, cfg.scoring_pool), store, paths.candidates)
     old_files = {f["path"] for f in old["files"]}
     listing = _file_listing(store, paths.candidates, exclude=old_files)
     store.write_json(paths.marker("candidates"), {**listing, "seconds": old.get("seconds"), "rescored": True})
@@ -276,8 +277,8 @@ def _pairs_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
          "scorer": p.winner["scorer"], "winner": p.winner, "loser": p.loser, "text_file": texts.file(p.prompt)}
         for p in report.pairs
     ]
-    build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool, cfg.trainer.official_objective).write_parquet(
-        store.path(paths.pairs), filesystem=store.fs)
+    write_parquet(build_pairs_dataset(rows, cfg.model, store, cfg.encoding_pool, cfg.trainer.official_objective),
+                  store, paths.pairs)
     return {**_file_listing(store, paths.pairs), "pairing": summary, "scorer": scored_as,
             "pair_reasons": {p.pair_id: p.reason for p in report.pairs}, "unpaired": report.unpaired}
 
@@ -293,6 +294,7 @@ def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         previous_lora_dir=store.path(previous) if previous else None,
         tracking=tracking_target(cfg, store, train_step_offset=paths.index * cfg.trainer.max_steps),
         model_card=round_model_card(cfg, store, paths.index),
+        fence=store.fence,
     )
     return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_WEIGHT_NAME}"),
             "history": _train_history(store, metrics.get("checkpoint"))}

@@ -3,7 +3,8 @@
 Everything the driver prints (its own log lines, Ray Data's progress, the lines Ray forwards from
 actors and workers) goes to the terminal as before and to a local file too. Once the command knows
 its run, the file is copied into it when the command ends, however it ends (short of SIGKILL), so a
-failure can be diagnosed after the terminal is gone, also from S3. Tracebacks (the driver's, and
+failure can be diagnosed after the terminal is gone, also from S3; where the run cannot take it
+(a full disk, a lost lease), the local file is kept and the last line names it. Tracebacks (the driver's, and
 those Ray forwards from actors and workers) go to the file only unless ``--debug``: the terminal
 gets one line that says what failed and where the log is.
 """
@@ -14,8 +15,10 @@ import os
 import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from typing import TextIO
 
+from actors.errors import InputError
 from pipelines.storage import RunStore
 
 # A line Ray forwards from an actor or worker starts with its source, e.g. "(MapWorker(...) pid=12, ip=..)",
@@ -100,14 +103,17 @@ class RunLog:
         self.store = store
 
     @property
-    def where(self) -> str:
+    def planned_where(self) -> str:
+        """Where :meth:`close` will put the log unless the run cannot take it."""
         return self.store.uri(self.rel) if self.store is not None else self._path
 
     def write_only_to_file(self, text: str) -> None:
         self._file.write(text)
 
-    def close(self, keep_local: bool = False) -> None:
-        """Save the log into the run; without a run, keep the local file only if ``keep_local``."""
+    def close(self, keep_local: bool = False) -> SavedLog | None:
+        """Save the log into the run; where the run's ``logs/`` cannot be written (a full disk, no
+        permission, a lost lease), or without a run, keep the local file (without a run: only if
+        ``keep_local``). Returns where the full log is; None: nowhere."""
         for tee in self._tees:
             tee.finish()
         sys.stdout, sys.stderr = self._streams
@@ -115,6 +121,21 @@ class RunLog:
         text = self._file.read()
         self._file.close()
         if self.store is not None:
-            self.store.write_bytes(self.rel, text.encode("utf-8"))
-        if self.store is not None or not keep_local:
+            try:
+                self.store.write_bytes(self.rel, text.encode("utf-8"))
+            except (OSError, InputError) as err:
+                with open(self._path, "a", encoding="utf-8") as local:
+                    local.write(f"(not saved into the run: {str(err).splitlines()[0]})\n")
+                return SavedLog(self._path, in_run=False)
             os.unlink(self._path)
+            return SavedLog(self.store.uri(self.rel), in_run=True)
+        if keep_local:
+            return SavedLog(self._path, in_run=False)
+        os.unlink(self._path)
+        return None
+
+
+@dataclass(frozen=True)
+class SavedLog:
+    where: str
+    in_run: bool  # False: a local file (the run's logs/ could not be written, or there is no run)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,9 +102,10 @@ class GenerateCandidates:
     under CFG)."""
 
     def __init__(self, model: dict, sampling: dict, storage: StorageSpec, run_name: str, videos_rel: str,
-                 lora_rel: str | None, negative: tuple[str, str] | None):
+                 lora_rel: str | None, negative: tuple[str, str] | None, fence: Callable[[], None] | None = None):
         self.model, self.sampling = ModelConfig(**model), SamplingConfig(**sampling)
         self.store, self.videos_rel = RunStore(storage, run_name), videos_rel
+        self.store.fence = fence  # the driver's lease (pipelines.lease): no video lands once it is lost
         self.texts, self.negative = EmbeddingReader(storage, run_name), negative
         self.pipe = build_pipeline(self.model, _device(), stage="generate",
                                    offload_idle_expert=self.sampling.offload_idle_expert)
@@ -238,7 +240,7 @@ def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sam
         GenerateCandidates,
         fn_constructor_kwargs=dict(model=model.model_dump(), sampling=sampling.model_dump(), storage=store.spec,
                                    run_name=store.run_name, videos_rel=videos_rel, lora_rel=lora_rel,
-                                   negative=negative),
+                                   negative=negative, fence=store.fence),
         **pool_args(generation_pool),
     )
     return ds.map_batches(ScoreCandidates,
@@ -265,3 +267,17 @@ def build_pairs_dataset(pair_rows: list[dict[str, Any]], model: ModelConfig, sto
                                    official_objective=official_objective),
         **pool_args(encoding_pool),
     )
+
+
+def write_parquet(ds: Any, store: RunStore, rel: str) -> None:
+    """Write the dataset's blocks as Parquet files under ``rel``; with the run's lease
+    (``pipelines.lease``), each write task checks it first, so a driver that lost the run while its
+    tasks were in flight adds no file to the new holder's stage."""
+    fence = store.fence
+    if fence is not None:
+        def fenced(block: Any) -> Any:
+            fence()
+            return block
+
+        ds = ds.map_batches(fenced, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+    ds.write_parquet(store.path(rel), filesystem=store.fs)

@@ -7,12 +7,16 @@ round manifest lists, so a half-written stage is never mistaken for a finished o
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from actors.errors import InputError
+from actors.errors import InputError, StorageFailure
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,8 @@ class RunStore:
         self.config_rel = "config.yaml"
         self.fs, root = make_filesystem(spec)
         self.root = f"{root}/{run_name}"
+        # Called before every write and delete (pipelines.lease: raises once this command lost the run's lease).
+        self.fence: Callable[[], None] | None = None
 
     # -- paths -----------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -121,20 +127,38 @@ class RunStore:
 
     # -- writing ---------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
+        self._check_fence()
         write_bytes_atomic(self.fs, self.path(rel), data)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Write ``rel`` only where nothing is there yet, atomically: of two callers racing for the
+        same path exactly one gets True. Not fenced (the lease itself is written with it)."""
+        return create_exclusive(self.spec, self.fs, self.path(rel), data)
+
+    def _check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
 
     def delete_file(self, rel: str) -> None:
+        self._check_fence()
         if self.exists(rel):
-            self.fs.delete_file(self.path(rel))
+            try:
+                self.fs.delete_file(self.path(rel))
+            except OSError as err:
+                raise storage_error(self.uri(rel), err) from None
 
     def delete_dir(self, rel: str) -> None:
         """Remove a stage's unfinished output before it is redone."""
+        self._check_fence()
         if self.exists(rel):
             log.info("removing unfinished output %s", self.uri(rel))
-            self.fs.delete_dir(self.path(rel))
+            try:
+                self.fs.delete_dir(self.path(rel))
+            except OSError as err:
+                raise storage_error(self.uri(rel), err) from None
 
     def sha256(self, rel: str) -> str:
         return hashlib.sha256(self.read_bytes(rel)).hexdigest()
@@ -147,12 +171,15 @@ class RunStore:
 _MISCLASSIFIED_TRANSIENT = ("Failed to flush response stream", "AWS Error INTERNAL_FAILURE")
 
 
-def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = 5) -> bytes:
+def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = 5, missing_ok: bool = False) -> bytes | None:
+    """The file's bytes; a missing file is an InputError naming it (None with ``missing_ok``)."""
     for attempt in range(1, max(1, attempts) + 1):
         try:
             with fs.open_input_stream(path) as stream:
                 return stream.read()
         except FileNotFoundError:
+            if missing_ok:
+                return None
             raise InputError(f"{path}: file not found") from None
         except OSError as err:
             if attempt < attempts and any(s in str(err) for s in _MISCLASSIFIED_TRANSIENT):
@@ -174,11 +201,16 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         if isinstance(fs, pafs.LocalFileSystem):
             os.makedirs(parent, exist_ok=True)
             tmp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):  # a full disk keeps no torn temporary file
+                    os.unlink(tmp)
+                raise
         else:
             with fs.open_output_stream(path) as out:  # one PUT: the object appears only when complete
                 out.write(data)
@@ -186,12 +218,96 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         raise storage_error(path, err) from None
 
 
-def storage_error(where: str, err: OSError) -> InputError:
-    """The one-line error of a storage failure at ``where`` (a path or URI), naming its likely cause."""
+def create_exclusive(spec: StorageSpec, fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+    """``data`` at ``path`` unless something is there already (then False), in one atomic step:
+    locally a hard link of a complete temporary file (link(2) fails where the name exists); on S3 a
+    conditional PUT (``If-None-Match: *``, honoured by S3, MinIO and moto), which pyarrow cannot send."""
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            parent = path.rsplit("/", 1)[0]
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{path}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
+        bucket, key = path.split("/", 1)
+        try:
+            s3_client(spec).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except Exception as err:  # botocore's ClientError and its connection errors
+            status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412):  # 412: the object exists; 409: a concurrent conditional write won
+                return False
+            raise OSError(f"When writing key '{key}' in bucket '{bucket}': AWS Error {_aws_code(err)}: "
+                          f"{' '.join(str(err).split())[:300]}") from None
+        return True
+    except OSError as err:
+        raise storage_error(path if not spec.is_s3 else f"s3://{path}", err) from None
+
+
+def _aws_code(err: Exception) -> str:
+    code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
+    return {"AccessDenied": "ACCESS_DENIED", "NoSuchBucket": "NO_SUCH_BUCKET"}.get(code, code or type(err).__name__)
+
+
+def s3_client(spec: StorageSpec) -> Any:
+    """A boto3 S3 client for what pyarrow's filesystem cannot do, configured as that filesystem is."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=_endpoint_with_scheme(spec.endpoint_url), region_name=spec.region,
+                        config=Config(retries={"max_attempts": spec.max_attempts, "mode": "standard"},
+                                      connect_timeout=spec.connect_timeout_s, read_timeout=spec.request_timeout_s))
+
+
+def _endpoint_with_scheme(endpoint_url: str | None) -> str | None:
+    if not endpoint_url:
+        return None
+    return endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}"
+
+
+# How storage failures read, wherever they come from: an OSError's errno, pyarrow's and the AWS SDK's
+# texts (also as Ray forwards them from an actor or worker, as text only).
+_NO_SPACE = ("No space left on device", "Disk quota exceeded")
+_NO_PERMISSION = ("Permission denied", "Read-only file system", "Operation not permitted")
+_NO_BUCKET = ("NO_SUCH_BUCKET", "NoSuchBucket", "The specified bucket does not exist")
+_EXPIRED = ("ExpiredToken", "EXPIRED_TOKEN", "RequestExpired", "TokenRefreshRequired", "token has expired",
+            "security token included in the request is expired")
+STORAGE_FAILURE_TEXTS = _NO_SPACE + _NO_PERMISSION + _NO_BUCKET + _EXPIRED
+
+
+def storage_error(where: str, err: OSError) -> InputError | StorageFailure:
+    """The one-line error of a storage failure at ``where`` (a path or URI), naming its likely cause:
+    an :class:`InputError` where the config must change (exit 2), a :class:`StorageFailure` where the
+    same command can resume once the storage is fixed (exit 1)."""
+    if isinstance(err, (InputError, StorageFailure)):
+        return err
     text = " ".join(str(err).split())
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or any(s in text for s in _NO_SPACE):
+        return StorageFailure(f"storage error at {where}: no space left on device; free some and run the same "
+                              "command again (it resumes)")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or any(s in text for s in _NO_PERMISSION):
+        kind = "read-only file system" if code == errno.EROFS or "Read-only" in text else "permission denied"
+        return InputError(f"storage error at {where}: {kind}; output_uri must be writable by this user")
+    if any(s in text for s in _NO_BUCKET):
+        bucket = re.search(r"bucket '([^']+)'", text)
+        named = f"bucket {bucket.group(1)!r}" if bucket else "the bucket"
+        return InputError(f"storage error at {where}: {named} does not exist; create it or fix output_uri")
+    if any(s in text for s in _EXPIRED):
+        return StorageFailure(f"storage error at {where}: S3 credentials expired; renew them (e.g. "
+                              "AWS_SESSION_TOKEN) and run the same command again (it resumes)")
     if "AWS Error ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
         cause = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
-    elif "NETWORK_CONNECTION" in text or "Connection refused" in text or "curlCode" in text:
+    elif any(s in text for s in ("NETWORK_CONNECTION", "Connection refused", "curlCode",
+                                 "Could not connect to the endpoint")):  # pyarrow's, then boto3's
         cause = "S3 endpoint unreachable: check storage.endpoint_url"
     elif any(s in text for s in ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "(HTTP status 5")):
         detail = text[max(text.find("AWS Error"), 0):][:160]

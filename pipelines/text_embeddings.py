@@ -66,7 +66,7 @@ def committed(store: RunStore, model: ModelConfig) -> dict[str, str]:
 
 def ensure_text_embeddings(store: RunStore, model: ModelConfig, texts: list[str], pool: PoolConfig) -> dict[str, str]:
     """Encode the texts no committed batch holds (on ``pool``); returns text_id → file for all ``texts``."""
-    from pipelines.stages import build_text_dataset  # it reads embeddings through this module
+    from pipelines.stages import build_text_dataset, write_parquet  # it reads embeddings through this module
 
     index = committed(store, model)
     missing = {text_id(t): t for t in texts if text_id(t) not in index}
@@ -77,7 +77,7 @@ def ensure_text_embeddings(store: RunStore, model: ModelConfig, texts: list[str]
         log.info("text: encoding %d text(s) once for the run (%d already encoded)", len(missing),
                  len(texts) - len(missing))
         rows = [{"text_id": i, "text": t} for i, t in missing.items()]
-        build_text_dataset(rows, model, pool).write_parquet(store.path(batch), filesystem=store.fs)
+        write_parquet(build_text_dataset(rows, model, pool), store, batch)
         written = {}
         for f in store.list_files(batch, ".parquet"):
             for i in pq.read_table(store.path(f), filesystem=store.fs, columns=["text_id"]).column(0).to_pylist():

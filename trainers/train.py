@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -142,12 +143,15 @@ def train_dpo(
     previous_lora_dir: str | None = None,
     tracking: TrackingTarget | None = None,
     model_card: str | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train the policy LoRA with Diffusion-DPO on the pair shards; export it to
     ``<lora_out_dir>/pytorch_lora_weights.safetensors`` (with ``model_card`` as its README.md).
 
     ``filesystem``: the pyarrow filesystem of every path here (None = local paths). ``tracking``:
-    where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere).
+    where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere). ``fence``: a
+    picklable check the workers call before they write a checkpoint or the LoRA, which raises once
+    this command may no longer write the run (its lease was taken over).
     Returns the final metrics: loss, reward_accuracy, reward_margin, policy_ref_gap_w/l, steps,
     pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
     """
@@ -180,6 +184,7 @@ def train_dpo(
         device=device,
         tracking=tracking,
         model_card=model_card,
+        fence=fence,
     )
     trainer = TorchTrainer(
         train_loop,

@@ -11,6 +11,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -137,6 +138,12 @@ class WorkerJob:
     tracking: TrackingTarget | None = None
     fault: str | None = None  # FAULT_ENV's value (tests)
     model_card: str | None = None  # the exported LoRA directory's README.md (trainers.model_card)
+    # Raises once the driver lost the run's lease (pipelines.lease): checked before anything lands in the run.
+    fence: Callable[[], None] | None = None
+
+    def fence_check(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
 
 @dataclass
@@ -208,6 +215,7 @@ def build_training(job: WorkerJob, fresh: bool) -> Training:
     from trainers.step import PolicyCall, TrainedNetwork
 
     cfg = job.trainer
+    job.fence_check()  # a retried worker group of a fenced driver stops at once
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     on_cpu = job.device == "cpu"
@@ -401,6 +409,7 @@ def save_checkpoint(run: Training, state: LoopState) -> None:
     from trainers import checkpoint as ckpt_io
 
     tensors = ckpt_io.gather_state(run.engine, run.named)  # collective
+    run.job.fence_check()  # before the checkpoint lands in the run
     saved = {"step": state.step, "epoch": state.epoch, "position": state.position, "world_size": run.world,
              "accum": run.accum, "history": state.history}
     with tempfile.TemporaryDirectory() as d:
@@ -420,6 +429,7 @@ def export(run: Training, state: LoopState) -> None:
                              cfg.zero_stage, run.rank)
     states = {name: policy_state_dict(expert, cfg.zero_stage) for name, expert in run.experts.items()}  # collective
     if run.rank == 0:
+        job.fence_check()  # before the LoRA lands in the run
         with tempfile.TemporaryDirectory() as d:
             for name, expert in run.experts.items():
                 export_lora(states[name], expert, name, run.net.family.pipeline_class, d)

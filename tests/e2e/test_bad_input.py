@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -504,3 +505,115 @@ def test_no_pickle_on_any_data_path():
                 if "weights_only=True" not in m.group(0):
                     bad.append(f"{path.relative_to(ROOT)}: {m.group(0)[:80]}")
     assert bad == []
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real size-limited filesystem (a 2 MiB tmpfs) as output_uri; mounting one needs root."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``; the file to delete to free them again."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 1 << 12, 1 << 8, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_mid_candidates_is_one_line_then_resumes(small_disk, ray_address, tmp_path):
+    """The disk fills up once the first video is written: one line naming the cause and the disk (the
+    run's logs/ cannot take the log, so the line names its local copy); with space freed the same
+    command resumes, drivers racing it are refused or fence it off, and every candidate and pair is
+    there exactly once."""
+    args = ("--config", "configs/quickstart.yaml", "run_name=full", "prompts.limit=2",
+            "pairing.candidates_per_prompt=2", "generation_pool.batch_size=1", f"output_uri={small_disk}")
+    videos = small_disk / "full" / "round-000" / "videos"
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "generate", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 300
+    while not (videos.exists() and any(p.suffix == ".mp4" for p in videos.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    filler, filled_at = _fill(small_disk), time.monotonic()
+    _, stderr = proc.communicate(timeout=300)
+    seconds = {"disk_full_to_exit": time.monotonic() - filled_at}  # the README's figures (printed below)
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("videogpa:")]
+    assert len(ours) == 1 and stderr.strip().splitlines()[-1] == ours[0], stderr[-3000:]
+    line = ours[0]
+    assert line.startswith(f"videogpa: failed: storage error at {small_disk}/full"), line
+    assert "no space left on device" in line and "run the same command again" in line, line
+    local_log = Path(line.rsplit("(full log: ", 1)[1].rstrip(")"))
+    kept = local_log.read_text()
+    assert line.split(" (full log: ")[0] in kept and "not saved into the run" in kept, kept[-3000:]
+    local_log.unlink()
+
+    filler.unlink()
+    # The same command resumes. Paused as soon as it holds the run, a second driver is refused
+    # before it writes anything, naming it; a third, for which the pause outlasts its
+    # storage.lease_timeout_s, takes the run over and completes it; the first, resumed, is fenced
+    # off in one line and leaves the third's files as they were, byte for byte.
+    output = tmp_path / "resumed.log"
+    with open(output, "w") as out:
+        resumed = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "generate", *args], cwd=ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
+    while not list((small_disk / "full" / "lease").glob("*.json")):
+        assert resumed.poll() is None and time.monotonic() < deadline + 300, output.read_text()[-3000:]
+        time.sleep(0.05)
+    resumed.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        rival = run_cli("generate", *args, env={"RAY_ADDRESS": ray_address})
+        seconds["refused_command"] = time.monotonic() - start
+        assert_one_line_error(rival, f"run {small_disk}/full is being written by `videogpa generate` "
+                                     f"(pid {resumed.pid} on ")
+        start = time.monotonic()
+        taker = run_cli("generate", *args, "storage.lease_timeout_s=1", env={"RAY_ADDRESS": ray_address})
+        seconds["takeover_command"] = time.monotonic() - start
+        assert taker.returncode == 0, taker.stderr[-3000:]
+        assert f"took over the lease of run {small_disk}/full from `videogpa generate` (pid {resumed.pid} on " \
+               in taker.stderr and "(storage.lease_timeout_s=1)" in taker.stderr
+        theirs = _snapshot(small_disk / "full")
+    finally:
+        resumed.send_signal(signal.SIGCONT)
+        start = time.monotonic()
+    assert resumed.wait(timeout=300) == 2, output.read_text()[-3000:]
+    seconds["fenced_after_resume"] = time.monotonic() - start
+    last = output.read_text().strip().splitlines()[-1]
+    # The third has ended and released the run: who took it is no longer there to name.
+    assert last.startswith(f"videogpa: error: run {small_disk}/full: this command's lease (generation 1) was "
+                           "released or taken over by another command; it stops without writing more"), last
+    assert _snapshot(small_disk / "full") == theirs
+    result = run_cli("pairs", *args, env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = small_disk / "full" / "round-000"
+    candidates = pq.read_table(root / "candidates").to_pylist()
+    assert sorted((c["prompt_id"], c["seed"]) for c in candidates) == sorted(
+        {(c["prompt_id"], c["seed"]) for c in candidates}) and len(candidates) == 4
+    assert sorted(p.name for p in videos.iterdir()) == sorted(Path(c["video_uri"]).name for c in candidates)
+    marker = json.loads((root / "pairs.done.json").read_text())
+    pair_ids = pq.read_table(root / "pairs", columns=["pair_id"]).column("pair_id").to_pylist()
+    assert len(pair_ids) == len(set(pair_ids)) == marker["rows"] > 0
+    assert not (small_disk / "full" / "lease").exists()  # released after the failure and after each command
+    print(json.dumps({"seconds": {k: round(v, 1) for k, v in seconds.items()}, "disk_full": line,
+                      "refused": rival.stderr.strip().splitlines()[-1], "fenced": last}))

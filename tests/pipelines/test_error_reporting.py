@@ -10,7 +10,7 @@ from ray.exceptions import ActorDiedError, RayTaskError
 from ray.train.v2.api.exceptions import WorkerGroupError
 
 from actors.errors import InputError
-from pipelines.cli import _find_input_error
+from pipelines.cli import _one_line
 from pipelines.run_log import _TracebackFilter
 
 
@@ -23,8 +23,8 @@ def _remote(err: BaseException, function: str = "ray::MapWorker.__init__()") -> 
 
 
 def _found(err: BaseException) -> str | None:
-    found = _find_input_error(err)
-    return None if found is None else str(found)
+    found = _one_line(err, "the run")
+    return None if found is None else str(found[1])
 
 
 def test_input_error_inside_a_task_error_and_its_user_exception_subclass():
@@ -76,3 +76,29 @@ def test_interleaved_sources_are_filtered_apart():
     shown = kept(f"{a}Traceback (most recent call last):\n{b}  indented output of B\n"
                  f'{a}  File "f.py", line 1, in g\n{a}    g()\n{a}ValueError: v\n')
     assert shown.splitlines() == [f"{b}  indented output of B", f"{a}ValueError: v"]
+
+
+def _line(err: BaseException) -> tuple[int, str] | None:
+    found = _one_line(err, "/runs/q")
+    return None if found is None else (found[0], str(found[1]))
+
+
+def test_storage_failures_inside_ray_wrappers_are_one_line_with_cause_and_place():
+    """As pyarrow raises them in a Ray Data write task or a trainer worker: the cause in words, the
+    file the message names (else the run), and the exit status (1: resume once fixed; 2: fix the config)."""
+    full = OSError(28, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert _line(_remote(full, "ray::Write()")) == (1, "storage error at /runs/q: no space left on device; free some "
+                                                       "and run the same command again (it resumes)")
+    worker = WorkerGroupError("Training failed", {0: _remote(OSError(
+        "When uploading part for key 'q/round-000/lora/w.safetensors' in bucket 'b1': AWS Error NO_SUCH_BUCKET "
+        "during UploadPart operation: The specified bucket does not exist"), "ray::train_fn")})
+    assert _line(worker) == (2, "storage error at s3://b1/q/round-000/lora/w.safetensors: bucket 'b1' does not "
+                                "exist; create it or fix output_uri")
+    expired = ActorDiedError(_remote(OSError("When reading information for key 'q/x' in bucket 'b1': AWS Error "
+                                             "UNKNOWN (HTTP status 400) during HeadObject operation: ExpiredToken")))
+    code, text = _line(expired)
+    assert code == 1 and text.startswith("storage error at s3://b1/q/x: S3 credentials expired"), text
+    denied = _remote(PermissionError(13, "Permission denied", "/runs/q/round-000/videos/a.mp4"))
+    assert _line(denied) == (2, "storage error at /runs/q/round-000/videos/a.mp4: permission denied; output_uri must "
+                                "be writable by this user")
+    assert _line(_remote(OSError("Broken pipe"))) is None  # not a storage failure: the generic failure line

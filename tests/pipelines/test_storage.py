@@ -53,3 +53,30 @@ def test_temporary_files_of_interrupted_writes_are_removed(tmp_path):
     torn.write_bytes(b"half")
     _remove_torn_writes(store, "videos")
     assert store.list_files("videos") == ["videos/a.mp4"] and store.read_bytes("videos/a.mp4") == b"whole"
+
+
+def test_a_full_disk_and_a_missing_bucket_are_one_line_naming_cause_and_place(tmp_path, s3_server):
+    import subprocess
+
+    from actors.errors import StorageFailure
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        store = RunStore(StorageSpec(str(disk)), "run")
+        store.write_bytes("config.yaml", b"kept")
+        with pytest.raises(StorageFailure, match=f"^storage error at {disk}/run/big.bin: no space left on device"):
+            store.write_bytes("big.bin", b"\0" * 200_000)
+        assert sorted(p.name for p in (disk / "run").iterdir()) == ["config.yaml"]  # no torn temporary file
+        assert store.read_bytes("config.yaml") == b"kept"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+    missing = RunStore(StorageSpec("s3://no-such-bucket-here/runs", endpoint_url=s3_server, region="us-east-1",
+                                   max_attempts=1), "run")
+    with pytest.raises(InputError, match="^storage error at s3://no-such-bucket-here/runs/run/lease/00000001.json: "
+                                         "bucket 'no-such-bucket-here' does not exist; create it or fix output_uri"):
+        missing.create_exclusive("lease/00000001.json", b"{}")
+    with pytest.raises(InputError, match="bucket 'no-such-bucket-here' does not exist"):
+        missing.write_bytes("config.yaml", b"x")

@@ -61,8 +61,16 @@ def one_worker_run(quiet_ray, tmp_path_factory, s3_server):
                            access_key="testing", secret_key="testing")
     files = write_shards(f"{bucket}/run/round-000/pairs", N_PAIRS, filesystem=fs, swapped=HELD_OUT)
     cfg = TrainerConfig(**BASE, num_workers=1, zero_stage=2)
+    # Held under the run's lease, as the CLI trains: its fence travels to the worker, which checks it
+    # before each checkpoint and the LoRA export.
+    from pipelines.lease import acquire
+    from pipelines.storage import RunStore, StorageSpec
+
+    lease = acquire(RunStore(StorageSpec(f"s3://{bucket}", endpoint_url=s3_server, region="us-east-1"), "run"), 120,
+                    "train")
     metrics = train_dpo(cfg, MODEL, files, fs, f"s3://{bucket}/run/round-000", "checkpoints",
-                        f"s3://{bucket}/run/round-000/lora")
+                        f"s3://{bucket}/run/round-000/lora", fence=lease.fence)
+    lease.release()
     local = tmp_path_factory.mktemp("from-s3")
     for sub in ("ckpts", "lora"):
         (local / sub).mkdir()
@@ -189,3 +197,22 @@ def test_killed_run_resumes_from_checkpoint_without_retraining_pairs(quiet_ray, 
         with open(os.path.join(more["checkpoint"], f"rank-{r}.json")) as f:
             ids += json.load(f)["consumed_pair_ids"]
     assert sorted(ids) == [f"pair-{i:03d}" for i in range(16)]  # epoch 1, steps 5-8
+
+
+def test_workers_of_a_driver_that_lost_its_lease_write_nothing(quiet_ray, tmp_path):
+    """The fence travels to the workers: once the run's lease is no longer the driver's (here
+    released, as after a takeover and the new holder's end), they stop before writing a checkpoint
+    or the LoRA, and the driver's one line says why."""
+    from pipelines.cli import _one_line
+    from pipelines.lease import acquire
+    from pipelines.storage import RunStore, StorageSpec
+
+    files = write_shards(str(tmp_path / "pairs"), N_PAIRS, swapped=HELD_OUT)
+    lease = acquire(RunStore(StorageSpec(str(tmp_path)), "run"), 120, "train")
+    lease.release()
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - Ray Train's wrapper; what matters is inside
+        train_dpo(TrainerConfig(**BASE, num_workers=1, zero_stage=2), MODEL, files, None, str(tmp_path / "run"),
+                  "checkpoints", str(tmp_path / "run" / "lora"), fence=lease.fence)
+    code, error = _one_line(raised.value, "the run")
+    assert code == 2 and "lease (generation 1) was released or taken over" in str(error), str(error)
+    assert not (tmp_path / "run" / "lora").exists() and not list((tmp_path / "run").glob("checkpoints/checkpoint_*"))
