@@ -101,7 +101,7 @@ def run_round_benchmark(family: str, run_dir: str) -> dict[str, Any]:
     os.environ[MARKER_VAR] = marker  # every process Ray starts for this run carries it
     # 3 logical CPUs: the 2 trainer workers and the Ray Data read that feeds them (on 2 cores).
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
-    with StageMemory(marker) as memory:
+    with StageMemory(marker, save_to=os.path.join(run_dir, f"real-size-{family}-peak-rss-mib.json")) as memory:
         code = videogpa(["align", "--config", config_path])  # joins this Ray; leaves it at the end
     run = os.path.join(run_dir, cfg["run_name"])
     plan = memory_plan_gib(cfg)

@@ -8,6 +8,8 @@ resident set size (``VmRSS``) every ``every_s`` and keeps, per stage, the larges
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 
 from benchmarks.rehearsal.processes import cmdline, marked_pids
@@ -33,20 +35,26 @@ def stage_of(title: str) -> str | None:
 
 
 class StageMemory:
-    """``with StageMemory(marker) as m: ...`` then ``m.peak_mib``: stage -> largest process's peak RSS."""
+    """``with StageMemory(marker) as m: ...`` then ``m.peak_mib``: stage -> largest process's peak RSS.
+    ``save_to``: a JSON file rewritten whenever a peak grows, so a run cut short still shows its figures."""
 
-    def __init__(self, marker: str, every_s: float = 0.5):
-        self.marker, self.every_s = marker, every_s
+    def __init__(self, marker: str, every_s: float = 0.5, save_to: str | None = None):
+        self.marker, self.every_s, self.save_to = marker, every_s, save_to
         self.peak_mib: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
+        before = dict(self.peak_mib)
         for pid in marked_pids(self.marker):
             stage = stage_of(cmdline(pid))
             rss = rss_mib(pid) if stage else None
             if rss is not None:
                 self.peak_mib[stage] = max(self.peak_mib.get(stage, 0.0), rss)
+        if self.save_to and self.peak_mib != before:
+            with open(self.save_to + ".tmp", "w") as f:
+                json.dump(self.peak_mib, f)
+            os.replace(self.save_to + ".tmp", self.save_to)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
