@@ -16,10 +16,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from actors import s3
 from actors.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,17 @@ def make_filesystem(spec: StorageSpec) -> tuple[pafs.FileSystem, str]:
         root = spec.uri[len("s3://"):].strip("/")
         if not root or root.startswith("/"):
             raise InputError(f"output_uri {spec.uri!r}: expected s3://bucket/prefix")
+        # The config's endpoint and region, else the standard AWS variables (actors.s3).
         kwargs: dict[str, Any] = dict(
-            region=spec.region,
+            region=s3.region(spec.region),
             connect_timeout=spec.connect_timeout_s,
             request_timeout=spec.request_timeout_s,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=spec.max_attempts),
         )
-        if spec.endpoint_url:
-            parsed = urlparse(spec.endpoint_url if "://" in spec.endpoint_url else f"https://{spec.endpoint_url}")
-            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        endpoint = s3.endpoint_url(spec.endpoint_url)
+        if endpoint:
+            scheme, host = s3.endpoint_parts(endpoint)
+            kwargs.update(endpoint_override=host, scheme=scheme)
         return pafs.S3FileSystem(**kwargs), root
     if "://" in spec.uri and not spec.uri.startswith("file://"):
         raise InputError(f"output_uri {spec.uri!r}: only local paths and s3:// are supported")
@@ -192,7 +194,7 @@ def storage_error(where: str, err: OSError) -> InputError:
     if "AWS Error ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
         cause = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     elif "NETWORK_CONNECTION" in text or "Connection refused" in text or "curlCode" in text:
-        cause = "S3 endpoint unreachable: check storage.endpoint_url"
+        cause = "S3 endpoint unreachable: check storage.endpoint_url (or AWS_ENDPOINT_URL)"
     elif any(s in text for s in ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "(HTTP status 5")):
         detail = text[max(text.find("AWS Error"), 0):][:160]
         cause = f"S3 kept failing after every retry (storage.max_attempts): {detail}"
