@@ -43,7 +43,7 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
     store = RunStore(spec, cfg.run_name)  # read here, written only once the command is past these checks
     if command == "evaluate":
         ev = cfg.evaluation.prompts
-        prompts = load_prompts(ev.path, ev.limit, spec, builtin=BUILTIN_EVAL_PROMPTS)
+        prompts = load_prompts(ev.path, ev.limit, spec, builtin=BUILTIN_EVAL_PROMPTS, key="evaluation.prompts.path")
         check_images(prompts, cfg.model.family, ev.path, spec)
         if lora_dir:
             check_lora(cfg.model, lora_dir)

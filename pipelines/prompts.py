@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from actors.errors import InputError
-from pipelines.storage import StorageSpec, make_filesystem, read_bytes
+from pipelines.storage import StorageSpec, make_filesystem, read_bytes, storage_error
 
 # Scenes with camera motion and rigid structure, where 3D drift is visible.
 BUILTIN_PROMPTS = (
@@ -53,12 +53,13 @@ def prompt_id_for(text: str) -> str:
 
 
 def load_prompts(path: str | None, limit: int | None, storage: StorageSpec | None = None,
-                 builtin: tuple[str, ...] = BUILTIN_PROMPTS) -> list[Prompt]:
-    """Read and validate prompts; any problem is one InputError naming the file and line."""
+                 builtin: tuple[str, ...] = BUILTIN_PROMPTS, key: str = "prompts.path") -> list[Prompt]:
+    """Read and validate prompts; any problem is one InputError naming the file and line (a file
+    that does not exist: also the config key ``key`` that names it, and how to set it)."""
     if path is None:
         prompts = [Prompt(prompt_id_for(t), t) for t in builtin]
     else:
-        prompts = _parse(path, _read_text(path, storage))
+        prompts = _parse(path, _read_text(path, storage, key))
     if limit is not None:
         prompts = prompts[:limit]
     ids = [p.prompt_id for p in prompts]
@@ -68,16 +69,21 @@ def load_prompts(path: str | None, limit: int | None, storage: StorageSpec | Non
     return prompts
 
 
-def _read_text(path: str, storage: StorageSpec | None) -> str:
+def _read_text(path: str, storage: StorageSpec | None, key: str) -> str:
     if path.startswith("s3://"):
-        fs, root = make_filesystem(StorageSpec(path, storage.endpoint_url if storage else None,
-                                               storage.region if storage else None))
-        data = read_bytes(fs, root)
+        fs, where = make_filesystem(StorageSpec(path, storage.endpoint_url if storage else None,
+                                                storage.region if storage else None))
     else:
-        try:
-            data = read_bytes(pafs.LocalFileSystem(), path)
-        except InputError:
-            raise InputError(f"prompts file {path!r} does not exist") from None
+        fs, where = pafs.LocalFileSystem(), path
+    try:
+        found = fs.get_file_info(where).type == pafs.FileType.File
+    except OSError as err:
+        raise storage_error(path, err) from None
+    if not found:
+        raise InputError(f"prompts file {path!r} does not exist: set {key}=FILE (a .txt, .jsonl or .json file, "
+                         "local or s3://, e.g. the paper's DL3DV captions captions_10K.json) or null for the "
+                         "built-in prompts")
+    data = read_bytes(fs, where)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

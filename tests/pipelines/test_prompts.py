@@ -37,8 +37,10 @@ def test_bad_prompt_files_name_the_problem(tmp_path, name, content, message):
 
 
 def test_missing_prompts_file(tmp_path):
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="nope.txt' does not exist: set prompts.path=FILE"):
         load_prompts(str(tmp_path / "nope.txt"), None)
+    with pytest.raises(InputError, match="does not exist: set evaluation.prompts.path=FILE"):
+        load_prompts(str(tmp_path / "nope.json"), None, key="evaluation.prompts.path")
 
 
 def test_official_prompt_files_and_dl3dv_captions(tmp_path):
