@@ -58,11 +58,15 @@ def _config_on_ray(args: argparse.Namespace):
 
     import ray
 
+    from actors import s3
     from pipelines.config import load_config
     from pipelines.placement import check_output_shared
     from pipelines.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
+    # The config's S3 settings win over the environment's, here and in a local Ray's workers
+    # (which inherit this environment); actors on a joined cluster get them with their stage.
+    s3.export_settings(s3.settings_env(cfg.storage.endpoint_url, cfg.storage.region))
     started_here = False
     if not ray.is_initialized():
         started_here = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")

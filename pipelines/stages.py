@@ -20,6 +20,7 @@ import ray
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from actors import s3
 from actors.errors import InputError
 from actors.model_config import ModelConfig, SamplingConfig
 from actors.models import build_pipeline, encode_training_inputs, generate_videos, load_lora
@@ -82,6 +83,7 @@ class GenerateCandidates:
     def __init__(self, model: dict, sampling: dict, storage: StorageSpec, run_name: str, videos_rel: str,
                  lora_rel: str | None):
         self.model, self.sampling = ModelConfig(**model), SamplingConfig(**sampling)
+        s3.export_settings(s3.settings_env(storage.endpoint_url, storage.region))  # for an s3:// model
         self.store, self.videos_rel = RunStore(storage, run_name), videos_rel
         self.pipe = build_pipeline(self.model, _device())
         if lora_rel:
@@ -157,6 +159,7 @@ class EncodePairs:
 
     def __init__(self, model: dict, storage: StorageSpec, run_name: str):
         self.model = ModelConfig(**model)
+        s3.export_settings(s3.settings_env(storage.endpoint_url, storage.region))  # for an s3:// model
         self.store = RunStore(storage, run_name)
         self.pipe = build_pipeline(self.model, _device())
         self.model_id = self.model.pretrained if self.model.pretrained != "tiny" else f"tiny:{self.model.family}"

@@ -111,12 +111,14 @@ def train_dpo(
     lora_out_dir: str,
     previous_lora_dir: str | None = None,
     tracking: TrackingTarget | None = None,
+    s3_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train the policy LoRA with Diffusion-DPO on the pair shards; export it to
     ``<lora_out_dir>/pytorch_lora_weights.safetensors``.
 
     ``filesystem``: the pyarrow filesystem of every path here (None = local paths). ``tracking``:
-    where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere).
+    where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere). ``s3_env``: the
+    run's S3 settings as environment variables (``actors.s3.settings_env``), for an s3:// model.
     Returns the final metrics: loss, reward_accuracy, reward_margin, policy_ref_gap_w/l, steps,
     pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
     """
@@ -150,6 +152,7 @@ def train_dpo(
         "trainer": cfg.model_dump(),
         "model": model.model_dump(),
         "filesystem": filesystem,
+        "s3_env": s3_env or {},
         "lora_out_dir": _strip_scheme(lora_out_dir, filesystem),
         "previous_lora_dir": _strip_scheme(previous_lora_dir, filesystem) if previous_lora_dir else None,
         "fault": os.environ.get(FAULT_ENV),

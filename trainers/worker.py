@@ -130,6 +130,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
     from actors.families import get_family
     from actors.model_config import ModelConfig
     from actors.models import build_denoiser
+    from actors.s3 import export_settings
     from trainers.config import TrainerConfig
     from trainers.deepspeed_config import (
         build_deepspeed_config,
@@ -163,6 +164,7 @@ def _train_loop(config: dict[str, Any], tracker: Tracker) -> None:  # noqa: C901
     from trainers.validation import VALIDATION_EPOCH, rank_share, validation_figures, weighted_sums
 
     model = ModelConfig(**config["model"])
+    export_settings(config.get("s3_env"))  # before build_denoiser fetches an s3:// model
     filesystem = config.get("filesystem")
 
     # -- model: base transformer(s) (frozen) + LoRA policy (+ frozen reference adapter) on each expert --
