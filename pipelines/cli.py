@@ -89,6 +89,10 @@ def _cmd_align(args: argparse.Namespace) -> int:
     from pipelines.rounds import run_align
 
     cfg, prompts = _config_on_ray(args)
+    if args.dry_run:  # every check passed; nothing started, nothing written into the run
+        print(json.dumps({"run": cfg.run_name, "dry_run": "ok", "output_uri": cfg.output_uri,
+                          "prompts": len(prompts or []), "model": cfg.model.pretrained}))
+        return 0
     results = run_align(cfg, _open_run(args, cfg), prompts)
     last = results[-1] if results else {}
     print(json.dumps({"run": cfg.run_name, "rounds": len(results), "last_round": last}, default=str))
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-config-change", action="store_true",
                    help="continue a run whose completed work was made under another model/sampling/scoring/"
                         "pairing/trainer config (the new config is recorded beside config.yaml)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every check (model source, GFM backends, prompts, storage and its credentials, "
+                        "placement on the cluster) and exit: no pool starts, nothing is written into the run")
     for name, stage in STAGE_COMMANDS.items():
         p = with_config(name, f"run the '{stage}' stage of one round alone", _cmd_stage)
         p.add_argument("--round", type=int, default=0)
