@@ -146,7 +146,7 @@ def _s3_error(uri: str, err: Exception) -> InputError:
         cause = "no AWS credentials in the environment (AWS_ACCESS_KEY_ID is not set)"
     else:
         cause = f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
-    return InputError(f"model.pretrained: storage error at {uri}: {cause}")
+    return InputError(f"storage error at {uri} (model.pretrained): {cause}")
 
 
 def _s3_read(source: str, rel: str, missing: str) -> bytes:
