@@ -423,3 +423,28 @@ def test_gpu_type_selected_agrees_with_the_pools_gpu_memory():
             assert product, f"{where} {group['groupName']}: no nvidia.com/gpu.product nodeSelector"
             memory = re.search(r"-(\d+)GB\b", product)
             assert memory and int(memory.group(1)) >= planned, f"{where}: {product} has less than {planned} GiB"
+
+
+@pytest.mark.parametrize("how", ["rayignore", "excludes"])
+def test_working_dir_upload_leaves_out_venvs_runs_and_caches(tmp_path, how):
+    """Ray's own packaging of a checkout (what `ray job submit` uploads): a virtual environment, run
+    outputs and caches stay out, through .rayignore (newer clients) or runtime_env.yaml's excludes."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    checkout = tmp_path / "checkout"
+    for rel in ("venv/lib/torch.so", ".venv/bin/python", "runs/quickstart/a.mp4", ".cache/videogpa/m.bin",
+                "actors/__pycache__/x.pyc", "configs/quickstart.yaml", "actors/models.py"):
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text("x")
+    excludes: list[str] = []
+    if how == "rayignore":
+        (checkout / ".rayignore").write_text((REPO_ROOT / ".rayignore").read_text())
+    else:
+        excludes = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["excludes"]
+    create_package(str(checkout), tmp_path / "pkg.zip", include_gitignore=False, excludes=excludes)
+    files = {n for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist() if not n.endswith("/")}
+    assert files - {".rayignore"} == {"configs/quickstart.yaml", "actors/models.py"}, files
+    ignored = (REPO_ROOT / ".gitignore").read_text().split()
+    assert {"venv/", ".venv/", "runs/"} <= set(ignored)
