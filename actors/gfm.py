@@ -367,7 +367,8 @@ def build_backend(cfg: ScoringConfig, device: torch.device | str = "cpu") -> GFM
 
 _BACKEND_PACKAGES = {  # backend -> (module it imports, how to install it)
     "vggt": ("vggt", "pip install 'videogpa[vggt]' && pip install --no-deps "
-                     "'vggt @ git+https://github.com/facebookresearch/vggt@a288dd0f14786c93483e45524328726ab7b1b4ce' "
+                     "'vggt @ https://github.com/facebookresearch/vggt/archive/"
+                     "a288dd0f14786c93483e45524328726ab7b1b4ce.tar.gz' "
                      "(as cluster/Dockerfile does)"),
     "da3": ("depth_anything_3", "pip install 'videogpa[da3]' && pip install --no-deps depth-anything-3==0.1.1 "
                                 "moviepy==1.0.3 evo (as cluster/Dockerfile does)"),
