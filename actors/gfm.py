@@ -348,8 +348,12 @@ def build_backend(cfg: ScoringConfig, device: torch.device | str = "cpu") -> GFM
 
 
 _BACKEND_PACKAGES = {  # backend -> (module it imports, how to install it)
-    "vggt": ("vggt", "pip install 'videogpa[vggt]' (https://github.com/facebookresearch/vggt)"),
-    "da3": ("depth_anything_3", "pip install 'videogpa[da3]' (https://github.com/ByteDance-Seed/Depth-Anything-3)"),
+    "vggt": ("vggt", "pip install 'videogpa[vggt]' && pip install --no-deps "
+                     "'vggt @ https://github.com/facebookresearch/vggt/archive/"
+                     "a288dd0f14786c93483e45524328726ab7b1b4ce.tar.gz' "
+                     "(as cluster/Dockerfile does)"),
+    "da3": ("depth_anything_3", "pip install 'videogpa[da3]' && pip install --no-deps depth-anything-3==0.1.1 "
+                                "moviepy==1.0.3 evo (as cluster/Dockerfile does)"),
 }
 
 

@@ -1,6 +1,7 @@
 """Building, generating and encoding with any supported family, through its real diffusers pipeline.
 
-``pretrained`` is a Hugging Face id, a local diffusers directory, or ``"tiny"``: an offline preset
+``pretrained`` is a Hugging Face id, a local diffusers directory, ``s3://`` of one (fetched once per
+node: ``actors.model_source.local_model``), or ``"tiny"``: an offline preset
 built from configs in code with random weights under fixed seeds, so every process builds
 bit-identical weights and the whole code path of a real model runs on CPU in seconds. What differs
 between models (classes, dtypes, latent layouts, conditioning) is asked of the family
@@ -24,6 +25,7 @@ from actors.families.base import DTYPES, lora_weight_name
 from actors.families.tiny import TINY_SEED
 from actors.lora_formats import check_lora, diffusers_lora_dir, lora_module_names
 from actors.model_config import RANDOM_FULL_SIZE, ModelConfig, SamplingConfig, check_sampling
+from actors.model_source import local_model
 from actors.partitioned_weights import partitioned_build
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def build_pipeline(model: ModelConfig, device: str | torch.device = "cpu", stage
     pipeline then holds only that stage's components, the others are None (None: every component).
     ``offload_idle_expert``: a two-expert model keeps the expert that is not denoising in host
     memory (``IdleExpertOffload``)."""
+    model = local_model(model)  # an s3:// model: its copy on this node
     family = get_family(model.family)
     components = family.pipeline_components() if stage is None else family.stage_components()[stage]
     if model.pretrained == "tiny":
@@ -95,6 +98,7 @@ def build_denoiser(model: ModelConfig, device: str | torch.device = "cpu", zero3
     For ``"tiny"`` its weights are bit-identical to those ``build_pipeline`` builds; ``"random-full-size"``
     is the family's published architecture with random weights. ``zero3``: the DeepSpeed config of
     a ZeRO-3 run, to build the network already partitioned over its ranks (on their device)."""
+    model = local_model(model)  # an s3:// model: its copy on this node
     family = get_family(model.family)
     dtype = DTYPES[model.dtype]
     with partitioned_build(zero3, None if model.pretrained == "tiny" else dtype) if zero3 else nullcontext():

@@ -79,11 +79,15 @@ def _config_on_ray(args: argparse.Namespace):
 
     import ray
 
+    from actors import s3
     from pipelines.config import load_config
     from pipelines.placement import check_output_shared
     from pipelines.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
+    # The config's S3 settings win over the environment's, here and in a local Ray's workers
+    # (which inherit this environment); actors on a joined cluster get them with their stage.
+    s3.export_settings(s3.settings_env(cfg.storage.endpoint_url, cfg.storage.region))
     started_here = False
     if not ray.is_initialized():
         started_here = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
@@ -115,6 +119,10 @@ def _cmd_align(args: argparse.Namespace) -> int:
     from pipelines.rounds import run_align
 
     cfg, prompts = _config_on_ray(args)
+    if args.dry_run:  # every check passed; nothing started, nothing written into the run
+        print(json.dumps({"run": cfg.run_name, "dry_run": "ok", "output_uri": cfg.output_uri,
+                          "prompts": len(prompts or []), "model": cfg.model.pretrained}))
+        return 0
     results = run_align(cfg, _open_run(args, cfg), prompts)
     last = results[-1] if results else {}
     print(json.dumps({"run": cfg.run_name, "rounds": len(results), "last_round": last}, default=str))
@@ -225,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-config-change", action="store_true",
                    help="continue a run whose completed work was made under another model/sampling/scoring/"
                         "pairing/trainer config (the new config is recorded beside config.yaml)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every check (model source, GFM backends, prompts, storage and its credentials, "
+                        "placement on the cluster) and exit: no pool starts, nothing is written into the run")
     for name, stage in STAGE_COMMANDS.items():
         p = with_config(name, f"run the '{stage}' stage of one round alone", _cmd_stage)
         p.add_argument("--round", type=int, default=0)

@@ -48,7 +48,8 @@ class PoolConfig(_Section):
 
 
 class PromptsConfig(_Section):
-    """Where prompts come from: a .txt (one per line) or .jsonl file, or the built-in list when path is null."""
+    """Where prompts come from: a .txt (one per line), .jsonl or .json file (the official prompt files and DL3DV
+    captions: pipelines.prompts), local or s3://, or the built-in list when path is null."""
 
     path: str | None = None
     limit: int | None = Field(None, ge=1)

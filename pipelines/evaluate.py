@@ -171,7 +171,8 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: Run
         out, label = lora.removesuffix("/lora"), f"LoRA {Path(lora_dir).name}"
     ev = cfg.evaluation
     if prompts is None:
-        prompts = load_prompts(ev.prompts.path, ev.prompts.limit, storage_spec(cfg), builtin=BUILTIN_EVAL_PROMPTS)
+        prompts = load_prompts(ev.prompts.path, ev.prompts.limit, storage_spec(cfg), builtin=BUILTIN_EVAL_PROMPTS,
+                               key="evaluation.prompts.path")
     rows = [{"round": -1 if index is None else index, "prompt_id": p.prompt_id, "prompt": p.text,
              "image": p.image or "", "seed": candidate_seed(ev.seed, 0, p.prompt_id, k)}
             for p in prompts for k in range(ev.seeds_per_prompt)]

@@ -17,7 +17,7 @@ from pipelines.evaluate import evaluation_scoring, round_to_evaluate
 from pipelines.placement import PARTS_OF, check_resources
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS, Prompt, check_images, load_prompts
 from pipelines.rounds import check_stage_inputs, storage_spec
-from pipelines.storage import RunStore
+from pipelines.storage import RunStore, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,23 @@ log = logging.getLogger(__name__)
 _STAGE_OF = {"generate": "candidates", "pairs": "pairs", "train": "train", "score": "score"}
 _LOADS_MODEL = {"align", "generate", "pairs", "train", "evaluate"}
 _SCORES = {"align", "generate", "score", "evaluate"}
+
+
+def check_storage(store: RunStore) -> None:
+    """The run's storage answers with these credentials: its bucket exists and its folder can be
+    listed (a read: nothing is written before the command is past every check)."""
+    import pyarrow.fs as pafs
+
+    if store.spec.is_s3:
+        bucket = store.root.split("/", 1)[0]
+        try:
+            missing = store.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        except OSError as err:
+            raise storage_error(store.uri(), err) from None
+        if missing:
+            raise InputError(f"output_uri {store.spec.uri!r}: bucket {bucket!r} does not exist (or these "
+                             "credentials cannot see it); create it or fix output_uri")
+    store.list_dirs("")
 
 
 def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, started_here: bool,
@@ -43,9 +60,10 @@ def preflight(cfg: VideoGPAConfig, command: str, round_index: int | None, starte
         prompts = load_prompts(cfg.prompts.path, cfg.prompts.limit, spec, builtin=BUILTIN_PROMPTS)
         check_images(prompts, cfg.model.family, cfg.prompts.path, spec)
     store = RunStore(spec, cfg.run_name)  # read here, written only once the command is past these checks
+    check_storage(store)
     if command == "evaluate":
         ev = cfg.evaluation.prompts
-        prompts = load_prompts(ev.path, ev.limit, spec, builtin=BUILTIN_EVAL_PROMPTS)
+        prompts = load_prompts(ev.path, ev.limit, spec, builtin=BUILTIN_EVAL_PROMPTS, key="evaluation.prompts.path")
         check_images(prompts, cfg.model.family, ev.path, spec)
         if lora_dir:
             check_lora(cfg.model, lora_dir)

@@ -1,6 +1,11 @@
-"""Prompts for a round: a .txt file (one per line), a .jsonl file, or the built-in list.
+"""Prompts for a round: a .txt file (one per line), a .jsonl file, a .json file, or the built-in list.
 
 A JSONL line is ``{"prompt": "...", "id": "optional-stable-id", "image": "optional path or s3:// URI"}``.
+A .json file holds the paper's own prompt files, as the official generation scripts read them
+(``--prompt_json``) and as the released DL3DV captions (``dl3dv_video_captions/captions_*K.json``) are:
+an object of id → caption (or id → ``{"text_prompt" | "prompt", "image"}``), or a list of
+``{"group_id", "text_prompt" | "prompt", "image"}``. Their ids are the keys (``group_id``), with "/" as
+"_" as the official scripts write them; the captions are stripped of surrounding whitespace.
 Prompt ids are stable (given, or a hash of the text) so pair ids and resumes are deterministic.
 """
 
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from actors.errors import InputError
-from pipelines.storage import StorageSpec, make_filesystem, read_bytes
+from pipelines.storage import StorageSpec, make_filesystem, read_bytes, storage_error
 
 # Scenes with camera motion and rigid structure, where 3D drift is visible.
 BUILTIN_PROMPTS = (
@@ -48,12 +53,13 @@ def prompt_id_for(text: str) -> str:
 
 
 def load_prompts(path: str | None, limit: int | None, storage: StorageSpec | None = None,
-                 builtin: tuple[str, ...] = BUILTIN_PROMPTS) -> list[Prompt]:
-    """Read and validate prompts; any problem is one InputError naming the file and line."""
+                 builtin: tuple[str, ...] = BUILTIN_PROMPTS, key: str = "prompts.path") -> list[Prompt]:
+    """Read and validate prompts; any problem is one InputError naming the file and line (a file
+    that does not exist: also the config key ``key`` that names it, and how to set it)."""
     if path is None:
         prompts = [Prompt(prompt_id_for(t), t) for t in builtin]
     else:
-        prompts = _parse(path, _read_text(path, storage))
+        prompts = _parse(path, _read_text(path, storage, key))
     if limit is not None:
         prompts = prompts[:limit]
     ids = [p.prompt_id for p in prompts]
@@ -63,16 +69,21 @@ def load_prompts(path: str | None, limit: int | None, storage: StorageSpec | Non
     return prompts
 
 
-def _read_text(path: str, storage: StorageSpec | None) -> str:
+def _read_text(path: str, storage: StorageSpec | None, key: str) -> str:
     if path.startswith("s3://"):
-        fs, root = make_filesystem(StorageSpec(path, storage.endpoint_url if storage else None,
-                                               storage.region if storage else None))
-        data = read_bytes(fs, root)
+        fs, where = make_filesystem(StorageSpec(path, storage.endpoint_url if storage else None,
+                                                storage.region if storage else None))
     else:
-        try:
-            data = read_bytes(pafs.LocalFileSystem(), path)
-        except InputError:
-            raise InputError(f"prompts file {path!r} does not exist") from None
+        fs, where = pafs.LocalFileSystem(), path
+    try:
+        found = fs.get_file_info(where).type == pafs.FileType.File
+    except OSError as err:
+        raise storage_error(path, err) from None
+    if not found:
+        raise InputError(f"prompts file {path!r} does not exist: set {key}=FILE (a .txt, .jsonl or .json file, "
+                         "local or s3://, e.g. the paper's DL3DV captions captions_10K.json) or null for the "
+                         "built-in prompts")
+    data = read_bytes(fs, where)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -80,6 +91,8 @@ def _read_text(path: str, storage: StorageSpec | None) -> str:
 
 
 def _parse(path: str, text: str) -> list[Prompt]:
+    if path.endswith(".json"):
+        return _parse_json(path, text)
     jsonl = path.endswith(".jsonl")
     prompts = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -106,6 +119,45 @@ def _parse_jsonl_line(path: str, number: int, line: str) -> Prompt:
     return Prompt(str(row.get("id") or prompt_id_for(text)), text, row.get("image"))
 
 
+# The fields of an official prompt entry: its text under either name, its first frame under any of these.
+_TEXT_FIELDS = ("text_prompt", "prompt")
+_IMAGE_FIELDS = ("image", "image_prompt", "image_path")
+
+
+def _parse_json(path: str, text: str) -> list[Prompt]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"prompts file {path!r}: not valid JSON (line {err.lineno})") from None
+    if isinstance(data, dict):
+        entries = list(data.items())
+    elif isinstance(data, list):
+        entries = [(item.get("group_id", index) if isinstance(item, dict) else index, item)
+                   for index, item in enumerate(data)]
+    else:
+        raise InputError(f"prompts file {path!r}: expected a JSON object of id → caption or a list of "
+                         "{group_id, text_prompt, image}")
+    prompts = [_json_entry(path, str(key), value) for key, value in entries]
+    if not prompts:
+        raise InputError(f"prompts file {path!r} holds no prompts")
+    return prompts
+
+
+def _json_entry(path: str, key: str, value: object) -> Prompt:
+    where = f"prompts file {path!r} entry {key!r}"
+    image = None
+    if isinstance(value, dict):
+        text = next((value[f] for f in _TEXT_FIELDS if isinstance(value.get(f), str)), None)
+        image = next((value[f] for f in _IMAGE_FIELDS if value.get(f)), None)
+        if image is not None and not isinstance(image, str):
+            raise InputError(f"{where}: its image must be a path or s3:// URI")
+    else:
+        text = value
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{where}: needs a non-empty caption (a string, or \"text_prompt\" / \"prompt\")")
+    return Prompt(key.replace("/", "_"), text.strip(), image)
+
+
 def check_images(prompts: list[Prompt], family: str, source: str | None, storage: StorageSpec | None = None) -> None:
     """Each prompt's image is as ``family`` needs it (required by image-to-video, refused by
     text-to-video models) and readable: local files are opened as images, s3:// objects must exist."""
@@ -119,7 +171,7 @@ def check_images(prompts: list[Prompt], family: str, source: str | None, storage
         if not p.image:
             if model.requires_image:
                 raise InputError(f"{where}: prompt {p.prompt_id!r} has no \"image\", which {family} (image-to-video) "
-                                 "needs; give each JSONL line an image path or s3:// URI")
+                                 "needs; give each prompt an image path or s3:// URI")
             continue
         if not model.accepts_image:
             raise InputError(f"{where}: prompt {p.prompt_id!r} has an image, but {family} is text-to-video; drop the "

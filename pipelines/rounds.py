@@ -27,6 +27,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from actors import s3
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
 from actors.scoring import SCORE_KEYS
@@ -295,6 +296,7 @@ def _train_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], pa
         tracking=tracking_target(cfg, store, train_step_offset=paths.index * cfg.trainer.max_steps),
         model_card=round_model_card(cfg, store, paths.index),
         fence=store.fence,
+        s3_env=s3.settings_env(cfg.storage.endpoint_url, cfg.storage.region),
     )
     return {"metrics": metrics, "lora": _describe(store, f"{paths.lora}/{LORA_WEIGHT_NAME}"),
             "history": _train_history(store, metrics.get("checkpoint"))}

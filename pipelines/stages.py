@@ -22,6 +22,7 @@ import ray
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from actors import s3
 from actors.errors import InputError
 from actors.model_config import ModelConfig, SamplingConfig
 from actors.models import build_pipeline, encode_prompts, encode_training_inputs, generate_videos, load_lora
@@ -83,8 +84,9 @@ class EncodeTexts:
     """Actor: texts → embedding rows (``pipelines.text_embeddings``). It loads the tokenizer and the
     text encoder, nothing else."""
 
-    def __init__(self, model: dict):
+    def __init__(self, model: dict, s3_env: dict[str, str]):
         self.model = ModelConfig(**model)
+        s3.export_settings(s3_env)  # for an s3:// model
         self.pipe = build_pipeline(self.model, _device(), stage="text")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -104,6 +106,7 @@ class GenerateCandidates:
     def __init__(self, model: dict, sampling: dict, storage: StorageSpec, run_name: str, videos_rel: str,
                  lora_rel: str | None, negative: tuple[str, str] | None, fence: Callable[[], None] | None = None):
         self.model, self.sampling = ModelConfig(**model), SamplingConfig(**sampling)
+        s3.export_settings(s3.settings_env(storage.endpoint_url, storage.region))  # for an s3:// model
         self.store, self.videos_rel = RunStore(storage, run_name), videos_rel
         self.store.fence = fence  # the driver's lease (pipelines.lease): no video lands once it is lost
         self.texts, self.negative = EmbeddingReader(storage, run_name), negative
@@ -186,6 +189,7 @@ class EncodePairs:
     def __init__(self, model: dict, storage: StorageSpec, run_name: str, official_objective: bool = False):
         self.model = ModelConfig(**model)
         self.official_objective = official_objective  # trainer.official_objective: the official latent encoding
+        s3.export_settings(s3.settings_env(storage.endpoint_url, storage.region))  # for an s3:// model
         self.store = RunStore(storage, run_name)
         self.texts = EmbeddingReader(storage, run_name)
         self.pipe = build_pipeline(self.model, _device(), stage="encode")
@@ -223,10 +227,12 @@ class EncodePairs:
         return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
-def build_text_dataset(rows: list[dict[str, str]], model: ModelConfig, text_pool: PoolConfig) -> ray.data.Dataset:
+def build_text_dataset(rows: list[dict[str, str]], model: ModelConfig, store: RunStore,
+                       text_pool: PoolConfig) -> ray.data.Dataset:
     """(text_id, text) rows → embedding rows (``pipelines.text_embeddings.TEXT_SCHEMA``)."""
+    s3_env = s3.settings_env(store.spec.endpoint_url, store.spec.region)
     return ray.data.from_items(rows).map_batches(
-        EncodeTexts, fn_constructor_kwargs=dict(model=model.model_dump()), **pool_args(text_pool))
+        EncodeTexts, fn_constructor_kwargs=dict(model=model.model_dump(), s3_env=s3_env), **pool_args(text_pool))
 
 
 def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sampling: SamplingConfig,

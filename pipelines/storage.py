@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from actors import s3
 from actors.errors import InputError, StorageFailure
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,17 @@ def make_filesystem(spec: StorageSpec) -> tuple[pafs.FileSystem, str]:
         root = spec.uri[len("s3://"):].strip("/")
         if not root or root.startswith("/"):
             raise InputError(f"output_uri {spec.uri!r}: expected s3://bucket/prefix")
+        # The config's endpoint and region, else the standard AWS variables (actors.s3).
         kwargs: dict[str, Any] = dict(
-            region=spec.region,
+            region=s3.region(spec.region),
             connect_timeout=spec.connect_timeout_s,
             request_timeout=spec.request_timeout_s,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=spec.max_attempts),
         )
-        if spec.endpoint_url:
-            parsed = urlparse(spec.endpoint_url if "://" in spec.endpoint_url else f"https://{spec.endpoint_url}")
-            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        endpoint = s3.endpoint_url(spec.endpoint_url)
+        if endpoint:
+            scheme, host = s3.endpoint_parts(endpoint)
+            kwargs.update(endpoint_override=host, scheme=scheme)
         return pafs.S3FileSystem(**kwargs), root
     if "://" in spec.uri and not spec.uri.startswith("file://"):
         raise InputError(f"output_uri {spec.uri!r}: only local paths and s3:// are supported")
@@ -259,18 +261,8 @@ def _aws_code(err: Exception) -> str:
 
 def s3_client(spec: StorageSpec) -> Any:
     """A boto3 S3 client for what pyarrow's filesystem cannot do, configured as that filesystem is."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=_endpoint_with_scheme(spec.endpoint_url), region_name=spec.region,
-                        config=Config(retries={"max_attempts": spec.max_attempts, "mode": "standard"},
-                                      connect_timeout=spec.connect_timeout_s, read_timeout=spec.request_timeout_s))
-
-
-def _endpoint_with_scheme(endpoint_url: str | None) -> str | None:
-    if not endpoint_url:
-        return None
-    return endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}"
+    return s3.boto3_client(spec.endpoint_url, spec.region, spec.max_attempts, spec.connect_timeout_s,
+                           spec.request_timeout_s)
 
 
 # How storage failures read, wherever they come from: an OSError's errno, pyarrow's and the AWS SDK's
@@ -308,7 +300,7 @@ def storage_error(where: str, err: OSError) -> InputError | StorageFailure:
         cause = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     elif any(s in text for s in ("NETWORK_CONNECTION", "Connection refused", "curlCode",
                                  "Could not connect to the endpoint")):  # pyarrow's, then boto3's
-        cause = "S3 endpoint unreachable: check storage.endpoint_url"
+        cause = "S3 endpoint unreachable: check storage.endpoint_url (or AWS_ENDPOINT_URL)"
     elif any(s in text for s in ("SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "(HTTP status 5")):
         detail = text[max(text.find("AWS Error"), 0):][:160]
         cause = f"S3 kept failing after every retry (storage.max_attempts): {detail}"

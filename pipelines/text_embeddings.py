@@ -77,7 +77,7 @@ def ensure_text_embeddings(store: RunStore, model: ModelConfig, texts: list[str]
         log.info("text: encoding %d text(s) once for the run (%d already encoded)", len(missing),
                  len(texts) - len(missing))
         rows = [{"text_id": i, "text": t} for i, t in missing.items()]
-        write_parquet(build_text_dataset(rows, model, pool), store, batch)
+        write_parquet(build_text_dataset(rows, model, store, pool), store, batch)
         written = {}
         for f in store.list_files(batch, ".parquet"):
             for i in pq.read_table(store.path(f), filesystem=store.fs, columns=["text_id"]).column(0).to_pylist():

@@ -144,6 +144,7 @@ def train_dpo(
     tracking: TrackingTarget | None = None,
     model_card: str | None = None,
     fence: Callable[[], None] | None = None,
+    s3_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train the policy LoRA with Diffusion-DPO on the pair shards; export it to
     ``<lora_out_dir>/pytorch_lora_weights.safetensors`` (with ``model_card`` as its README.md).
@@ -151,7 +152,8 @@ def train_dpo(
     ``filesystem``: the pyarrow filesystem of every path here (None = local paths). ``tracking``:
     where rank 0 logs each step's metrics (``trainers.tracking``; None: nowhere). ``fence``: a
     picklable check the workers call before they write a checkpoint or the LoRA, which raises once
-    this command may no longer write the run (its lease was taken over).
+    this command may no longer write the run (its lease was taken over). ``s3_env``: the run's S3
+    settings as environment variables (``actors.s3.settings_env``), for an s3:// model.
     Returns the final metrics: loss, reward_accuracy, reward_margin, policy_ref_gap_w/l, steps,
     pairs_seen, epoch, lr, grad_norm, peak_memory_mb, plus ``checkpoint`` (its path) and ``lora_dir``.
     """
@@ -185,6 +187,7 @@ def train_dpo(
         tracking=tracking,
         model_card=model_card,
         fence=fence,
+        s3_env=s3_env or {},
     )
     trainer = TorchTrainer(
         train_loop,

@@ -140,6 +140,7 @@ class WorkerJob:
     model_card: str | None = None  # the exported LoRA directory's README.md (trainers.model_card)
     # Raises once the driver lost the run's lease (pipelines.lease): checked before anything lands in the run.
     fence: Callable[[], None] | None = None
+    s3_env: dict[str, str] = field(default_factory=dict)  # the run's S3 settings (actors.s3.settings_env)
 
     def fence_check(self) -> None:
         if self.fence is not None:
@@ -210,6 +211,7 @@ def build_training(job: WorkerJob, fresh: bool) -> Training:
 
     from actors.families import objective_family
     from actors.models import build_denoiser
+    from actors.s3 import export_settings
     from trainers.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, make_lr_scheduler
     from trainers.lora import add_lora
     from trainers.step import PolicyCall, TrainedNetwork
@@ -233,6 +235,7 @@ def build_training(job: WorkerJob, fresh: bool) -> Training:
         skip_cpu_shm_op()
         return_freed_memory_to_the_os()  # host memory is the workers' device memory here
 
+    export_settings(job.s3_env)  # before build_denoiser fetches an s3:// model
     family = objective_family(job.model.family, cfg.official_objective)
     ds_config = build_deepspeed_config(cfg, world, device.type)
     rss_before_model = _current_rss_mb()

@@ -220,7 +220,7 @@ def manifest_cluster_spec(manifest: Path = RAYCLUSTER_MANIFEST) -> dict:
 def rehearsal_config(kuberay_config: dict, gcs_address: str, nodes_dir: str,
                      overrides: dict[str, float] = LOCAL_OVERRIDES) -> dict:
     """``kuberay_config`` on :class:`RehearsalNodeProvider` (nodes' temp dirs under ``nodes_dir``), with
-    :data:`LOCAL_OVERRIDES` and nothing else changed."""
+    :data:`LOCAL_OVERRIDES` and without the CPU worker group; nothing else changed."""
     config = copy.deepcopy(kuberay_config)
     config["provider"] = {"type": "external", "module": f"{__name__}.RehearsalNodeProvider", "gcs_address": gcs_address,
                           "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True,
@@ -230,6 +230,10 @@ def rehearsal_config(kuberay_config: dict, gcs_address: str, nodes_dir: str,
     # The fake provider tags its head with its own type name; under another, the autoscaler would launch one.
     types[FAKE_HEAD_NODE_TYPE] = types.pop(config["head_node_type"])
     config["head_node_type"] = FAKE_HEAD_NODE_TYPE
+    # One machine has room for the GPU group only: the manifests' small CPU group is left out, so
+    # CPU-only work runs on the GPU nodes' CPUs here (where a cluster would start a CPU pod).
+    for name in [n for n, t in types.items() if n != FAKE_HEAD_NODE_TYPE and not t["resources"].get("GPU")]:
+        del types[name]
     for name, node_type in types.items():
         node_type["resources"].pop("memory", None)
         if name == FAKE_HEAD_NODE_TYPE:

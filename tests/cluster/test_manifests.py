@@ -181,6 +181,8 @@ def test_every_cluster_autoscales_as_the_rehearsal_cluster():
             assert derived[key] == reference[key], (where, key)
     gpu = reference["available_node_types"]["gpu"]
     assert gpu["min_workers"] == 0 and gpu["resources"]["GPU"] == 1
+    cpu = reference["available_node_types"]["cpu"]  # CPU-only work starts no GPU pod
+    assert cpu["min_workers"] == 0 and cpu["resources"].get("GPU", 0) == 0 and cpu["max_workers"] <= 2
     assert reference["available_node_types"]["headgroup"]["resources"].get("GPU", 0) == 0
     assert reference["available_node_types"]["headgroup"]["resources"]["CPU"] == 0
 
@@ -188,6 +190,7 @@ def test_every_cluster_autoscales_as_the_rehearsal_cluster():
     assert rehearsal["provider"]["module"] == "benchmarks.rehearsal.clusters.RehearsalNodeProvider"
     assert rehearsal["upscaling_speed"] == reference["upscaling_speed"]
     assert rehearsal["idle_timeout_minutes"] * 60 == LOCAL_OVERRIDES["idle_timeout_s"]
+    assert "cpu" not in rehearsal["available_node_types"]  # one machine: the GPU group only
     local_gpu = rehearsal["available_node_types"]["gpu"]
     assert local_gpu["min_workers"] == gpu["min_workers"] == 0
     assert local_gpu["max_workers"] == min(gpu["max_workers"], LOCAL_OVERRIDES["max_gpu_workers"])
@@ -288,6 +291,8 @@ def test_no_literal_credentials_anywhere():
         if path.is_file():
             text = path.read_text(encoding="utf-8")
             assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), f"{path.name}: AWS key id"
+            # (a source pin, ARG <NAME>_COMMIT=<git commit>, is the one 40-hex string that is no secret)
+            text = re.sub(r"^ARG \w+_COMMIT=[0-9a-f]{40}$", "", text, flags=re.MULTILINE)
             assert not re.search(r"\b[0-9a-fA-F]{32,}\b", text), f"{path.name}: token-like hex string"
 
 
@@ -395,3 +400,51 @@ def test_runtime_env_file_for_ray_job_submit():
     assert any(e.rstrip("/") == ".git" for e in excludes), ".git must not be uploaded"
     assert "pip" not in runtime_env, "the image has the package; per-job pip installs cost minutes"
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in runtime_env.get("env_vars", {}).items())
+
+
+def test_gpu_type_selected_agrees_with_the_pools_gpu_memory():
+    """Each GPU group selects a card type (GPU Feature Discovery's product label) with at least the
+    memory the job's recipe plans its pools for (`*_pool.gpu_memory_gib`)."""
+    from pipelines.config import load_config
+
+    jobs = {f"{p.name}:{d['metadata']['name']}": shlex.split(d["spec"]["entrypoint"]) for p, d in _of_kind("RayJob")}
+    for where, spec in _cluster_specs():
+        argv = jobs.get(where, ["videogpa", "align", "--config", "configs/cogvideox-5b.yaml"])
+        cfg = load_config(REPO_ROOT / argv[argv.index("--config") + 1])
+        planned = max(p.gpu_memory_gib for p in (cfg.text_pool, cfg.generation_pool, cfg.scoring_pool,
+                                                 cfg.encoding_pool) if p.num_gpus > 0)
+        for group in spec["workerGroupSpecs"]:
+            pod = group["template"]["spec"]
+            gpus = [int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in pod["containers"]]
+            if not any(gpus):
+                assert not pod.get("nodeSelector", {}).get("nvidia.com/gpu.product"), where
+                continue
+            product = pod.get("nodeSelector", {}).get("nvidia.com/gpu.product")
+            assert product, f"{where} {group['groupName']}: no nvidia.com/gpu.product nodeSelector"
+            memory = re.search(r"-(\d+)GB\b", product)
+            assert memory and int(memory.group(1)) >= planned, f"{where}: {product} has less than {planned} GiB"
+
+
+@pytest.mark.parametrize("how", ["rayignore", "excludes"])
+def test_working_dir_upload_leaves_out_venvs_runs_and_caches(tmp_path, how):
+    """Ray's own packaging of a checkout (what `ray job submit` uploads): a virtual environment, run
+    outputs and caches stay out, through .rayignore (newer clients) or runtime_env.yaml's excludes."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    checkout = tmp_path / "checkout"
+    for rel in ("venv/lib/torch.so", ".venv/bin/python", "runs/quickstart/a.mp4", ".cache/videogpa/m.bin",
+                "actors/__pycache__/x.pyc", "configs/quickstart.yaml", "actors/models.py"):
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text("x")
+    excludes: list[str] = []
+    if how == "rayignore":
+        (checkout / ".rayignore").write_text((REPO_ROOT / ".rayignore").read_text())
+    else:
+        excludes = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["excludes"]
+    create_package(str(checkout), tmp_path / "pkg.zip", include_gitignore=False, excludes=excludes)
+    files = {n for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist() if not n.endswith("/")}
+    assert files - {".rayignore"} == {"configs/quickstart.yaml", "actors/models.py"}, files
+    ignored = (REPO_ROOT / ".gitignore").read_text().split()
+    assert {"venv/", ".venv/", "runs/"} <= set(ignored)

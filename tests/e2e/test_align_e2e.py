@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from actors.model_config import ModelConfig
 from actors.models import build_pipeline
@@ -172,7 +173,18 @@ def test_align_to_s3(tmp_path, s3_server, flaky_s3_run):
     fs = pafs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http", region="us-east-1")
     root = flaky_s3_run.root
     _check_run(fs, root, candidates=2 * 2)
-    _check_shards(f"s3://{root}/round-000/pairs", filesystem=fs)
+    rows = _check_shards(f"s3://{root}/round-000/pairs", filesystem=fs)
+    # It ran as a cluster user's run: the endpoint from AWS_ENDPOINT_URL alone, the prompts from the
+    # caption file (its keys as ids), the model fetched once from the bucket into the node's cache.
+    assert {r["prompt_id"] for r in rows} <= {"1K_0a1b2c3d_images_8", "1K_4e5f6a7b_images_8"}
+    assert {r["model_id"] for r in rows} == {flaky_s3_run.model}
+    recorded = yaml.safe_load(fs.open_input_stream(f"{root}/config.yaml").read())
+    assert recorded["storage"]["endpoint_url"] is None and recorded["storage"]["region"] is None
+    cached = [p for p in flaky_s3_run.model_cache.iterdir() if p.is_dir()]
+    assert len(cached) == 1 and (cached[0] / "model_index.json").is_file()
+    # One download for the node, though its generation and encoding actors and its trainer worker all load it.
+    weights = f"/{flaky_s3_run.model[len('s3://'):]}/transformer/diffusion_pytorch_model.safetensors"
+    assert flaky_s3_run.forwarded_gets[weights] == 1, flaky_s3_run.forwarded_gets
     # Nothing was written to the local working directory instead of the bucket.
     assert not (ROOT / "runs" / "flaky").exists()
     lora = tmp_path / "lora"

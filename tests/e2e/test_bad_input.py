@@ -160,7 +160,8 @@ BAD_INPUTS = {
                                    _write("bad.jsonl", b'{"prompt": "a house"}\n{"prompt": "a car"\n')),
     "prompts-not-utf8": Bad(f"align {GOOD} prompts.path={{tmp}}/latin1.txt", ("latin1.txt'", "is not UTF-8"),
                             _write("latin1.txt", "a caf\u00e9 in Paris\n".encode("latin-1"))),
-    "prompts-missing": Bad(f"align {GOOD} prompts.path={{tmp}}/none.txt", ("none.txt' does not exist",)),
+    "prompts-missing": Bad(f"align {GOOD} prompts.path={{tmp}}/none.txt",
+                           ("none.txt' does not exist", "set prompts.path=FILE")),
     "image-missing": Bad(f"align {I2V} prompts.path={{tmp}}/p.jsonl", ("p.jsonl'", "gone.png' does not exist"),
                          _jsonl("{tmp}/gone.png")),
     "image-not-an-image": Bad(f"align {I2V} prompts.path={{tmp}}/p.jsonl",
@@ -474,6 +475,25 @@ def test_unreachable_s3_endpoint(tmp_path, ray_address):
                      "storage.connect_timeout_s=1", "storage.request_timeout_s=2", env={"RAY_ADDRESS": ray_address})
     assert_one_line_error(result, "S3 endpoint unreachable: check storage.endpoint_url")
     assert time.monotonic() - start < 120
+
+
+def test_dry_run_checks_everything_and_writes_nothing(tmp_path, ray_address, s3_server):
+    """`align --dry-run` runs every check (here: prompts in the paper's caption format, storage found
+    through AWS_ENDPOINT_URL alone) and exits 0 without starting a pool or writing anything; a check
+    that fails it is the one line the real run would print."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "captions_1K.json").write_text(json.dumps({"1K/a/images_8": " A hall.\n", "1K/b/images_8": "A yard."}))
+    common = ("align", "--config", "configs/quickstart.yaml", "--dry-run", f"prompts.path={tmp_path}/captions_1K.json")
+    env = {"RAY_ADDRESS": ray_address, "AWS_ENDPOINT_URL": s3_server}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        good = pool.submit(run_cli, *common, f"output_uri={tmp_path}/out", env=env)
+        bad = pool.submit(run_cli, *common, "output_uri=s3://no-such-bucket-dry/runs", env=env)
+        good, bad = good.result(), bad.result()
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert json.loads(good.stdout.strip().splitlines()[-1])["prompts"] == 2
+    assert not (tmp_path / "out").exists() and "MapBatches" not in good.stderr
+    assert_one_line_error(bad, "bucket 'no-such-bucket-dry' does not exist")
 
 
 # ----------------------------------------------------------------------------- security

@@ -80,3 +80,27 @@ def test_a_full_disk_and_a_missing_bucket_are_one_line_naming_cause_and_place(tm
         missing.create_exclusive("lease/00000001.json", b"{}")
     with pytest.raises(InputError, match="bucket 'no-such-bucket-here' does not exist"):
         missing.write_bytes("config.yaml", b"x")
+def test_s3_endpoint_and_region_from_the_standard_aws_variables(s3_server, s3_bucket, monkeypatch):
+    """AWS_ENDPOINT_URL alone reaches the server, for pyarrow (the run's storage) and boto3 (model
+    fetch); AWS_ENDPOINT_URL_S3 beats it, and storage.endpoint_url beats both."""
+    from actors import s3
+
+    dead = "http://127.0.0.1:9"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    store = RunStore(StorageSpec(f"s3://{s3_bucket}/env"), "run")
+    assert store.fs.region == "eu-west-3"
+    store.write_json("a.json", {"x": 1})
+    assert s3.boto3_client().get_object(Bucket=s3_bucket, Key="env/run/a.json")["Body"].read() == b'{\n  "x": 1\n}'
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    assert RunStore(StorageSpec(f"s3://{s3_bucket}/env"), "run").read_json("a.json") == {"x": 1}
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dead)
+    configured = StorageSpec(f"s3://{s3_bucket}/env", endpoint_url=s3_server, region="us-east-1")
+    assert RunStore(configured, "run").read_json("a.json") == {"x": 1}
+    # What the config sets, exported, wins in code that sees only the environment.
+    s3.export_settings(s3.settings_env(s3_server, "us-east-1"))
+    assert s3.endpoint_url() == s3_server and s3.region() == "us-east-1"
+    assert s3.boto3_client().head_object(Bucket=s3_bucket, Key="env/run/a.json")["ContentLength"] > 0

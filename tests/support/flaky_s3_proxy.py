@@ -36,6 +36,7 @@ class FlakyS3Proxy:
         self._lock = threading.Lock()
         self._failed_per_key: Counter = Counter()
         self.stats: Counter = Counter()  # requests, forwarded, error_500, error_503, dropped
+        self.forwarded_gets: Counter = Counter()  # path (no query) → GETs that reached the server
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -116,6 +117,9 @@ class FlakyS3Proxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
+                if self.command == "GET":
+                    with proxy._lock:
+                        proxy.forwarded_gets[self.path.split("?", 1)[0]] += 1
                 self._forward(body)
 
             def _forward(self, body: bytes) -> None:

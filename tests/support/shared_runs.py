@@ -7,6 +7,8 @@ the trainer's worker group), so a run that can carry the faults or checks of sev
   (tests/faults/test_faults.py, tests/faults/test_resume.py).
 - :func:`flaky_s3_run`: one run to S3 through a proxy failing a share of requests, which must
   still leave what a clean run leaves (tests/faults/test_faults.py, tests/e2e/test_align_e2e.py).
+  It is also the cluster user's run: S3 configured by AWS_ENDPOINT_URL alone (no storage.* key), the
+  prompts an official-format caption file in the bucket, the base model a diffusers directory there.
 """
 
 from __future__ import annotations
@@ -162,13 +164,20 @@ def interrupted_run(tmp: Path) -> InterruptedRun:
 
 S3_ENV_BASE = {"AWS_ACCESS_KEY_ID": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
+# The paper's released DL3DV captions as they are shaped (id → caption, CogVLM's whitespace kept).
+DL3DV_CAPTIONS = {"1K/0a1b2c3d/images_8": " A slow orbit around a red brick house in a green garden.\n",
+                  "1K/4e5f6a7b/images_8": " A camera moves through a library between tall bookshelves.\n",
+                  "1K/8c9d0e1f/images_8": " An aerial orbit of a snowy mountain cabin.\n"}
+PROMPTS_KEY, MODEL_PREFIX = "prompts/captions_1K.json", "models/tiny-cogvideox"
 
-def s3_align_args(bucket: str, endpoint_url: str) -> list[str]:
-    """2 prompts × 2 candidates, 2 steps, to s3://BUCKET/runs/flaky through ``endpoint_url``."""
+
+def s3_align_args(bucket: str) -> list[str]:
+    """2 prompts × 2 candidates, 2 steps, to s3://BUCKET/runs/flaky, prompts and model from the bucket;
+    no storage.* key: the endpoint is AWS_ENDPOINT_URL's (see :func:`s3_align`)."""
     return ["align", "--config", "configs/quickstart.yaml", "prompts.limit=2", "trainer.log_every=1",
             "run_name=flaky", "pairing.candidates_per_prompt=2", "trainer.max_steps=2",
-            f"output_uri=s3://{bucket}/runs", f"storage.endpoint_url={endpoint_url}", "storage.region=us-east-1",
-            "storage.max_attempts=5"]
+            f"output_uri=s3://{bucket}/runs", f"prompts.path=s3://{bucket}/{PROMPTS_KEY}",
+            f"model.pretrained=s3://{bucket}/{MODEL_PREFIX}"]
 
 
 @dataclasses.dataclass
@@ -179,22 +188,34 @@ class S3Run:
     proxy_stats: dict
     secret: str
     env: dict
+    model: str  # model.pretrained: the s3:// diffusers directory
+    model_cache: Path  # VIDEOGPA_MODEL_CACHE of the run's processes
+    forwarded_gets: dict  # path → GETs the proxy passed to the server
 
 
 def s3_align(bucket: str, proxy: FlakyS3Proxy, log: Path, env: dict, timeout_s: float) -> Command:
-    return drive(s3_align_args(bucket, proxy.endpoint_url), log, [], env=env, timeout_s=timeout_s)
+    return drive(s3_align_args(bucket), log, [], env={**env, "AWS_ENDPOINT_URL": proxy.endpoint_url},
+                 timeout_s=timeout_s)
 
 
 def flaky_s3_run(tmp: Path, s3_server: str) -> S3Run:
     """`videogpa align` to a fresh bucket through a proxy answering 500/503 or dropping the connection
-    on ~15% of requests (seeded, at most 2 per request); AWS_SECRET_ACCESS_KEY is a unique value."""
+    on ~15% of requests (seeded, at most 2 per request); AWS_SECRET_ACCESS_KEY is a unique value. The
+    bucket holds the prompts (DL3DV caption format) and the tiny preset saved as a diffusers directory."""
+    import json
+
     import boto3
 
+    from tests.support.s3_model import upload_tiny_model
+
     bucket = f"videogpa-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key=PROMPTS_KEY, Body=json.dumps(DL3DV_CAPTIONS).encode())
+    model = upload_tiny_model(client, bucket, MODEL_PREFIX, tmp / "saved-model")
     secret = f"secret-{uuid.uuid4().hex}"
-    env = {**S3_ENV_BASE, "AWS_SECRET_ACCESS_KEY": secret}
+    env = {**S3_ENV_BASE, "AWS_SECRET_ACCESS_KEY": secret, "VIDEOGPA_MODEL_CACHE": str(tmp / "model-cache")}
     with FlakyS3Proxy(s3_server, fail_rate=0.15, seed=7, max_failures_per_key=2) as proxy:
         command = s3_align(bucket, proxy, tmp / "flaky.log", env, 900)
-        stats = dict(proxy.stats)
-    return S3Run(bucket, f"{bucket}/runs/flaky", command, stats, secret, env)
+        stats, gets = dict(proxy.stats), dict(proxy.forwarded_gets)
+    return S3Run(bucket, f"{bucket}/runs/flaky", command, stats, secret, env, model, tmp / "model-cache", gets)
