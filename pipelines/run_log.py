@@ -60,7 +60,11 @@ class _TerminalFilter:
     def __call__(self, text: str) -> str:
         lines = (self._pending + text).split("\n")
         self._pending = lines.pop()
-        return "".join(line + "\n" for line in lines if self._keep(line))
+        shown = "".join(line + "\n" for line in lines if self._keep(line))
+        if "\r" in self._pending and not _SOURCE.match(self._pending):
+            # a progress bar the driver redraws in place (Ray Data's on a terminal): shown as it comes
+            shown, self._pending = shown + self._pending, ""
+        return shown
 
     def flush(self) -> str:
         rest, self._pending = self._pending, ""

@@ -103,3 +103,13 @@ def test_repeated_forwarded_lines_show_once_and_the_rest_as_before():
     assert kept("\n".join(lines) + "\n").splitlines() == [lines[i] for i in (0, 1, 3, 4, 7, 8, 9, 10, 11)]
     # with tracebacks shown (--debug) repeats still go
     assert _TerminalFilter(tracebacks=True)("\n".join(lines[:3]) + "\n").splitlines() == lines[:2]
+
+
+def test_a_bar_redrawn_in_place_reaches_the_terminal_as_it_comes():
+    """Ray Data's progress bars on a terminal rewrite one line with carriage returns: they are not held back
+    until a newline (which a bar only writes when it closes)."""
+    kept = _TerminalFilter()
+    assert kept("\rRunning Dataset: 0%|  | 0/6") == "\rRunning Dataset: 0%|  | 0/6"
+    assert kept("\rRunning Dataset: 50%|# | 3/6") == "\rRunning Dataset: 50%|# | 3/6"
+    assert kept("\n2026-12-06 INFO pipelines.rounds: done\n") == "\n2026-12-06 INFO pipelines.rounds: done\n"
+    assert kept("partial") == "" and kept.flush() == "partial"
