@@ -380,13 +380,15 @@ def video_to_tensor(video: np.ndarray) -> Tensor:
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < 1:
         raise InputError(f"video: expected [F,H,W,3], got shape {video.shape}")
+    # Frames from Ray's object store are read-only, which torch cannot share (it warns): the one
+    # copy the float conversion makes anyway is done in NumPy, so torch only gets writable arrays.
     if video.dtype == np.uint8:
-        return torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255.0
+        return torch.from_numpy(video.astype(np.float32)).permute(0, 3, 1, 2) / 255.0
     if not np.issubdtype(video.dtype, np.floating):
         raise InputError(f"video: expected uint8 or float frames, got {video.dtype}")
     if not np.isfinite(video).all():
         raise InputError("video: contains NaN or inf values")
-    return torch.from_numpy(np.ascontiguousarray(video, dtype=np.float32)).permute(0, 3, 1, 2).clamp(0, 1)
+    return torch.from_numpy(np.array(video, dtype=np.float32)).permute(0, 3, 1, 2).clamp_(0, 1)
 
 
 class VideoScorer:

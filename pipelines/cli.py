@@ -83,6 +83,7 @@ def _config_on_ray(args: argparse.Namespace):
     from pipelines.config import load_config
     from pipelines.placement import check_output_shared
     from pipelines.preflight import preflight
+    from pipelines.progress import install as install_progress
 
     cfg = load_config(args.config, args.overrides)
     # The config's S3 settings win over the environment's, here and in a local Ray's workers
@@ -92,6 +93,8 @@ def _config_on_ray(args: argparse.Namespace):
     if not ray.is_initialized():
         started_here = cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(address=cfg.ray.address, log_to_driver=True)
+    # Not on a terminal (`ray job logs`, a pipe, CI): one line per dataset and interval, not Ray Data's blocks
+    install_progress(interactive=sys.stdout.isatty(), file_only=args.run_log.write_only_to_file)
     prompts = preflight(cfg, args.command, getattr(args, "round", None), started_here, getattr(args, "lora", None))
     check_output_shared(cfg)
     return cfg, prompts

@@ -33,6 +33,7 @@ from actors.families.base import LORA_WEIGHT_NAME
 from actors.scoring import SCORE_KEYS
 from pipelines.config import VideoGPAConfig
 from pipelines.pairing import make_pairs
+from pipelines.progress import set_label
 from pipelines.prompts import Prompt, load_prompts
 from pipelines.provenance import command_stamp, record_config
 from pipelines.stages import (
@@ -152,6 +153,7 @@ def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index
         check_stage_inputs(store, stage, index)
         log.info("round %d · stage %d/%d %s: starting", index, number, len(STAGES), stage)
         start = time.perf_counter()
+        set_label(f"round {index} · {stage}")  # names the progress lines of the datasets the stage runs
         try:
             marker = _STAGE_FUNCTIONS[stage](cfg, store, prompts, paths)
         except Exception as err:
@@ -235,6 +237,7 @@ def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
     for stage in ("train", "pairs"):
         store.delete_file(paths.marker(stage))
     rows = read_candidates(store, paths)
+    set_label(f"round {index} · score")
     log.info("re-scoring %d candidates of round %d with %s:%s", len(rows), index, cfg.scoring.scorer,
              cfg.scoring.backend)
     write_parquet(build_rescoring_dataset(rows, cfg.scoring, store, cfg.scoring_pool), store, paths.candidates)

@@ -6,7 +6,9 @@ its run, the file is copied into it when the command ends, however it ends (shor
 failure can be diagnosed after the terminal is gone, also from S3; where the run cannot take it
 (a full disk, a lost lease), the local file is kept and the last line names it. Tracebacks (the driver's, and
 those Ray forwards from actors and workers) go to the file only unless ``--debug``: the terminal
-gets one line that says what failed and where the log is.
+gets one line that says what failed and where the log is. A line Ray forwards that repeats an earlier
+forwarded line (a library's warning per batch, per actor) goes to the file only too: "repeats" means
+the same text up to quoted, bracketed and parenthesized parts, wherever in the cluster it came from.
 """
 
 from __future__ import annotations
@@ -28,22 +30,44 @@ _SOURCE = re.compile(r"^(?:\x1b\[[0-9;]*m)?\(.*? pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m
 
 _FRAME = re.compile(r'^\s+File ".*", line \d+')
 _CARETS = re.compile(r"^\s*[\^~]+\s*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The parts of a line that vary between repeats of one message: quoted values, [lists], (groups), {dicts}.
+_VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\[\]]*\]|\([^()]*\)|\{[^{}]*\}")
 
 
-class _TracebackFilter:
-    """Drops Python traceback frames from text bound for the terminal (they stay in the log file):
-    a "Traceback (most recent call last):" or '  File "...", line N' line and the indented lines
-    after it, tracked per source of forwarded lines so that interleaved actors do not confuse it.
-    The exception's own line stays."""
+def _shape(body: str) -> str:
+    """A forwarded line's text with what varies between repeats of its message replaced (nested
+    brackets from the inside out)."""
+    shape = _ANSI.sub("", body).strip()
+    while True:
+        collapsed = _VARYING.sub("…", shape)
+        if collapsed == shape:
+            return shape
+        shape = collapsed
 
-    def __init__(self) -> None:
+
+class _TerminalFilter:
+    """Drops from text bound for the terminal (the log file keeps it all):
+    - Python traceback frames, unless ``tracebacks``: a "Traceback (most recent call last):" or
+      '  File "...", line N' line and the indented lines after it, tracked per source of forwarded
+      lines so that interleaved actors do not confuse it. The exception's own line stays.
+    - a forwarded line whose :func:`_shape` an earlier forwarded line had (repeated warnings)."""
+
+    def __init__(self, tracebacks: bool = False, shown: set[int] | None = None) -> None:
+        self._tracebacks = tracebacks
         self._pending = ""
         self._inside: set[str] = set()
+        # hashes of the shapes of the forwarded lines shown (shared by stdout's and stderr's filters)
+        self._shown = shown if shown is not None else set()
 
     def __call__(self, text: str) -> str:
         lines = (self._pending + text).split("\n")
         self._pending = lines.pop()
-        return "".join(line + "\n" for line in lines if self._keep(line))
+        shown = "".join(line + "\n" for line in lines if self._keep(line))
+        if "\r" in self._pending and not _SOURCE.match(self._pending):
+            # a progress bar the driver redraws in place (Ray Data's on a terminal): shown as it comes
+            shown, self._pending = shown + self._pending, ""
+        return shown
 
     def flush(self) -> str:
         rest, self._pending = self._pending, ""
@@ -52,6 +76,17 @@ class _TracebackFilter:
     def _keep(self, line: str) -> bool:
         match = _SOURCE.match(line)
         source, body = (match.group(0), line[match.end():]) if match else ("", line)
+        if not self._tracebacks and not self._keep_traceback_line(source, body):
+            return False
+        if not source or not body.strip():
+            return True
+        shape = hash(_shape(body))
+        if shape in self._shown:
+            return False
+        self._shown.add(shape)
+        return True
+
+    def _keep_traceback_line(self, source: str, body: str) -> bool:
         if body.startswith("Traceback (most recent call last)") or _FRAME.match(body):
             self._inside.add(source)
             return False
@@ -64,12 +99,12 @@ class _TracebackFilter:
 class _Tee:
     """A text stream that writes to the log file and, through ``terminal_filter``, to the terminal."""
 
-    def __init__(self, terminal: TextIO, file: TextIO, terminal_filter: _TracebackFilter | None):
+    def __init__(self, terminal: TextIO, file: TextIO, terminal_filter: _TerminalFilter):
         self._terminal, self._file, self._filter = terminal, file, terminal_filter
 
     def write(self, text: str) -> int:
         self._file.write(text)
-        self._terminal.write(self._filter(text) if self._filter else text)
+        self._terminal.write(self._filter(text))
         return len(text)
 
     def flush(self) -> None:
@@ -77,8 +112,7 @@ class _Tee:
         self._terminal.flush()
 
     def finish(self) -> None:
-        if self._filter:
-            self._terminal.write(self._filter.flush())
+        self._terminal.write(self._filter.flush())
         self.flush()
 
     def __getattr__(self, name: str):  # isatty, fileno, encoding, ...: the terminal's
@@ -93,7 +127,8 @@ class RunLog:
         fd, self._path = tempfile.mkstemp(prefix=f"videogpa-{command}-", suffix=".log")
         self._file = os.fdopen(fd, "w+", encoding="utf-8")
         self._streams = sys.stdout, sys.stderr
-        self._tees = [_Tee(stream, self._file, None if tracebacks_on_terminal else _TracebackFilter())
+        shown: set[int] = set()
+        self._tees = [_Tee(stream, self._file, _TerminalFilter(tracebacks_on_terminal, shown))
                       for stream in self._streams]
         sys.stdout, sys.stderr = self._tees
         self.store: RunStore | None = None

@@ -67,16 +67,15 @@ def pool_args(pool: PoolConfig) -> dict[str, Any]:
     """map_batches arguments for an elastic actor pool.
 
     A pool actor that dies (node lost, OOM-killed, preempted) is restarted without limit and its
-    in-flight batch retried on a live actor; outputs are keyed by (prompt, seed), so a retried batch
-    overwrites its own files and every candidate still appears exactly once (tests/faults/test_faults.py).
+    in-flight batch retried on a live actor (Ray Data's default for actor pools, max_restarts and
+    max_task_retries -1; passing them is deprecated); outputs are keyed by (prompt, seed), so a retried
+    batch overwrites its own files and every candidate still appears exactly once (tests/faults/test_faults.py).
     """
     return dict(
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_gpus=pool.num_gpus,
         num_cpus=pool.num_cpus,
         batch_size=pool.batch_size,
-        max_restarts=-1,
-        max_task_retries=-1,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.rehearsal.processes import free_port
-from tests.support.quickstart import QUICKSTART_ARGS, QUICKSTART_ENV, QuickstartRun
+from tests.support.quickstart import PROGRESS_ENV, QUICKSTART_ARGS, QUICKSTART_ENV, QuickstartRun
 from tests.support.ray_runtime import local_ray
 
 # Tests that start or join a Ray runtime, or run a command that does, go one after another on one
@@ -122,7 +122,7 @@ def quickstart_run(tmp_path_factory) -> QuickstartRun:
     out = tmp_path_factory.mktemp("quickstart")
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "align", *QUICKSTART_ARGS, f"output_uri={out}"],
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
-                            env={**os.environ, **QUICKSTART_ENV})
+                            env={**os.environ, **QUICKSTART_ENV, **PROGRESS_ENV})
     assert result.returncode == 0, result.stderr[-4000:]
     return QuickstartRun(out, result)
 

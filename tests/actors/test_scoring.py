@@ -1,6 +1,7 @@
 """Scoring: splatting, 3DCS, motion, epipolar, MVCS, backends and the VideoScorer (CPU, offline)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from actors.scoring import (
     motion_score,
     reprojection_score,
     ssim,
+    video_to_tensor,
 )
 from benchmarks.miniature_lab.world import CORRUPTIONS, TRAJECTORIES, render_clip
 
@@ -459,3 +461,21 @@ def test_epipolar_upscales_tiny_frames_so_sift_can_score_them():
     assert np.array_equal([epipolar_score(f, min_size=32) for f in clean], native, equal_nan=True)  # big enough
     warped = [epipolar_score(render_clip(s, "pan", "warp", 9, 32).frames, min_size=128) for s in range(6)]
     assert np.nanmean(warped) > np.mean(upscaled)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_video_to_tensor_takes_read_only_frames_without_a_warning(dtype, monkeypatch):
+    """Ray hands actors read-only arrays: converting them must not trip torch's "not writable" warning."""
+    frames = np.random.default_rng(0).integers(0, 255, (2, 4, 5, 3)).astype(dtype)
+    if dtype == np.float32:
+        frames /= 255.0
+    frames.flags.writeable = False
+    # torch warns once per process, so an earlier test may have used it up: also see what torch is given
+    given, from_numpy = [], torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda a: given.append(a.flags.writeable) or from_numpy(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = video_to_tensor(frames)
+    assert given == [True]
+    expected = frames.astype(np.float32) / (255.0 if dtype == np.uint8 else 1.0)
+    assert out.shape == (2, 3, 4, 5) and torch.equal(out, torch.from_numpy(expected.copy()).permute(0, 3, 1, 2))

@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,30 @@ def _lora_changes_output(lora_dir: str) -> None:
     base = sample(pipe)
     pipe.load_lora_weights(lora_dir)
     assert np.abs(sample(pipe) - base).max() > 0
+
+
+def test_quickstart_output_reads_as_a_log(quickstart_run):
+    """Off a terminal (captured here): at most 80 lines, with the stage lines, one-line progress instead of Ray
+    Data's blocks, each repeated library warning once, and the summary; the run's log file keeps everything."""
+    result = quickstart_run.result
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert len(lines) <= 80, f"{len(lines)} lines:\n" + "\n".join(lines)
+    for number, stage in enumerate(("candidates", "pairs", "train"), start=1):
+        assert sum(f"round 0 · stage {number}/3 {stage}: starting" in line for line in lines) == 1, stage
+        assert sum(f"round 0 · stage {stage}: done in" in line for line in lines) == 1, stage
+    assert any(re.search(r"INFO pipelines.progress: round 0 · candidates: GenerateCandidates \d+/(\d+|\?), "
+                         r"ScoreCandidates \d+/(\d+|\?) rows", line) for line in lines)
+    assert not [line for line in lines if "logging_progress" in line or "Running Dataset" in line]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["rounds"] == 1
+    # Each warning once, whatever process and batch it came from (they differ in quoted, listed or counted parts)
+    warnings = [re.sub(r"^.*?\) |^[\d :,-]+", "", line) for line in lines
+                if re.search(r"warn|truncated|longer than", line, re.IGNORECASE)]
+    shapes = [re.sub(r"\[[^]]*\]|\([^)]*\)|\d+", "#", w) for w in warnings]
+    assert len(shapes) == len(set(shapes)), warnings
+    assert sum("truncated" in line for line in lines) == 1
+    assert not [line for line in lines if "not writable" in line or "RayDeprecationWarning" in line]
+    log_text = sorted(Path(quickstart_run.root, "logs").glob("*-align.log"))[0].read_text()
+    assert log_text.count("truncated") > 1 and "logging_progress" in log_text
 
 
 def test_align_local_then_resume(quickstart_run, ray_test, tmp_path_factory):

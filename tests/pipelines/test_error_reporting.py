@@ -11,7 +11,7 @@ from ray.train.v2.api.exceptions import WorkerGroupError
 
 from actors.errors import InputError
 from pipelines.cli import _one_line
-from pipelines.run_log import _TracebackFilter
+from pipelines.run_log import _TerminalFilter
 
 
 def _remote(err: BaseException, function: str = "ray::MapWorker.__init__()") -> RayTaskError:
@@ -64,7 +64,7 @@ def test_traceback_frames_stay_off_the_terminal(source):
         "actors.errors.InputError: scoring.weights: bad",
         "next line",
     ])
-    kept = _TracebackFilter()
+    kept = _TerminalFilter()
     shown = kept(text[:37]) + kept(text[37:]) + kept.flush()  # written in pieces, as streams are
     assert shown.splitlines() == [source + "loading model", source + "actors.errors.InputError: scoring.weights: bad",
                                   source + "next line"]
@@ -72,7 +72,7 @@ def test_traceback_frames_stay_off_the_terminal(source):
 
 def test_interleaved_sources_are_filtered_apart():
     a, b = "(A pid=1) ", "(B pid=2) "
-    kept = _TracebackFilter()
+    kept = _TerminalFilter()
     shown = kept(f"{a}Traceback (most recent call last):\n{b}  indented output of B\n"
                  f'{a}  File "f.py", line 1, in g\n{a}    g()\n{a}ValueError: v\n')
     assert shown.splitlines() == [f"{b}  indented output of B", f"{a}ValueError: v"]
@@ -102,3 +102,38 @@ def test_storage_failures_inside_ray_wrappers_are_one_line_with_cause_and_place(
     assert _line(denied) == (2, "storage error at /runs/q/round-000/videos/a.mp4: permission denied; output_uri must "
                                 "be writable by this user")
     assert _line(_remote(OSError("Broken pipe"))) is None  # not a storage failure: the generic failure line
+def test_repeated_forwarded_lines_show_once_and_the_rest_as_before():
+    """Lines of a quickstart's output: a library warning repeated per batch and per actor (differing in
+    quoted, bracketed and parenthesized parts) shows once; the driver's own lines, training steps and
+    blank lines all stay."""
+    gen, enc, train = ("\x1b[36m(MapWorker(MapBatches(GenerateCandidates)) pid=6874)\x1b[0m ",
+                       "\x1b[36m(MapWorker(MapBatches(EncodePairs)) pid=7631)\x1b[0m ", "(RayTrainWorker pid=8224) ")
+    truncated = "The following part of your input was truncated because `max_sequence_length` is set to  16 tokens: "
+    lines = [
+        gen + "[transformers] Token indices sequence length is longer than the specified maximum (25 > 16).",
+        gen + truncated + "['in a green garden', 'in a green garden']",
+        gen + truncated + "['d down a narrow stone alley at dusk']",
+        "2026-12-06 05:20:12,853 INFO pipelines.rounds: round 0 · stage candidates: done in 15.6 s",
+        "2026-12-06 05:20:12,853 INFO pipelines.rounds: round 0 · stage candidates: done in 15.6 s",
+        enc + "[transformers] Token indices sequence length is longer than the specified maximum (31 > 16).",
+        enc + truncated + '["st parked cars [rainy] on a city street"]',
+        "",
+        train + "[videogpa.train] step 1/6 epoch 0 loss 0.6931 (0.09s/step)",
+        train + "[videogpa.train] step 6/6 epoch 1 loss 0.6931 (0.04s/step)",
+        train + "",
+        train + "",
+    ]
+    kept = _TerminalFilter(shown=set())
+    assert kept("\n".join(lines) + "\n").splitlines() == [lines[i] for i in (0, 1, 3, 4, 7, 8, 9, 10, 11)]
+    # with tracebacks shown (--debug) repeats still go
+    assert _TerminalFilter(tracebacks=True)("\n".join(lines[:3]) + "\n").splitlines() == lines[:2]
+
+
+def test_a_bar_redrawn_in_place_reaches_the_terminal_as_it_comes():
+    """Ray Data's progress bars on a terminal rewrite one line with carriage returns: they are not held back
+    until a newline (which a bar only writes when it closes)."""
+    kept = _TerminalFilter()
+    assert kept("\rRunning Dataset: 0%|  | 0/6") == "\rRunning Dataset: 0%|  | 0/6"
+    assert kept("\rRunning Dataset: 50%|# | 3/6") == "\rRunning Dataset: 50%|# | 3/6"
+    assert kept("\n2026-12-06 INFO pipelines.rounds: done\n") == "\n2026-12-06 INFO pipelines.rounds: done\n"
+    assert kept("partial") == "" and kept.flush() == "partial"

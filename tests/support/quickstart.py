@@ -11,6 +11,10 @@ from pathlib import Path
 QUICKSTART_ARGS = ("--config", "configs/quickstart.yaml", "run_name=e2e", "prompts.limit=3",
                    "tracking.mlflow.enabled=true")
 
+# The non-interactive progress lines every 5 s instead of 30 (pipelines/progress.py), so that this short run
+# has some to check, and its output still reads in at most 80 lines (tests/e2e/test_align_e2e.py).
+PROGRESS_ENV = {"RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL": "5"}
+
 # Credentials in the run's environment, as on a cluster: none of them may reach a file of the run.
 SECRET = "canary-s3cr3t-7f1c"
 QUICKSTART_ENV = {name: f"{SECRET}-{name}" for name in (
