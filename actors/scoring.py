@@ -35,7 +35,8 @@ from actors.geometry import (
     resize_geometry,
     sample_frame_indices,
 )
-from actors.gfm import ScoringConfig, build_backend
+from actors.gfm import build_backend
+from actors.scoring_config import SCORE_KEYS, ScoringConfig
 
 VGG16_CHECKPOINT = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 file name in the hub cache
 LPIPS_RANDOM_SEED = 0
@@ -368,11 +369,6 @@ def epipolar_score(frames: Tensor | np.ndarray, min_size: int = 0, matcher=None)
 
 
 # ----------------------------------------------------------------------------- scorer
-
-# The keys of ``VideoScorer.score``'s result: every per-candidate metric, in the order of the
-# candidate rows' score columns.
-SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "mvcs_si", "motion", "epipolar", "sharpness",
-              "frame_change")
 
 
 def video_to_tensor(video: np.ndarray) -> Tensor:

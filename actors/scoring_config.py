@@ -10,6 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The keys of ``actors.scoring.VideoScorer.score``'s result: every per-candidate metric, in the order of the
+# candidate rows' score columns.
+SCORE_KEYS = ("score", "3dcs", "mse", "lpips", "psnr", "ssim", "mvcs", "mvcs_si", "motion", "epipolar", "sharpness",
+              "frame_change")
+
 # How frames become the GFM's square input (actors.gfm.GFMBackend.prepare).
 InputLayout = Literal["center_square", "full_width"]
 

@@ -17,7 +17,7 @@ since a node's disk dies with it. While it runs:
 
 Writes ``DIR/run/`` (the finished run, downloaded from S3), ``DIR/timeline.json`` and
 ``DIR/timeline.png`` (GPU nodes and actors per pool over time, kills marked). The last line of
-output is one JSON object with the figures (SPEC §3).
+output is one JSON object with the figures (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations

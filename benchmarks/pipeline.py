@@ -126,7 +126,7 @@ def _map_worker_start_times() -> dict[str, float]:
 def run_ray(cfg, rows: list[dict], store, videos_rel: str, pool) -> dict:
     """Materialize the product's generate+score graph with ``pool`` for both pools."""
     from pipelines.stages import build_candidates_dataset
-    from pipelines.text_embeddings import text_stage
+    from pipelines.text_stage import text_stage
 
     # The prompts' embeddings first, as a round makes them (the loop's pipeline encodes them itself).
     texts = text_stage(cfg, store, [r["prompt"] for r in rows])
@@ -194,7 +194,8 @@ def probe_threads(*pools) -> list[dict]:
 
 def make_pair_shards(cfg, store, prompts, materialized) -> list[str]:
     """Pair shards from run 1's candidates, through the product's candidates marker + pairs stage."""
-    from pipelines.rounds import RoundPaths, _file_listing, run_round
+    from pipelines.rounds import _file_listing, run_round
+    from pipelines.run_layout import RoundPaths
 
     paths = RoundPaths(0)
     materialized.write_parquet(store.path(paths.candidates), filesystem=store.fs)
@@ -246,7 +247,7 @@ def main() -> None:
 
     from pipelines.config import PoolConfig, load_config
     from pipelines.prompts import load_prompts
-    from pipelines.rounds import candidate_seed
+    from pipelines.run_layout import candidate_seed
     from pipelines.storage import RunStore, StorageSpec
 
     t_start = time.perf_counter()

@@ -106,7 +106,8 @@ def _open_run(args: argparse.Namespace, cfg):
     import ray
 
     from pipelines.lease import acquire
-    from pipelines.rounds import open_run, storage_spec
+    from pipelines.rounds import open_run
+    from pipelines.run_layout import storage_spec
     from pipelines.storage import RunStore
 
     store = RunStore(storage_spec(cfg), cfg.run_name)
@@ -134,7 +135,8 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     from pipelines.prompts import load_prompts
-    from pipelines.rounds import run_round, storage_spec
+    from pipelines.rounds import run_round
+    from pipelines.run_layout import storage_spec
 
     cfg, prompts = _config_on_ray(args)
     store = _open_run(args, cfg)
@@ -177,7 +179,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """(Re)write the run's report from what its folder holds; needs no Ray."""
     from pipelines.config import load_config
     from pipelines.report import write_run_report
-    from pipelines.rounds import storage_spec
+    from pipelines.run_layout import storage_spec
     from pipelines.storage import RunStore
 
     cfg = load_config(args.config, args.overrides)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +32,17 @@ from actors.lora_formats import MODEL_CARD, lora_files
 from actors.scoring_config import ScoringConfig
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import VideoGPAConfig
+from pipelines.evaluation_table import METRICS, format_table, summary
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, Prompt, load_prompts
-from pipelines.rounds import RoundPaths, candidate_seed, open_run, round_model_card, storage_spec
+from pipelines.rounds import open_run, round_model_card
+from pipelines.run_layout import RoundPaths, candidate_seed, storage_spec
 from pipelines.stages import build_candidates_dataset
 from pipelines.storage import RunStore, StorageSpec
-from pipelines.text_embeddings import text_stage
+from pipelines.text_stage import text_stage
 
 log = logging.getLogger(__name__)
 
 # metric, direction shown in the table (↑ higher is better, ↓ lower is better)
-METRICS = (("psnr", "↑"), ("ssim", "↑"), ("lpips", "↓"), ("mvcs", "↑"), ("mvcs_si", "↑"), ("3dcs", "↓"),
-           ("epipolar", "↓"), ("motion", ""), ("frame_change", ""), ("sharpness", ""))
-TABLE_NOTE = ("psnr, ssim, lpips, mvcs, 3dcs, epipolar: the official benchmark's definitions; "
-              "mvcs_si: this project's scale-invariant MVCS")
-
-
 def evaluation_scoring(cfg: VideoGPAConfig) -> ScoringConfig:
     """The scorer of the held-out samples: ``evaluation.scoring`` or, unset, the training ``scoring`` section."""
     return cfg.evaluation.scoring or cfg.scoring
@@ -80,34 +74,6 @@ def _side_by_side(spec: StorageSpec, base_run: str, left_rel: str, run_name: str
     gap = np.full((*left.shape[:2], 2, 3), 255, dtype=np.uint8)  # a white bar between the two
     store.write_bytes(out_rel, encode_mp4(np.concatenate([left, gap, right], axis=2), fps=fps))
     return out_rel
-
-
-def _summary(rows: list[dict[str, Any]], epipolar_unscorable: str = "drop") -> dict[str, dict[str, float]]:
-    """Mean, standard error and count of each metric over the rows; ``unscorable``: the rows without a
-    finite value, dropped, or (``epipolar_unscorable="minus_one"``, the official benchmark's) Epipolar at -1."""
-    out = {}
-    for key, _ in METRICS:
-        values = [r[key] for r in rows if math.isfinite(r[key])]
-        unscorable = len(rows) - len(values)
-        if key == "epipolar" and epipolar_unscorable == "minus_one":
-            values += [-1.0] * unscorable
-        mean = statistics.fmean(values) if values else float("nan")
-        sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-        out[key] = {"mean": mean, "sem": sem, "count": len(values), "unscorable": unscorable}
-    return out
-
-
-def format_table(base: dict, aligned: dict, label: str, epipolar_matcher: str = "sift",
-                 epipolar_unscorable: str = "drop") -> str:
-    lines = [f"{'metric':<12}{'base':>18}{label:>22}{'delta':>10}"]
-    for key, arrow in METRICS:
-        b, a = base[key], aligned[key]
-        lines.append(f"{key + ' ' + arrow:<12}{b['mean']:>11.4f} ± {b['sem']:<5.3f}"
-                     f"{a['mean']:>15.4f} ± {a['sem']:<5.3f}{a['mean'] - b['mean']:>+10.4f}")
-    handling = "averaged in as -1 (official)" if epipolar_unscorable == "minus_one" else "left out"
-    epi = (f"epipolar: {epipolar_matcher} matches; unscorable videos (no frame pair matched): "
-           f"base {base['epipolar'].get('unscorable', 0)}, LoRA {aligned['epipolar'].get('unscorable', 0)}, {handling}")
-    return "\n".join([*lines, f"({epi})", f"({TABLE_NOTE})"])
 
 
 def base_samples_key(cfg: VideoGPAConfig, rows: list[dict[str, Any]]) -> str:
@@ -183,8 +149,8 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: Run
         "round": index,
         **({"lora": lora_dir} if lora_dir else {}),
         "samples": len(rows),
-        "base": _summary(arms["base"], ev.epipolar_unscorable),
-        "aligned": _summary(arms["aligned"], ev.epipolar_unscorable),
+        "base": summary(arms["base"], ev.epipolar_unscorable),
+        "aligned": summary(arms["aligned"], ev.epipolar_unscorable),
         "epipolar_matcher": evaluation_scoring(cfg).epipolar_matcher,
         "epipolar_unscorable": ev.epipolar_unscorable,
         "per_sample": {arm: [{k: r[k] for k in ("prompt_id", "seed", "video_uri", *dict(METRICS))} for r in v]

@@ -16,7 +16,8 @@ from pipelines.config import VideoGPAConfig
 from pipelines.evaluate import evaluation_scoring, round_to_evaluate
 from pipelines.placement import PARTS_OF, check_resources
 from pipelines.prompts import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS, Prompt, check_images, load_prompts
-from pipelines.rounds import check_stage_inputs, storage_spec
+from pipelines.rounds import check_stage_inputs
+from pipelines.run_layout import storage_spec
 from pipelines.storage import RunStore, storage_error
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""What a run keeps of the commands that made it (SPEC §3 run layout).
+"""What a run keeps of the commands that made it (docs/CONTRACTS.md, run layout).
 
 - ``config.yaml``: the resolved config of the run's first command, never rewritten.
 - ``configs/<UTC time>-<command>.yaml``: the config of a later command, where it differs.

@@ -26,10 +26,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from actors.scoring import SCORE_KEYS
-from pipelines.evaluate import METRICS
+from actors.scoring_config import SCORE_KEYS
+from pipelines.evaluation_table import METRICS
 from pipelines.report_parts import Series, distributions, esc, fmt, img, line_plots, page, running_mean, table, video
-from pipelines.rounds import STAGES, RoundPaths, read_candidates, score_stats
+from pipelines.run_layout import STAGES, RoundPaths, read_candidates, score_stats
 from pipelines.storage import RunStore
 
 REPORT = "report.html"

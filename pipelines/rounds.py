@@ -16,13 +16,10 @@ rewrites the run's report (``pipelines.report``); neither can fail the round.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import statistics
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -36,59 +33,20 @@ from pipelines.pairing import make_pairs
 from pipelines.progress import set_label
 from pipelines.prompts import Prompt, load_prompts
 from pipelines.provenance import command_stamp, record_config
+from pipelines.run_layout import STAGES, RoundPaths, candidate_seed, read_candidates, score_stats, storage_spec
 from pipelines.stages import (
-    CANDIDATE_META_COLUMNS,
     build_candidates_dataset,
     build_pairs_dataset,
     build_rescoring_dataset,
     write_parquet,
 )
-from pipelines.storage import TEMP_MARK, RunStore, StorageSpec
-from pipelines.text_embeddings import text_stage
+from pipelines.storage import TEMP_MARK, RunStore
+from pipelines.text_stage import text_stage
 from pipelines.tracking import log_round, tracking_target
 from trainers.schema import SCHEMA_VERSION
 from trainers.train import train_dpo
 
 log = logging.getLogger(__name__)
-
-STAGES = ("candidates", "pairs", "train")
-
-
-@dataclass(frozen=True)
-class RoundPaths:
-    """Run-relative paths of one round (SPEC §3 run layout)."""
-
-    index: int
-
-    @property
-    def dir(self) -> str:
-        return f"round-{self.index:03d}"
-
-    def _sub(self, name: str) -> str:
-        return f"{self.dir}/{name}"
-
-    candidates = property(lambda self: self._sub("candidates"))
-    pairs = property(lambda self: self._sub("pairs"))
-    videos = property(lambda self: self._sub("videos"))
-    lora = property(lambda self: self._sub("lora"))
-    manifest = property(lambda self: self._sub("manifest.json"))
-    metrics = property(lambda self: self._sub("metrics.json"))
-
-    def marker(self, stage: str) -> str:
-        return self._sub(f"{stage}.done.json")
-
-
-def storage_spec(cfg: VideoGPAConfig) -> StorageSpec:
-    s = cfg.storage
-    return StorageSpec(cfg.output_uri, s.endpoint_url, s.region, s.max_attempts, s.connect_timeout_s,
-                       s.request_timeout_s)
-
-
-def candidate_seed(run_seed: int, round_index: int, prompt_id: str, k: int) -> int:
-    """A fixed seed per (run, round, prompt, candidate): reruns regenerate the same videos."""
-    digest = hashlib.sha256(f"{run_seed}|{round_index}|{prompt_id}|{k}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
 
 def open_run(cfg: VideoGPAConfig, command: str = "align", stamp: str | None = None,
              allow_config_change: bool = False, store: RunStore | None = None) -> RunStore:
@@ -175,7 +133,7 @@ def run_round(cfg: VideoGPAConfig, store: RunStore, prompts: list[Prompt], index
 
 def write_report(store: RunStore) -> str | None:
     """Rewrite the run's report; a failure is one warning line (``videogpa report`` can remake it)."""
-    from pipelines.report import write_run_report  # it reads rounds through this module
+    from pipelines.report import write_run_report  # it imports matplotlib: only once a round is done
 
     try:
         uri = write_run_report(store)
@@ -215,13 +173,6 @@ def _remove_torn_writes(store: RunStore, rel: str) -> None:
         store.delete_file(f)
     if torn:
         log.info("removed %d temporary file(s) of interrupted video writes", len(torn))
-
-
-def read_candidates(store: RunStore, paths: RoundPaths) -> list[dict[str, Any]]:
-    """The metadata rows (no frames) of the candidates a round's marker lists."""
-    files = [store.path(f["path"]) for f in store.read_json(paths.marker("candidates"))["files"]]
-    table = pq.ParquetDataset(files, filesystem=store.fs).read(columns=CANDIDATE_META_COLUMNS)
-    return table.to_pylist()
 
 
 def rescore_round(cfg: VideoGPAConfig, store: RunStore, index: int) -> dict:
@@ -349,15 +300,6 @@ def _file_listing(store: RunStore, rel: str, exclude: set[str] = frozenset()) ->
         rows = pq.read_metadata(store.path(path), filesystem=store.fs).num_rows
         files.append({**_describe(store, path), "rows": rows})
     return {"files": files, "rows": sum(f["rows"] for f in files)}
-
-
-def score_stats(values: list[float]) -> dict[str, float] | None:
-    """mean, std, min, max and count of the finite values; None when there is none."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return None
-    return {"mean": statistics.fmean(finite), "std": statistics.pstdev(finite), "min": min(finite),
-            "max": max(finite), "count": len(finite)}
 
 
 def finish_round(cfg: VideoGPAConfig, store: RunStore, paths: RoundPaths) -> dict[str, Any]:

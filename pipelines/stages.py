@@ -36,8 +36,6 @@ from trainers.storage_dirs import local_copy
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_META_COLUMNS = ["round", "prompt_id", "prompt", "image", "seed", "video_uri", "scorer", *SCORE_KEYS]
-
 
 def _device() -> str:
     """The actor's device; on CPU, also pin torch's threads to the CPUs Ray gave this actor.

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +25,6 @@ import torch
 
 from actors.model_config import ModelConfig, SamplingConfig
 from actors.models import PromptEmbeds, uses_cfg
-from pipelines.config import PoolConfig, VideoGPAConfig
 from pipelines.storage import RunStore, StorageSpec
 from trainers.schema import tensor_from_bytes
 
@@ -64,34 +62,6 @@ def committed(store: RunStore, model: ModelConfig) -> dict[str, str]:
     return index
 
 
-def ensure_text_embeddings(store: RunStore, model: ModelConfig, texts: list[str], pool: PoolConfig) -> dict[str, str]:
-    """Encode the texts no committed batch holds (on ``pool``); returns text_id → file for all ``texts``."""
-    from pipelines.stages import build_text_dataset, write_parquet  # it reads embeddings through this module
-
-    index = committed(store, model)
-    missing = {text_id(t): t for t in texts if text_id(t) not in index}
-    if missing:
-        root = f"{TEXT_DIR}/{model_key(model)}"
-        batch = f"{root}/{hashlib.sha256(''.join(sorted(missing)).encode()).hexdigest()[:16]}"
-        store.delete_dir(batch)  # a batch cut short before its marker
-        log.info("text: encoding %d text(s) once for the run (%d already encoded)", len(missing),
-                 len(texts) - len(missing))
-        rows = [{"text_id": i, "text": t} for i, t in missing.items()]
-        write_parquet(build_text_dataset(rows, model, store, pool), store, batch)
-        written = {}
-        for f in store.list_files(batch, ".parquet"):
-            for i in pq.read_table(store.path(f), filesystem=store.fs, columns=["text_id"]).column(0).to_pylist():
-                written[i] = f
-        lost = set(missing) - set(written)
-        if lost:
-            raise RuntimeError(f"text: {len(lost)} text(s) missing from {store.uri(batch)} after encoding")
-        store.write_json(f"{batch}.done.json", {"texts": written})
-        index.update(written)
-    else:
-        log.info("text: all %d text(s) already encoded", len(texts))
-    return {text_id(t): index[text_id(t)] for t in texts}
-
-
 class EmbeddingReader:
     """Reads texts' embeddings from the run's text stage (in an actor), keeping the last few."""
 
@@ -115,22 +85,3 @@ class EmbeddingReader:
     def embeds(self, prompt: str, file: str, negative: tuple[str, str] | None) -> PromptEmbeds:
         """The prompt's embeddings and, given (negative prompt, its file), the negative prompt's."""
         return PromptEmbeds(self.get(prompt, file), None if negative is None else self.get(*negative))
-
-
-@dataclass(frozen=True)
-class TextFiles:
-    """Where the run's text stage keeps the embeddings a graph's actors read."""
-
-    index: dict[str, str]  # text_id -> run-relative file
-    negative: tuple[str, str] | None  # (negative prompt, its file) under CFG, else None
-
-    def file(self, text: str) -> str:
-        return self.index[text_id(text)]
-
-
-def text_stage(cfg: VideoGPAConfig, store: RunStore, prompts: list[str]) -> TextFiles:
-    """The text stage for ``prompts`` (and the negative prompt under CFG): encodes what the run has
-    not encoded yet, on ``text_pool``."""
-    index = ensure_text_embeddings(store, cfg.model, texts_to_encode(prompts, cfg.sampling), cfg.text_pool)
-    negative = cfg.sampling.negative_prompt
-    return TextFiles(index, (negative, index[text_id(negative)]) if uses_cfg(cfg.sampling) else None)

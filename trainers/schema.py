@@ -1,4 +1,4 @@
-"""Preference-pair shard schema (SPEC §3): the one contract between ``pipelines`` (writer)
+"""Preference-pair shard schema (docs/CONTRACTS.md): the one contract between ``pipelines`` (writer)
 and the trainer (reader). It lives on the consumer's side so ``trainers`` never imports
 ``pipelines``.
 

@@ -28,11 +28,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from actors.scoring_config import SCORE_KEYS
 from actors.video_io import encode_mp4
 from benchmarks.miniature_lab.world import render_clip
 from benchmarks.rehearsal.processes import free_port
 from pipelines.pairing import make_pairs
-from pipelines.stages import CANDIDATE_META_COLUMNS, SCORE_KEYS, ScoreCandidates
+from pipelines.run_layout import CANDIDATE_META_COLUMNS
+from pipelines.stages import ScoreCandidates
 from tests.support.quickstart import QUICKSTART_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ from actors.errors import InputError
 from actors.lora_formats import check_lora
 from actors.model_config import ModelConfig
 from actors.models import build_pipeline, load_lora
-from pipelines.evaluate import METRICS, format_table, stage_lora
+from pipelines.evaluate import stage_lora
+from pipelines.evaluation_table import METRICS, format_table
 from pipelines.storage import RunStore, StorageSpec
 from tests.support.lora import DenoiserProbe, peft_lora
 from trainers.storage_dirs import local_copy

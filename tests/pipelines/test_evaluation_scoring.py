@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.evaluate import METRICS, _summary, base_samples_key, evaluation_scoring, format_table
+from pipelines.evaluate import base_samples_key, evaluation_scoring
+from pipelines.evaluation_table import METRICS, format_table, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [{"prompt_id": "p", "prompt": "a house", "image": "", "seed": 1}]
@@ -38,7 +39,7 @@ def test_table_names_the_epipolar_matcher_and_counts_unscorable_videos():
     """Unscorable (NaN) Epipolar: left out and counted, or averaged in as -1 as the official benchmark."""
     rows = [{key: 1.0 for key, _ in METRICS} for _ in range(3)]
     rows[0]["epipolar"] = float("nan")
-    dropped, official = _summary(rows), _summary(rows, "minus_one")
+    dropped, official = summary(rows), summary(rows, "minus_one")
     assert (dropped["epipolar"]["mean"], dropped["epipolar"]["count"], dropped["epipolar"]["unscorable"]) == (1.0, 2, 1)
     assert (official["epipolar"]["mean"], official["epipolar"]["count"]) == (pytest.approx(1 / 3), 3)
     assert official["3dcs"] == dropped["3dcs"]  # only Epipolar's unscorable videos are averaged in

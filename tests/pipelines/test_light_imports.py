@@ -1,5 +1,6 @@
-"""What needs no model loads no model code: validating a config and `videogpa --help` import neither
-torch nor Ray (each is seconds of start-up, and neither is needed to refuse a bad config)."""
+"""What needs no model loads no model code: validating a config, `videogpa --help` and `videogpa report`
+import neither torch nor Ray (each is seconds of start-up, and neither is needed to refuse a bad config
+or to redraw a report)."""
 
 import subprocess
 import sys
@@ -11,6 +12,8 @@ HEAVY = ("torch", "ray", "cv2", "diffusers")
 PROBES = {
     "config validation": "from pipelines.config import load_config\nload_config('configs/quickstart.yaml')",
     "videogpa --help": "from pipelines.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+    # the report command's own imports (tests/e2e/test_report_e2e.py runs it on a real run)
+    "videogpa report": "from pipelines.cli import _cmd_report\nimport pipelines.report, pipelines.run_layout",
 }
 
 

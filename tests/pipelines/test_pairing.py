@@ -158,8 +158,8 @@ def test_the_pairs_stage_applies_pairing_winner_threshold_and_reports_its_drops(
 
     from actors.errors import InputError
     from pipelines.config import load_config
-    from pipelines.rounds import RoundPaths, _pairs_stage, storage_spec
-    from pipelines.stages import CANDIDATE_META_COLUMNS
+    from pipelines.rounds import _pairs_stage
+    from pipelines.run_layout import CANDIDATE_META_COLUMNS, RoundPaths, storage_spec
     from pipelines.storage import RunStore
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml",
