@@ -116,7 +116,10 @@ def run_round_benchmark(family: str, run_dir: str) -> dict[str, Any]:
             stage: {"components": names,
                     "weights_gib": round(sum(sizes[c] for c in names if c in sizes), 3),
                     "plan_gib": None if plan is None or stage not in plan else round(plan[stage], 3),
-                    "peak_rss_mib": round(memory.peak_mib[stage], 1) if stage in memory.peak_mib else None}
+                    "peak_rss_mib": round(memory.peak_mib[stage], 1) if stage in memory.peak_mib else None,
+                    # what the stage's work added to its process (stage_memory): the figure the plan predicts
+                    "peak_growth_mib": (round(memory.growth_mib[stage], 1) if stage in memory.growth_mib
+                                        else None)}
             for stage, names in stage_components(family).items()
         },
     }
