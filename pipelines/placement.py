@@ -123,11 +123,11 @@ def check_output_shared(cfg: VideoGPAConfig) -> None:
         return  # one machine: every process sees the driver's disk
     unplaced = {name: d for name, d in demands.items() if not any(_fits(d, n["Resources"]) for n in nodes)}
     if unplaced:
-        name, demand = next(iter(unplaced.items()))
-        asks = ", ".join(f"{k}: {v:g}" for k, v in demand.items() if v > 0)
+        needs = "; ".join(f"{name} needs {{{', '.join(f'{k}: {v:g}' for k, v in d.items() if v > 0)}}}"
+                          for name, d in unplaced.items())
         raise InputError(
-            f"output_uri={cfg.output_uri!r} is a local path, but {name} needs {{{asks}}}, which no running node "
-            "of this multi-node cluster has: it will run on nodes started later, whose disks are their own; "
+            f"output_uri={cfg.output_uri!r} is a local path, but {needs}, which no running node of this multi-node "
+            "cluster has: they will run on nodes started later, whose disks are their own; "
             "use output_uri=s3://... (or a path every node mounts, with all nodes running)")
     _probe_nodes(cfg.output_uri, nodes)
 

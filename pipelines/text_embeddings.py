@@ -72,7 +72,8 @@ class EmbeddingReader:
     def get(self, text: str, file: str) -> torch.Tensor:
         key = text_id(text)
         if key not in self._cache:
-            table = pq.read_table(self.store.path(file), filesystem=self.store.fs, columns=["embeds"],
+            # whole-file reads go through the store's retries (S3 misreports some transient errors)
+            table = pq.read_table(pa.BufferReader(self.store.read_bytes(file)), columns=["embeds"],
                                   filters=[("text_id", "=", key)])
             if table.num_rows != 1:
                 raise RuntimeError(f"text: {self.store.uri(file)} holds {table.num_rows} rows for text {key}")

@@ -8,6 +8,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors.model_config import ModelConfig
@@ -34,7 +35,8 @@ def ensure_text_embeddings(store: RunStore, model: ModelConfig, texts: list[str]
         write_parquet(build_text_dataset(rows, model, store, pool), store, batch)
         written = {}
         for f in store.list_files(batch, ".parquet"):
-            for i in pq.read_table(store.path(f), filesystem=store.fs, columns=["text_id"]).column(0).to_pylist():
+            table = pq.read_table(pa.BufferReader(store.read_bytes(f)), columns=["text_id"])  # with retries
+            for i in table.column(0).to_pylist():
                 written[i] = f
         lost = set(missing) - set(written)
         if lost:
