@@ -50,6 +50,11 @@ def _device() -> str:
     return "cpu"
 
 
+def _use_run_s3_settings(storage: StorageSpec) -> None:
+    """An actor that loads the model: the run's S3 settings reach its clients, for an s3:// model."""
+    s3.export_settings(s3.settings_env(storage.endpoint_url, storage.region))
+
+
 def _load_image(store: RunStore, uri: str) -> np.ndarray | None:
     """An I2V first frame as uint8 [H,W,3] from a local path or s3:// URI; None when not given."""
     if not uri:
@@ -81,9 +86,9 @@ class EncodeTexts:
     """Actor: texts → embedding rows (``pipelines.text_embeddings``). It loads the tokenizer and the
     text encoder, nothing else."""
 
-    def __init__(self, model: dict, s3_env: dict[str, str]):
+    def __init__(self, model: dict, storage: StorageSpec):
         self.model = ModelConfig(**model)
-        s3.export_settings(s3_env)  # for an s3:// model
+        _use_run_s3_settings(storage)
         self.pipe = build_pipeline(self.model, _device(), stage="text")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -103,7 +108,7 @@ class GenerateCandidates:
     def __init__(self, model: dict, sampling: dict, storage: StorageSpec, run_name: str, videos_rel: str,
                  lora_rel: str | None, negative: tuple[str, str] | None, fence: Callable[[], None] | None = None):
         self.model, self.sampling = ModelConfig(**model), SamplingConfig(**sampling)
-        s3.export_settings(s3.settings_env(storage.endpoint_url, storage.region))  # for an s3:// model
+        _use_run_s3_settings(storage)
         self.store, self.videos_rel = RunStore(storage, run_name), videos_rel
         self.store.fence = fence  # the driver's lease (pipelines.lease): no video lands once it is lost
         self.texts, self.negative = EmbeddingReader(storage, run_name), negative
@@ -186,7 +191,7 @@ class EncodePairs:
     def __init__(self, model: dict, storage: StorageSpec, run_name: str, official_objective: bool = False):
         self.model = ModelConfig(**model)
         self.official_objective = official_objective  # trainer.official_objective: the official latent encoding
-        s3.export_settings(s3.settings_env(storage.endpoint_url, storage.region))  # for an s3:// model
+        _use_run_s3_settings(storage)
         self.store = RunStore(storage, run_name)
         self.texts = EmbeddingReader(storage, run_name)
         self.pipe = build_pipeline(self.model, _device(), stage="encode")
@@ -227,9 +232,8 @@ class EncodePairs:
 def build_text_dataset(rows: list[dict[str, str]], model: ModelConfig, store: RunStore,
                        text_pool: PoolConfig) -> ray.data.Dataset:
     """(text_id, text) rows → embedding rows (``pipelines.text_embeddings.TEXT_SCHEMA``)."""
-    s3_env = s3.settings_env(store.spec.endpoint_url, store.spec.region)
     return ray.data.from_items(rows).map_batches(
-        EncodeTexts, fn_constructor_kwargs=dict(model=model.model_dump(), s3_env=s3_env), **pool_args(text_pool))
+        EncodeTexts, fn_constructor_kwargs=dict(model=model.model_dump(), storage=store.spec), **pool_args(text_pool))
 
 
 def build_candidates_dataset(rows: list[dict[str, Any]], model: ModelConfig, sampling: SamplingConfig,
