@@ -50,7 +50,11 @@ def _rank(rank: int, port: int, model: dict, reference_path: str, out_dir: str) 
     wrong_dtype = [n for n, t in reference.items() if dtypes[n] != t.dtype]
     torch.save({"held": held, "total": total, "mismatched": mismatched, "wrong_dtype": wrong_dtype,
                 "names": sorted(gathered) == sorted(reference)}, f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
+    # Leave without tearing the gloo group down: its C++ threads have aborted the rank in teardown
+    # ("terminate called without an active exception", SIGABRT; once in CI) after its figures were
+    # saved. What the test checks is in the file above; a rank that fails before it leaves none.
+    dist.barrier()
+    os._exit(0)
 
 
 def _check_partitioned(model: dict, reference: dict[str, torch.Tensor], tmp_path) -> None:
