@@ -40,9 +40,9 @@ def build_pipeline(model: ModelConfig, device: str | torch.device = "cpu", stage
                    offload_idle_expert: bool = False):
     """The family's diffusers pipeline on ``device``, in ``model.dtype`` where the family runs it so.
     ``stage``: a key of the family's ``stage_components()`` ("text", "generate", "encode"); the
-    pipeline then holds only that stage's components, the others are None (None: every component).
-    ``offload_idle_expert``: a two-expert model keeps the expert that is not denoising in host
-    memory (``IdleExpertOffload``)."""
+    pipeline then holds only that stage's components, the others are None (None: every component),
+    and pair encoding's VAE no decoder (``vae_decodes``). ``offload_idle_expert``: a two-expert model
+    keeps the expert that is not denoising in host memory (``IdleExpertOffload``)."""
     model = local_model(model)  # an s3:// model: its copy on this node
     family = get_family(model.family)
     components = family.pipeline_components() if stage is None else family.stage_components()[stage]
@@ -55,7 +55,7 @@ def build_pipeline(model: ModelConfig, device: str | torch.device = "cpu", stage
     else:
         logger.info("loading %s %s from %s (revision %s, dtype %s)", model.family, ", ".join(components),
                     model.pretrained, model.revision, model.dtype)
-    pipe = family.build_stage_pipeline(model, components)
+    pipe = family.build_stage_pipeline(model, components, vae_decoder=family.vae_decodes(stage))
     experts = [e for e in family.experts if getattr(pipe, e, None) is not None]
     if offload_idle_expert and len(experts) > 1:
         pipe.idle_expert_offload = IdleExpertOffload(pipe, experts, device)

@@ -72,9 +72,15 @@ class Peak:
 
 
 @contextmanager
-def on_device(pipe, names, device: torch.device):
-    """Only ``names`` of the pipeline on ``device`` while the block runs."""
-    modules = [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None and n != "tokenizer"]
+def on_device(pipe, names, device: torch.device, vae_decoder: bool = True):
+    """Only ``names`` of the pipeline on ``device`` while the block runs; ``vae_decoder=False``: the
+    VAE without its decoder, as pair encoding's actors hold it (``VideoFamily.vae_decodes``)."""
+    from actors.families.base import VAE_DECODER_MODULES
+
+    modules = [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None and n not in ("tokenizer", "vae")]
+    if "vae" in names:
+        modules += [pipe.vae] if vae_decoder else [m for n, m in pipe.vae.named_children()
+                                                   if n not in VAE_DECODER_MODULES]
     for module in modules:
         module.to(device)
     try:
@@ -134,7 +140,7 @@ def run_stages(cfg, model, device: torch.device, gfm: str, work: str) -> tuple[d
     out["generate"] = {"components": list(stages["generate"]), "videos_per_call": len(seeds),
                        "s_per_video": round(s / len(seeds), 3), "peak_gib": round(peak.gib, 3)}
 
-    with on_device(pipe, stages["encode"], device), peak.measure(), torch.no_grad():
+    with on_device(pipe, stages["encode"], device, family.vae_decodes("encode")), peak.measure(), torch.no_grad():
         latents, s = timed(lambda: [family.encode_video(pipe, v) for v in videos], device)
     out["encode"] = {"components": list(stages["encode"]), "s_per_video": round(s / len(videos), 3),
                      "peak_gib": round(peak.gib, 3)}

@@ -23,7 +23,8 @@ Activations (the peak beside the weights, at the configured sampling size), and 
 * text: the encoder's block as above for ``batch_size`` prompts of T tokens, plus T5's explicit
   attention scores and probabilities (heads x T x T, twice).
 * encode: one video at a time: the VAE encoder's full-resolution width, 4 tensors, for the frames of one
-  causal chunk, plus the input video.
+  causal chunk, plus the input video. Its weights are the VAE without its decoder, which pair encoding
+  never loads (``vae_decodes``).
 * score: LPIPS's VGG features of the scored frames (both sides), from a forward on the meta device,
   plus the frames; the GFM's own activations are not estimated (benchmarks/gpu_check.py measures them).
 * train (one worker): with gradient checkpointing the input of every block is kept (``L · B · (N + T) · D``)
@@ -31,7 +32,8 @@ Activations (the peak beside the weights, at the configured sampling size), and 
   and loser in one forward); without it, every block's. Beside them: the frozen weights (divided over
   ``num_workers`` under ZeRO-3, whole under ZeRO-1/2, as README's real-size figures show), ZeRO-3's
   gathered parameters (``zero3_max_live_parameters + zero3_prefetch_bucket_size``), the LoRA with its
-  gradient, and its float32 master copy and Adam moments divided over the workers.
+  gradient and ZeRO's gradient bucket (sized to the LoRA, ``trainers.deepspeed_config.size_gradient_bucket``),
+  and its float32 master copy and Adam moments divided over the workers.
 
 A stage fits when its total is at most what one actor gets of one GPU: ``gpu_memory_gib`` of its pool
 (``trainer.gpu_memory_gib`` for training), times ``num_gpus`` where a pool packs several actors per GPU.
@@ -310,12 +312,16 @@ def _text(cfg: VideoGPAConfig, family, modules: dict) -> Stage:
 
 
 def _encode(cfg: VideoGPAConfig, family, modules: dict) -> Stage:
+    from actors.families.base import VAE_DECODER_MODULES
+
     names = list(family.stage_components()["encode"])
     vae = modules["vae"]
     element = _vae_bytes(cfg, family)
     activations = _vae_chunk(vae, cfg.sampling, True, family.vae_tiled, element) + _video_bytes(cfg.sampling, element)
     budget, where = _budget(cfg.encoding_pool)
-    return Stage(names, _params(vae), _bytes(vae), activations, budget, where)
+    held = [m for n, m in vae.named_children() if family.vae_decodes("encode") or n not in VAE_DECODER_MODULES]
+    return Stage(names, sum(map(_params, held)), sum(map(_bytes, held)), activations, budget, where,
+                 "" if family.vae_decodes("encode") else "the VAE without its decoder (encoding never decodes)")
 
 
 def _lora_params(module, targets: tuple[str, ...], rank: int) -> int:
@@ -336,7 +342,9 @@ def _train(cfg: VideoGPAConfig, family, modules: dict, shape: _Shape) -> Stage:
     frozen = params * element / (workers if t.zero_stage == 3 else 1)
     gathered = (t.zero3_max_live_parameters + t.zero3_prefetch_bucket_size) * element if t.zero_stage == 3 else 0
     lora = sum(_lora_params(e, family.lora_target_modules, t.lora_rank) for e in experts)
-    lora_bytes = lora * 2 * element + lora * 12 / workers  # weight + gradient; fp32 master + Adam m, v per worker
+    # weight, gradient and ZeRO's contiguous gradient bucket (the LoRA's size: size_gradient_bucket);
+    # its float32 master copy and Adam m, v divided over the workers
+    lora_bytes = lora * 3 * element + lora * 12 / workers
     batch = 2 * t.micro_batch_size
     sequence = batch * (shape.tokens + shape.text)
     block = sequence * (12 * shape.hidden + 2 * shape.ffn) * element

@@ -43,6 +43,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # diffusers' attention of CogVideoX and Wan names the q, k, v, o projections alike.
 ATTENTION_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# The modules of a diffusers VAE (AutoencoderKLCogVideoX, AutoencoderKLWan) that only decoding runs.
+VAE_DECODER_MODULES = ("decoder", "post_quant_conv")
 
 
 def lora_weight_name(expert: str) -> str:
@@ -94,17 +96,25 @@ class VideoFamily:
             "train": self.experts,
         }
 
+    def vae_decodes(self, stage: str | None) -> bool:
+        """Whether ``stage``'s VAE decodes. Pair encoding only encodes (videos, and images where the
+        family conditions on them), so its actors hold the VAE without its decoder: Wan2.2's decoder
+        is 555M of the VAE's 705M parameters, CogVideoX's 123M of 216M."""
+        return stage != "encode"
+
     # ---- building ------------------------------------------------------------------------------
 
     def pipeline_components(self) -> tuple[str, ...]:
         """Every model component of its diffusers pipeline (the scheduler aside)."""
         return ("tokenizer", "text_encoder", "vae", *self.experts)
 
-    def build_stage_pipeline(self, model: ModelConfig, components: tuple[str, ...]):
+    def build_stage_pipeline(self, model: ModelConfig, components: tuple[str, ...], vae_decoder: bool = True):
         """Its diffusers pipeline holding only ``components`` (the others None) and the scheduler.
         Each component is built alone: ``tiny`` under its own seed (so the weights are those of the
         whole preset), ``random-full-size`` from its published config, real weights with
-        ``from_pretrained(..., subfolder=component)``."""
+        ``from_pretrained(..., subfolder=component)``. ``vae_decoder=False``: the VAE without the
+        modules only decoding runs (``vae_decodes``); random-full-size never builds them, real weights
+        drop them before the pipeline moves to its device."""
         dtype = DTYPES[model.dtype]
         unknown = set(components) - set(self.pipeline_components())
         if unknown:
@@ -113,7 +123,8 @@ class VideoFamily:
         if model.pretrained in ("tiny", RANDOM_FULL_SIZE):
             full = model.pretrained == RANDOM_FULL_SIZE
             for name in components:
-                built[name] = self._full_size_component(name, dtype) if full else self._tiny_component(name)
+                built[name] = (self._full_size_component(name, dtype, vae_decoder) if full
+                               else self._tiny_component(name))
                 self._cast_component(name, built[name], dtype)
             scheduler, extras = self.tiny_scheduler(), self._tiny_pipeline_extras()
         else:
@@ -124,6 +135,8 @@ class VideoFamily:
                                                                          revision=model.revision)
             parameters = inspect.signature(self.pipeline_class.__init__).parameters
             extras = {k: v for k, v in index.items() if k in parameters and k not in built and k != "scheduler"}
+        if built["vae"] is not None and not vae_decoder:
+            drop_vae_decoder(built["vae"])
         # the scheduler it samples with: the checkpoint's, or the official scripts' where the family says so
         return self.pipeline_class(**built, scheduler=self.sampling_scheduler(scheduler), **extras)
 
@@ -137,9 +150,11 @@ class VideoFamily:
             return self._tiny_vae()
         return self._tiny_transformer(name)
 
-    def _full_size_component(self, name: str, dtype: torch.dtype) -> Any:
+    def _full_size_component(self, name: str, dtype: torch.dtype, vae_decoder: bool = True) -> Any:
         """One component at its published size with random weights (fixed seed), built in ``dtype``
-        directly: a float32 build of a 5B transformer would need 4 bytes per parameter first."""
+        directly: a float32 build of a 5B transformer would need 4 bytes per parameter first. The text
+        encoder and an encoder-only VAE are laid out on the meta device first and only then given memory,
+        so nothing they do not keep is ever written (see ``random_text_encoder``, ``random_vae_encoder``)."""
         if name == "tokenizer":
             # No tokenizer files are written in code: the tiny tokenizer's ids index the random embedding.
             return tiny_tokenizer()
@@ -151,7 +166,9 @@ class VideoFamily:
 
                 config_class, model_class = ((UMT5Config, UMT5EncoderModel) if self.umt5_text_encoder
                                              else (T5Config, T5EncoderModel))
-                return model_class(config_class(**config)).eval()
+                return random_text_encoder(model_class, config_class(**config))
+            if name == "vae" and not vae_decoder:
+                return random_vae_encoder(self.vae_class(), config)
             cls = self.full_size_transformer_class() if name in self.experts else self.vae_class()
             return cls.from_config(config).eval()
 
@@ -358,6 +375,45 @@ def video_to_vae_input(video: np.ndarray, device, dtype) -> torch.Tensor:
 def vae_mean(vae, x: torch.Tensor) -> torch.Tensor:
     # The posterior mean, not a sample: the same video must give the same latents in every process.
     return vae.encode(x).latent_dist.mode()
+
+
+def drop_vae_decoder(vae: torch.nn.Module) -> None:
+    """The VAE without the modules only decoding runs; ``encode`` never reaches them."""
+    for name in VAE_DECODER_MODULES:
+        setattr(vae, name, None)
+
+
+def random_text_encoder(model_class: type, config: Any) -> torch.nn.Module:
+    """A T5 / UMT5 encoder with transformers' own random init, laid out on the meta device first.
+    Built directly, its stack makes an embedding table of its own that ``post_init`` then ties to
+    ``shared``: for umT5-XXL a 2 GiB bf16 table written only to be dropped (the text actor's peak
+    exceeded its weights by that much). ``to_empty`` reserves untouched pages, so tying before the
+    init writes one table. Built on the default device (meta, inside ``with torch.device("meta")``)."""
+    device = torch.get_default_device()
+    with torch.device("meta"):
+        encoder = model_class(config)
+    encoder.to_empty(device=device)
+    encoder.tie_weights()
+    encoder.apply(encoder._init_weights)
+    return encoder.eval()
+
+
+def random_vae_encoder(vae_class: type, config: Mapping[str, Any]) -> torch.nn.Module:
+    """The VAE of ``config`` without its decoder (``drop_vae_decoder``), random weights: laid out on
+    the meta device, the decoder dropped, the rest given memory and initialised as its modules' own
+    ``reset_parameters`` do (norm scales without one, such as Wan's RMS norms, to one)."""
+    device = torch.get_default_device()
+    with torch.device("meta"):
+        vae = vae_class.from_config(config)
+    drop_vae_decoder(vae)
+    vae.to_empty(device=device)
+    for module in vae.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            param.data.fill_(0.0 if name == "bias" else 1.0)
+    return vae.eval()
 
 
 def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> None:

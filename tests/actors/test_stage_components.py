@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from actors.families import FAMILIES, get_family
+from actors.families.base import VAE_DECODER_MODULES, random_text_encoder, random_vae_encoder
 from actors.model_config import ModelConfig
 from actors.models import (
     PromptEmbeds,
@@ -28,6 +29,13 @@ PROMPT = "a red cube in a room, the camera orbits slowly"
 CASES = [(f, get_family(f).requires_image) for f in FAMILIES] + [("wan2.2-ti2v", True)]
 
 
+def held_by(stage: str, name: str, state: dict) -> dict:
+    """The part of component ``name``'s state a ``stage`` actor holds: pair encoding's VAE has no decoder."""
+    if name != "vae" or stage != "encode":
+        return state
+    return {k: v for k, v in state.items() if k.split(".")[0] not in VAE_DECODER_MODULES}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_stage_builds_only_its_components_with_the_whole_presets_weights(family):
     model, whole, f = ModelConfig(family=family), tiny_pipe(family), get_family(family)
@@ -40,9 +48,10 @@ def test_each_stage_builds_only_its_components_with_the_whole_presets_weights(fa
             if name == "tokenizer":
                 assert pipe.tokenizer.get_vocab() == whole.tokenizer.get_vocab()
                 continue
-            ours, theirs = getattr(pipe, name).state_dict(), getattr(whole, name).state_dict()
+            ours, theirs = getattr(pipe, name).state_dict(), held_by(stage, name, getattr(whole, name).state_dict())
             assert ours.keys() == theirs.keys()
             assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours), name
+    assert build_pipeline(model, stage="encode").vae.decoder is None
 
 
 @pytest.mark.parametrize("family, with_image", CASES)
@@ -111,19 +120,53 @@ def test_a14b_idle_expert_waits_in_host_memory_and_videos_do_not_change():
 
 
 @pytest.mark.parametrize("family, params", [
-    ("cogvideox-t2v", {"text_encoder": 4.762e9, "vae": 2.156e8}),  # T5-XXL's encoder, the CogVideoX VAE
-    ("wan2.2-ti2v", {"text_encoder": 5.681e9, "vae": 7.047e8}),  # umT5-XXL's encoder, the Wan2.2 VAE
+    # T5-XXL's encoder, the CogVideoX VAE and its encoder half
+    ("cogvideox-t2v", {"text_encoder": 4.762e9, "vae": 2.156e8, "vae_encoder": 9.222e7}),
+    # umT5-XXL's encoder, the Wan2.2 VAE and its encoder half
+    ("wan2.2-ti2v", {"text_encoder": 5.681e9, "vae": 7.047e8, "vae_encoder": 1.496e8}),
 ])
 def test_random_full_size_builds_every_component_at_its_published_size(family, params):
     """On the meta device (no memory): the text encoder and VAE of random-full-size, built in the dtype
-    from_pretrained would give them (Wan keeps its VAE in float32)."""
+    from_pretrained would give them (Wan keeps its VAE in float32), and pair encoding's VAE without its
+    decoder. The text encoder's two embedding tables are one, as in the checkpoint."""
     f = get_family(family)
     for name, expected in params.items():
         with torch.device("meta"):
-            module = f._full_size_component(name, torch.bfloat16)
+            module = f._full_size_component("vae" if name == "vae_encoder" else name, torch.bfloat16,
+                                            vae_decoder=name != "vae_encoder")
         assert sum(p.numel() for p in module.parameters()) == pytest.approx(expected, rel=1e-3), name
-        dtype = torch.float32 if (name, family) == ("vae", "wan2.2-ti2v") else torch.bfloat16
+        dtype = torch.float32 if (name, family) in {("vae", "wan2.2-ti2v"), ("vae_encoder", "wan2.2-ti2v")} \
+            else torch.bfloat16
         assert {p.dtype for p in module.parameters()} == {dtype}, name
+        if name == "text_encoder":
+            assert module.shared.weight is module.encoder.embed_tokens.weight
+
+
+@pytest.mark.parametrize("family", ["cogvideox-t2v", "wan2.2-ti2v"])
+def test_random_builds_laid_out_on_meta_first_are_initialised(family):
+    """``random_text_encoder`` and ``random_vae_encoder`` (random-full-size) on the tiny configs: every
+    weight written and finite, norm scales one as their constructors make them, the embedding tied;
+    the VAE encodes like the whole one built by its constructor."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                      feed_forward_proj="gated-gelu")
+    text = random_text_encoder(T5EncoderModel, config)
+    assert text.shared.weight is text.encoder.embed_tokens.weight
+    assert sorted(text.state_dict()) == sorted(T5EncoderModel(config).state_dict())
+    assert all(torch.isfinite(p).all() and p.abs().sum() > 0 for p in text.parameters())
+    assert torch.isfinite(text(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state).all()
+
+    f = get_family(family)
+    vae_config = dict(f.tiny_component_configs()[0])
+    vae = random_vae_encoder(f.vae_class(), vae_config)
+    whole = f.vae_class().from_config(vae_config)
+    assert vae.decoder is None and sorted(vae.state_dict()) == sorted(held_by("encode", "vae", whole.state_dict()))
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+    scales = [p for n, p in vae.named_parameters() if n.endswith((".gamma", "norm.weight", "norm1.weight"))]
+    assert scales and all(torch.equal(p, torch.ones_like(p)) for p in scales)
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    assert vae.encode(video).latent_dist.mode().shape == whole.encode(video).latent_dist.mode().shape
 
 
 @pytest.mark.parametrize("family", ["cogvideox-t2v", "wan2.2-t2v-a14b"])
@@ -139,8 +182,9 @@ def test_real_weights_load_one_component_at_a_time(family, tmp_path):
         assert {n for n in f.pipeline_components() if getattr(pipe, n) is not None} == set(f.stage_components()[stage])
         for name in f.stage_components()[stage]:
             if name != "tokenizer":
-                ours, theirs = getattr(pipe, name).state_dict(), getattr(whole, name).state_dict()
-                assert all(torch.equal(ours[k], theirs[k]) for k in theirs), (stage, name)
+                ours, theirs = getattr(pipe, name).state_dict(), held_by(stage, name, getattr(whole, name).state_dict())
+                assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), \
+                    (stage, name)
         assert type(pipe.scheduler) is type(whole.scheduler)
         if stage == "generate":
             assert dict(pipe.config).get("boundary_ratio") == dict(whole.config).get("boundary_ratio")
