@@ -69,6 +69,20 @@ def build_deepspeed_config(cfg: TrainerConfig, world_size: int, device_type: str
     }
 
 
+# DeepSpeed's reduce_bucket_size when the config gives none (elements).
+DEEPSPEED_REDUCE_BUCKET = 500_000_000
+
+
+def size_gradient_bucket(ds_config: dict[str, Any], trainable_params: int) -> dict[str, Any]:
+    """``ds_config`` with ZeRO's gradient bucket no larger than the trainable parameters. With
+    contiguous gradients ZeRO allocates a ``reduce_bucket_size``-element buffer on every GPU up front;
+    DeepSpeed's default (5e8) is 0.93 GiB in bf16 for a LoRA of 6.6e7 (CogVideoX-5B, r=64) that never
+    fills a tenth of it. One bucket still holds every gradient: one reduction per step, as before."""
+    zero = {**ds_config["zero_optimization"],
+            "reduce_bucket_size": max(1, min(DEEPSPEED_REDUCE_BUCKET, trainable_params))}
+    return {**ds_config, "zero_optimization": zero}
+
+
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Multiplier of the base learning rate for the optimizer update with 0-based index ``step``:
     linear warmup (step+1)/warmup_steps (the first update is not wasted at lr 0), then cosine from 1

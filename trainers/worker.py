@@ -212,7 +212,12 @@ def build_training(job: WorkerJob, fresh: bool) -> Training:
     from actors.families import objective_family
     from actors.models import build_denoiser
     from actors.s3 import export_settings
-    from trainers.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, make_lr_scheduler
+    from trainers.deepspeed_config import (
+        build_deepspeed_config,
+        gradient_accumulation_steps,
+        make_lr_scheduler,
+        size_gradient_bucket,
+    )
     from trainers.lora import add_lora
     from trainers.step import PolicyCall, TrainedNetwork
 
@@ -258,7 +263,7 @@ def build_training(job: WorkerJob, fresh: bool) -> Training:
     engine, _, _, _ = deepspeed.initialize(
         model=transformer,
         model_parameters=[p for _, p in named],
-        config=ds_config,
+        config=size_gradient_bucket(ds_config, n_train),
         lr_scheduler=make_lr_scheduler(cfg),
         dist_init_required=False,  # Ray Train already created the process group; reuse it
     )

@@ -9,7 +9,13 @@ import torch
 
 from actors.errors import InputError
 from trainers.config import TrainerConfig
-from trainers.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps, lr_lambda
+from trainers.deepspeed_config import (
+    DEEPSPEED_REDUCE_BUCKET,
+    build_deepspeed_config,
+    gradient_accumulation_steps,
+    lr_lambda,
+    size_gradient_bucket,
+)
 from trainers.dpo import dpo_loss, per_sample_error
 
 
@@ -137,6 +143,10 @@ def test_deepspeed_config_batch_arithmetic_and_precision():
     assert (zero["stage3_max_live_parameters"], zero["stage3_prefetch_bucket_size"],
             zero["stage3_max_reuse_distance"]) == (30_000_000, 10_000_000, 0)
     assert "stage3_max_live_parameters" not in build_deepspeed_config(TrainerConfig(), 1, "cpu")["zero_optimization"]
+    # the gradient bucket is the LoRA's size, not DeepSpeed's 5e8 elements (allocated whole on each GPU)
+    assert size_gradient_bucket(ds, 66_060_288)["zero_optimization"]["reduce_bucket_size"] == 66_060_288
+    assert size_gradient_bucket(ds, 10**10)["zero_optimization"]["reduce_bucket_size"] == DEEPSPEED_REDUCE_BUCKET
+    assert "reduce_bucket_size" not in ds["zero_optimization"] and zero["stage"] == 3  # the input is left as it was
     assert ds["gradient_clipping"] == 1.0 and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["bf16"]["enabled"] is False  # CPU -> fp32
     # "auto" follows the device the workers really have, not what they asked Ray for.
