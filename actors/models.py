@@ -253,7 +253,7 @@ def encode_training_inputs(
 ) -> dict[str, torch.Tensor | None]:
     """VAE latents, prompt embeddings and image latents for training, as float32 CPU tensors.
     ``prompt_embeds``: the prompt's embeddings from ``encode_prompts`` (copied: the encoding stage
-    holds only the VAE); None: the pipeline's text encoder encodes ``prompt``. ``official_objective``:
+    holds only the VAE's encoder); None: the pipeline's text encoder encodes ``prompt``. ``official_objective``:
     encoded as the official training scripts do (``objective_family``).
 
     Returns ``latents`` ``[N, ...]`` in the layout the family denoises in, ``prompt_embeds``

@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from benchmarks.rehearsal.processes import MARKER_VAR
-from benchmarks.rehearsal.stage_memory import StageMemory
+from benchmarks.rehearsal.stage_memory import StageMemory, import_baseline_mib
 
 GIB = 2**30
+MIB = 2**20
 # The smallest each model accepts: CogVideoX 4k+1 frames at multiples of 16 px, Wan2.2-TI2V 4k+1
 # frames at multiples of 32 px; 5 frames (two latent frames), so the GFM sees camera motion.
 SAMPLING = {"cogvideox-t2v": dict(num_frames=5, height=16, width=16, guidance_scale=6.0),
@@ -46,6 +47,7 @@ def component_gib(family: str) -> dict[str, float]:
     """Weight GiB of each pipeline component at its published size in the dtype the stages run it
     (built on the meta device: no memory), and of the scoring networks (DA3-Large, LPIPS-VGG)."""
     from actors.families import get_family
+    from actors.families.base import VAE_DECODER_MODULES
     from actors.scoring import build_lpips
 
     f = get_family(family)
@@ -57,6 +59,8 @@ def component_gib(family: str) -> dict[str, float]:
             module = f._full_size_component(name, torch.bfloat16)
             f._cast_component(name, module, torch.bfloat16)
         out[name] = _gib(module)
+        if name == "vae":  # what pair encoding holds of it (``vae_decodes``)
+            out["vae_encoder"] = sum(_gib(m) for n, m in module.named_children() if n not in VAE_DECODER_MODULES)
     from accelerate import init_empty_weights
     from depth_anything_3.api import DepthAnything3
 
@@ -72,6 +76,20 @@ def stage_components(family: str) -> dict[str, list[str]]:
     stages = {k: list(v) for k, v in get_family(family).stage_components().items()}
     stages["score"] = ["gfm", "lpips"]
     return stages
+
+
+def stage_weights_gib(family: str, stage: str, names: list[str], sizes: dict[str, float]) -> float:
+    from actors.families import get_family
+
+    if stage == "encode" and not get_family(family).vae_decodes(stage):
+        names = ["vae_encoder" if n == "vae" else n for n in names]
+    return sum(sizes[c] for c in names if c in sizes)
+
+
+def within_plan(model_mib: float, plan_gib: float) -> bool:
+    """The issue's rule: a stage's memory is within 20% or 1.5 GiB of its plan."""
+    gap = abs(model_mib * MIB - plan_gib * GIB)
+    return gap <= max(0.2 * plan_gib * GIB, 1.5 * GIB)
 
 
 def memory_plan_gib(cfg_dict: dict[str, Any]) -> dict[str, float] | None:
@@ -101,11 +119,20 @@ def run_round_benchmark(family: str, run_dir: str) -> dict[str, Any]:
     os.environ[MARKER_VAR] = marker  # every process Ray starts for this run carries it
     # 3 logical CPUs: the 2 trainer workers and the Ray Data read that feeds them (on 2 cores).
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
+    stages = stage_components(family)
+    baseline = {stage: import_baseline_mib(stage) for stage in stages}  # before any model, one probe at a time
     with StageMemory(marker, save_to=os.path.join(run_dir, f"real-size-{family}-peak-rss-mib.json")) as memory:
         code = videogpa(["align", "--config", config_path])  # joins this Ray; leaves it at the end
     run = os.path.join(run_dir, cfg["run_name"])
     plan = memory_plan_gib(cfg)
-    whole = [c for c in sizes if c not in ("gfm", "lpips")]
+    whole = [c for c in sizes if c not in ("gfm", "lpips", "vae_encoder")]
+
+    def figures(stage: str) -> dict[str, Any]:
+        peak, planned = memory.peak_mib.get(stage), None if plan is None else plan.get(stage)
+        model = None if peak is None else peak - baseline[stage]
+        return {"baseline_mib": round(baseline[stage], 1), "model_mib": None if model is None else round(model, 1),
+                "within_plan": None if model is None or planned is None else within_plan(model, planned)}
+
     return {
         "benchmark": "real_size_round",
         "family": family,
@@ -114,12 +141,14 @@ def run_round_benchmark(family: str, run_dir: str) -> dict[str, Any]:
         "whole_pipeline_weights_gib": round(sum(sizes[c] for c in whole), 3),
         "stages": {
             stage: {"components": names,
-                    "weights_gib": round(sum(sizes[c] for c in names if c in sizes), 3),
+                    "weights_gib": round(stage_weights_gib(family, stage, names, sizes), 3),
                     "plan_gib": None if plan is None or stage not in plan else round(plan[stage], 3),
                     "peak_rss_mib": round(memory.peak_mib[stage], 1) if stage in memory.peak_mib else None,
                     # what the stage's work added to its process (stage_memory): the figure the plan predicts
                     "peak_growth_mib": (round(memory.growth_mib[stage], 1) if stage in memory.growth_mib
-                                        else None)}
-            for stage, names in stage_components(family).items()
+                                        else None),
+                    # the peak less the same process's interpreter and libraries (measured before the run)
+                    **figures(stage)}
+            for stage, names in stages.items()
         },
     }

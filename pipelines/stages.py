@@ -182,7 +182,7 @@ class ScoreCandidates:
 
 class EncodePairs:
     """Actor: winner/loser videos → VAE latents + prompt embeddings (+ image latents) as shard rows.
-    It holds the VAE alone; the prompt's embeddings are copied from the text stage (``text_file``).
+    It holds the VAE without its decoder; the prompt's embeddings are copied from the text stage (``text_file``).
 
     Each input row carries its pair's two candidate rows as ``winner`` and ``loser``; the shard's
     per-side columns (``winner_seed`` … ``loser_motion``) are built from them here and only here.

@@ -87,8 +87,9 @@ class VideoFamily:
     def stage_components(self) -> dict[str, tuple[str, ...]]:
         """The pipeline components each model-bearing stage loads, and nothing else: prompts are
         encoded once per run by the text stage, so generation holds no text encoder and pair encoding
-        only the VAE. Scoring loads no component of the video model (GFM + LPIPS). A family whose
-        stages need more (an image encoder for image conditioning) overrides this in its module."""
+        only the VAE, without its decoder (``vae_decodes``). Scoring loads no component of the video
+        model (GFM + LPIPS). A family whose stages need more (an image encoder for image
+        conditioning) overrides this in its module."""
         return {
             "text": ("tokenizer", "text_encoder"),
             "generate": (*self.experts, "vae"),

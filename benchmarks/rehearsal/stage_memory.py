@@ -6,7 +6,8 @@ a Ray actor's process title names its class (``ray::MapWorker(MapBatches(Generat
 resident set size (``VmRSS``) every ``every_s`` and keeps, per stage, the largest process's peak, and
 the largest growth of a process over its first sample as that stage's actor: what its stage's work
 added to the interpreter and libraries it started with (the part a GPU plan is about; on CPU the
-same process also holds its Python, torch and Ray, ~1 GiB the plan leaves out).
+same process also holds its Python, torch and Ray, ~1 GiB the plan leaves out). ``import_baseline_mib``
+measures that part directly: a fresh Ray actor that imports what a stage's actors import, and no model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,39 @@ def rss_mib(pid: int) -> float | None:
     except OSError:  # gone
         return None
     return None
+
+
+# What each stage's actors or workers import before they build a model: the libraries their model code
+# pulls in (the diffusers pipeline and transformers' T5 for the video model's stages, LPIPS and Depth
+# Anything 3 for scoring, DeepSpeed and peft for training).
+STAGE_IMPORTS = {
+    "text": ("pipelines.stages", "diffusers", "transformers"),
+    "generate": ("pipelines.stages", "diffusers", "transformers"),
+    "encode": ("pipelines.stages", "diffusers", "transformers"),
+    "score": ("pipelines.stages", "lpips", "depth_anything_3.api"),
+    "train": ("trainers.worker", "ray.train.torch", "deepspeed", "peft", "diffusers"),
+}
+
+
+def import_baseline_mib(stage: str) -> float:
+    """Resident MiB of a fresh Ray actor after the imports of ``stage``'s actors (``STAGE_IMPORTS``):
+    the interpreter and libraries a CPU actor holds besides its model. Needs ``ray.init`` first."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Imports:
+        def rss_after(self, modules: tuple[str, ...]) -> float:
+            import importlib
+
+            for module in modules:
+                importlib.import_module(module)
+            return rss_mib(os.getpid()) or 0.0
+
+    probe = Imports.remote()
+    try:
+        return ray.get(probe.rss_after.remote(STAGE_IMPORTS[stage]))
+    finally:
+        ray.kill(probe)
 
 
 def stage_of(title: str) -> str | None:
