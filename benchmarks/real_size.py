@@ -17,9 +17,11 @@ the product's own pools and trainer, to a LoRA export: 2 prompts x 2 candidates 
 sampling and GFM sizes the models accept, 2 DPO steps under ZeRO-3 on 2 workers, bf16. A sampler
 reads each stage's processes' resident memory (``benchmarks.rehearsal.stage_memory``). Last line:
 ``{"benchmark": "real_size_round", "family", "round_completed", "run_dir", "whole_pipeline_weights_gib",
-"stages": {stage: {"components", "weights_gib", "plan_gib", "peak_rss_mib", "peak_growth_mib"}}}``;
-``plan_gib`` is ``pipelines.plan.memory_plan``'s total for the stage, ``peak_growth_mib`` the largest
-growth of a stage's process over its first sample (its model and work, without the interpreter).
+"stages": {stage: {"components", "weights_gib", "plan_gib", "peak_rss_mib", "baseline_mib", "model_mib",
+"within_plan"}}}``; ``plan_gib`` is ``pipelines.plan.memory_plan``'s total for the stage, ``baseline_mib``
+what a fresh Ray actor holds after the imports of that stage's actors (its interpreter and libraries,
+no model: ``benchmarks.rehearsal.stage_memory.import_baseline_mib``), ``model_mib`` the peak less it,
+and ``within_plan`` whether that is within 20% or 1.5 GiB of the plan.
 
     python -m benchmarks.real_size --round --family cogvideox-t2v|wan2.2-ti2v [--run-dir DIR]
 """

@@ -144,10 +144,8 @@ def run_round_benchmark(family: str, run_dir: str) -> dict[str, Any]:
                     "weights_gib": round(stage_weights_gib(family, stage, names, sizes), 3),
                     "plan_gib": None if plan is None or stage not in plan else round(plan[stage], 3),
                     "peak_rss_mib": round(memory.peak_mib[stage], 1) if stage in memory.peak_mib else None,
-                    # what the stage's work added to its process (stage_memory): the figure the plan predicts
-                    "peak_growth_mib": (round(memory.growth_mib[stage], 1) if stage in memory.growth_mib
-                                        else None),
-                    # the peak less the same process's interpreter and libraries (measured before the run)
+                    # the peak less the interpreter and libraries such a process starts with (measured
+                    # before the run): the part a GPU plan predicts
                     **figures(stage)}
             for stage, names in stages.items()
         },

@@ -3,11 +3,10 @@
 Every process Ray starts for us carries the marker variable of ``benchmarks.rehearsal.processes``;
 a Ray actor's process title names its class (``ray::MapWorker(MapBatches(GenerateCandidates))``,
 ``ray::RayTrainWorker``), which says its stage. A sampler thread reads each marked process's
-resident set size (``VmRSS``) every ``every_s`` and keeps, per stage, the largest process's peak, and
-the largest growth of a process over its first sample as that stage's actor: what its stage's work
-added to the interpreter and libraries it started with (the part a GPU plan is about; on CPU the
-same process also holds its Python, torch and Ray, ~1 GiB the plan leaves out). ``import_baseline_mib``
-measures that part directly: a fresh Ray actor that imports what a stage's actors import, and no model.
+resident set size (``VmRSS``) every ``every_s`` and keeps, per stage, the largest process's peak. On
+CPU that process also holds its Python, torch and Ray, ~1 GiB a GPU plan leaves out:
+``import_baseline_mib`` measures that part, a fresh Ray actor that imports what a stage's actors
+import, and no model.
 """
 
 from __future__ import annotations
@@ -78,8 +77,6 @@ class StageMemory:
     def __init__(self, marker: str, every_s: float = 0.5, save_to: str | None = None):
         self.marker, self.every_s, self.save_to = marker, every_s, save_to
         self.peak_mib: dict[str, float] = {}
-        self.growth_mib: dict[str, float] = {}  # stage -> largest peak over the process's first sample
-        self._first_mib: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -90,11 +87,9 @@ class StageMemory:
             rss = rss_mib(pid) if stage else None
             if rss is not None:
                 self.peak_mib[stage] = max(self.peak_mib.get(stage, 0.0), rss)
-                first = self._first_mib.setdefault(pid, rss)
-                self.growth_mib[stage] = max(self.growth_mib.get(stage, 0.0), rss - first)
         if self.save_to and self.peak_mib != before:
             with open(self.save_to + ".tmp", "w") as f:
-                json.dump({"peak_mib": self.peak_mib, "growth_mib": self.growth_mib}, f)
+                json.dump({"peak_mib": self.peak_mib}, f)
             os.replace(self.save_to + ".tmp", self.save_to)
 
     def _run(self) -> None:
