@@ -276,10 +276,10 @@ def build_pairs_dataset(pair_rows: list[dict[str, Any]], model: ModelConfig, sto
     )
 
 
-def write_parquet(ds: Any, store: RunStore, rel: str) -> None:
-    """Write the dataset's blocks as Parquet files under ``rel``; with the run's lease
-    (``pipelines.lease``), each write task checks it first, so a driver that lost the run while its
-    tasks were in flight adds no file to the new holder's stage."""
+def write_parquet(ds: Any, store: RunStore, rel: str, max_rows_per_file: int | None = None) -> None:
+    """Write the dataset's blocks as Parquet files under ``rel`` (of at most ``max_rows_per_file``
+    rows, where given); with the run's lease (``pipelines.lease``), each write task checks it first,
+    so a driver that lost the run while its tasks were in flight adds no file to the new holder's stage."""
     fence = store.fence
     if fence is not None:
         def fenced(block: Any) -> Any:
@@ -287,4 +287,4 @@ def write_parquet(ds: Any, store: RunStore, rel: str) -> None:
             return block
 
         ds = ds.map_batches(fenced, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-    ds.write_parquet(store.path(rel), filesystem=store.fs)
+    ds.write_parquet(store.path(rel), filesystem=store.fs, max_rows_per_file=max_rows_per_file)

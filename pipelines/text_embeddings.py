@@ -62,26 +62,34 @@ def committed(store: RunStore, model: ModelConfig) -> dict[str, str]:
     return index
 
 
-class EmbeddingReader:
-    """Reads texts' embeddings from the run's text stage (in an actor), keeping the last few."""
+# Texts a Parquet file holds at most: a reader loads a whole file to find one text, so a file stays
+# small (Wan's 512 x 4096 bf16 embeddings: 16 texts = 64 MiB) however many prompts a run has.
+TEXTS_PER_FILE = 16
 
-    def __init__(self, storage: StorageSpec, run_name: str, keep: int = 8):
-        self.store, self.keep = RunStore(storage, run_name), keep
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+class EmbeddingReader:
+    """Reads texts' embeddings from the run's text stage (in an actor). A file is read whole, once,
+    and its texts kept while it is among the last ``keep_files`` used: an actor's rows come prompt by
+    prompt, and under CFG every call also needs the negative prompt, which lives in another file."""
+
+    def __init__(self, storage: StorageSpec, run_name: str, keep_files: int = 2):
+        self.store, self.keep_files = RunStore(storage, run_name), keep_files
+        self._files: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
     def get(self, text: str, file: str) -> torch.Tensor:
-        key = text_id(text)
-        if key not in self._cache:
+        if file not in self._files:
             # whole-file reads go through the store's retries (S3 misreports some transient errors)
-            table = pq.read_table(pa.BufferReader(self.store.read_bytes(file)), columns=["embeds"],
-                                  filters=[("text_id", "=", key)])
-            if table.num_rows != 1:
-                raise RuntimeError(f"text: {self.store.uri(file)} holds {table.num_rows} rows for text {key}")
-            self._cache[key] = tensor_from_bytes(table.column(0)[0].as_py())
-            while len(self._cache) > self.keep:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key]
+            table = pq.read_table(pa.BufferReader(self.store.read_bytes(file)), columns=["text_id", "embeds"])
+            ids, embeds = table.column("text_id").to_pylist(), table.column("embeds")
+            self._files[file] = {i: tensor_from_bytes(embeds[n].as_py()) for n, i in enumerate(ids)}
+            while len(self._files) > self.keep_files:
+                self._files.popitem(last=False)
+        self._files.move_to_end(file)
+        texts = self._files[file]
+        key = text_id(text)
+        if key not in texts:
+            raise RuntimeError(f"text: {self.store.uri(file)} holds no row for text {key}")
+        return texts[key]
 
     def embeds(self, prompt: str, file: str, negative: tuple[str, str] | None) -> PromptEmbeds:
         """The prompt's embeddings and, given (negative prompt, its file), the negative prompt's."""

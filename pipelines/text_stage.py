@@ -16,7 +16,7 @@ from actors.models import uses_cfg
 from pipelines.config import PoolConfig, VideoGPAConfig
 from pipelines.stages import build_text_dataset, write_parquet
 from pipelines.storage import RunStore
-from pipelines.text_embeddings import TEXT_DIR, committed, model_key, text_id, texts_to_encode
+from pipelines.text_embeddings import TEXT_DIR, TEXTS_PER_FILE, committed, model_key, text_id, texts_to_encode
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def ensure_text_embeddings(store: RunStore, model: ModelConfig, texts: list[str]
         log.info("text: encoding %d text(s) once for the run (%d already encoded)", len(missing),
                  len(texts) - len(missing))
         rows = [{"text_id": i, "text": t} for i, t in missing.items()]
-        write_parquet(build_text_dataset(rows, model, store, pool), store, batch)
+        write_parquet(build_text_dataset(rows, model, store, pool), store, batch, max_rows_per_file=TEXTS_PER_FILE)
         written = {}
         for f in store.list_files(batch, ".parquet"):
             table = pq.read_table(pa.BufferReader(store.read_bytes(f)), columns=["text_id"])  # with retries
