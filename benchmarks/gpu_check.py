@@ -75,12 +75,11 @@ class Peak:
 def on_device(pipe, names, device: torch.device, vae_decoder: bool = True):
     """Only ``names`` of the pipeline on ``device`` while the block runs; ``vae_decoder=False``: the
     VAE without its decoder, as pair encoding's actors hold it (``VideoFamily.vae_decodes``)."""
-    from actors.families.base import VAE_DECODER_MODULES
+    from actors.families.base import vae_encoding_modules
 
     modules = [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None and n not in ("tokenizer", "vae")]
     if "vae" in names:
-        modules += [pipe.vae] if vae_decoder else [m for n, m in pipe.vae.named_children()
-                                                   if n not in VAE_DECODER_MODULES]
+        modules += [pipe.vae] if vae_decoder else vae_encoding_modules(pipe.vae)
     for module in modules:
         module.to(device)
     try:

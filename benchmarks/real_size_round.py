@@ -47,7 +47,7 @@ def component_gib(family: str) -> dict[str, float]:
     """Weight GiB of each pipeline component at its published size in the dtype the stages run it
     (built on the meta device: no memory), and of the scoring networks (DA3-Large, LPIPS-VGG)."""
     from actors.families import get_family
-    from actors.families.base import VAE_DECODER_MODULES
+    from actors.families.base import vae_encoding_modules
     from actors.scoring import build_lpips
 
     f = get_family(family)
@@ -60,7 +60,7 @@ def component_gib(family: str) -> dict[str, float]:
             f._cast_component(name, module, torch.bfloat16)
         out[name] = _gib(module)
         if name == "vae":  # what pair encoding holds of it (``vae_decodes``)
-            out["vae_encoder"] = sum(_gib(m) for n, m in module.named_children() if n not in VAE_DECODER_MODULES)
+            out["vae_encoder"] = sum(map(_gib, vae_encoding_modules(module)))
     from accelerate import init_empty_weights
     from depth_anything_3.api import DepthAnything3
 

@@ -312,16 +312,17 @@ def _text(cfg: VideoGPAConfig, family, modules: dict) -> Stage:
 
 
 def _encode(cfg: VideoGPAConfig, family, modules: dict) -> Stage:
-    from actors.families.base import VAE_DECODER_MODULES
+    from actors.families.base import vae_encoding_modules
 
     names = list(family.stage_components()["encode"])
     vae = modules["vae"]
     element = _vae_bytes(cfg, family)
     activations = _vae_chunk(vae, cfg.sampling, True, family.vae_tiled, element) + _video_bytes(cfg.sampling, element)
     budget, where = _budget(cfg.encoding_pool)
-    held = [m for n, m in vae.named_children() if family.vae_decodes("encode") or n not in VAE_DECODER_MODULES]
+    decodes = family.vae_decodes("encode")
+    held = [vae] if decodes else vae_encoding_modules(vae)
     return Stage(names, sum(map(_params, held)), sum(map(_bytes, held)), activations, budget, where,
-                 "" if family.vae_decodes("encode") else "the VAE without its decoder (encoding never decodes)")
+                 "" if decodes else "the VAE without its decoder (encoding never decodes)")
 
 
 def _lora_params(module, targets: tuple[str, ...], rank: int) -> int:

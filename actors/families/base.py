@@ -384,6 +384,11 @@ def drop_vae_decoder(vae: torch.nn.Module) -> None:
         setattr(vae, name, None)
 
 
+def vae_encoding_modules(vae: torch.nn.Module) -> list[torch.nn.Module]:
+    """The VAE's modules that encoding runs: what pair encoding's actors hold of it (``vae_decodes``)."""
+    return [module for name, module in vae.named_children() if name not in VAE_DECODER_MODULES]
+
+
 def random_text_encoder(model_class: type, config: Any) -> torch.nn.Module:
     """A T5 / UMT5 encoder with transformers' own random init, laid out on the meta device first.
     Built directly, its stack makes an embedding table of its own that ``post_init`` then ties to
