@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from pipelines.text_stage import text_stage
 
 log = logging.getLogger(__name__)
 
-# metric, direction shown in the table (↑ higher is better, ↓ lower is better)
+
 def evaluation_scoring(cfg: VideoGPAConfig) -> ScoringConfig:
     """The scorer of the held-out samples: ``evaluation.scoring`` or, unset, the training ``scoring`` section."""
     return cfg.evaluation.scoring or cfg.scoring
@@ -66,9 +67,10 @@ def round_to_evaluate(store: RunStore, rounds: int, round_index: int | None) -> 
 
 @ray.remote(num_cpus=1)
 def _side_by_side(spec: StorageSpec, base_run: str, left_rel: str, run_name: str, right_rel: str, out_rel: str,
-                  fps: int) -> str:
+                  fps: int, fence: Callable[[], None] | None) -> str:
     """base | aligned for one prompt and seed, written next to the results (runs on a worker, not the driver)."""
     store = RunStore(spec, run_name)
+    store.fence = fence  # the driver's lease (pipelines.lease): nothing lands once it is lost
     left = decode_video(RunStore(spec, base_run).read_bytes(left_rel))
     right = decode_video(store.read_bytes(right_rel))
     gap = np.full((*left.shape[:2], 2, 3), 255, dtype=np.uint8)  # a white bar between the two
@@ -159,7 +161,7 @@ def run_evaluate(cfg: VideoGPAConfig, round_index: int | None = None, store: Run
     }
     result["side_by_side"] = ray.get([
         _side_by_side.remote(store.spec, base_store.run_name, b["video_uri"], store.run_name, a["video_uri"],
-                             f"{out}/side_by_side/{b['prompt_id']}-s{b['seed']}.mp4", cfg.sampling.fps)
+                             f"{out}/side_by_side/{b['prompt_id']}-s{b['seed']}.mp4", cfg.sampling.fps, store.fence)
         for b, a in zip(arms["base"], arms["aligned"])
     ])
     store.write_json(f"{out}/results.json", result)

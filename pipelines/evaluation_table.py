@@ -8,6 +8,7 @@ import math
 import statistics
 from typing import Any
 
+# metric, direction shown in the table (↑ higher is better, ↓ lower is better)
 METRICS = (("psnr", "↑"), ("ssim", "↑"), ("lpips", "↓"), ("mvcs", "↑"), ("mvcs_si", "↑"), ("3dcs", "↓"),
            ("epipolar", "↓"), ("motion", ""), ("frame_change", ""), ("sharpness", ""))
 TABLE_NOTE = ("psnr, ssim, lpips, mvcs, 3dcs, epipolar: the official benchmark's definitions; "
