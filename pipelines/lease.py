@@ -40,7 +40,6 @@ from pipelines.storage import RunStore, StorageSpec, read_bytes, write_bytes_ato
 log = logging.getLogger(__name__)
 
 LEASE_DIR = "lease"
-COMMANDS_WITHOUT_LEASE = frozenset({"report", "score-video", "convert-lora"})  # they only read the run
 
 
 def _rel(generation: int) -> str:
@@ -146,11 +145,6 @@ class Lease:
     @property
     def generation(self) -> int:
         return int(self.record["generation"])
-
-    def note(self, **fields: Any) -> None:
-        """Add to what the lease says of its holder (e.g. the Ray job id, known once Ray is joined)."""
-        self.record.update(fields)
-        self._renew()
 
     def _renew(self) -> None:
         self.record["heartbeat_at"] = time.time()

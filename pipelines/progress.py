@@ -36,8 +36,7 @@ _INTERVAL_KEY = "videogpa.progress_interval_s"
 _LABEL_KEY = "videogpa.progress_label"
 
 
-def install(interactive: bool, file_only: Callable[[str], None] | None = None,
-            interval_s: float | None = None) -> None:
+def install(interactive: bool, file_only: Callable[[str], None] | None = None) -> None:
     """Report the datasets this process (and the actors it starts) executes as single lines, unless
     ``interactive``, where Ray Data's progress bars stay as they are. ``file_only``: where this
     process's Ray Data progress blocks go instead of the terminal (the run's log file)."""
@@ -47,7 +46,7 @@ def install(interactive: bool, file_only: Callable[[str], None] | None = None,
     ctx = DataContext.get_current()
     if LineProgress not in ctx.custom_execution_callback_classes:
         ctx.custom_execution_callback_classes.append(LineProgress)
-    ctx.set_config(_INTERVAL_KEY, interval_s or float(os.environ.get(INTERVAL_ENV) or DEFAULT_INTERVAL_S))
+    ctx.set_config(_INTERVAL_KEY, float(os.environ.get(INTERVAL_ENV) or DEFAULT_INTERVAL_S))
     # Ray Data running inside an actor draws its bars through the driver's terminal unless told not
     # to; then, as on the driver, it picks its logged progress, which LineProgress replaces.
     ctx.use_ray_tqdm = False
@@ -141,11 +140,9 @@ class _LineManager(BaseExecutionProgressManager):
         ops = list(self._ops.values())
         text = ", ".join(f"{_short(name)} {done}/{total if total is not None else '?'}" for name, done, total in ops)
         known = [(done / total, name, done, total) for name, done, total in ops if total]
-        if not known:
+        if not known or min(known)[0] >= 1:  # no total yet, or every operator done
             return f"{self._label}: {text} rows"
         _, name, done, total = min(known)
-        if done >= total:
-            return f"{self._label}: {text} rows"
         since, before = self._last.get(name, (self._start, 0))
         self._last[name] = (now, done)
         rate = (done - before) / (now - since) if now > since and done > before else done / (now - self._start)
