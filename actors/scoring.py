@@ -379,7 +379,7 @@ def video_to_tensor(video: np.ndarray) -> Tensor:
     # Frames from Ray's object store are read-only, which torch cannot share (it warns): the one
     # copy the float conversion makes anyway is done in NumPy, so torch only gets writable arrays.
     if video.dtype == np.uint8:
-        return torch.from_numpy(video.astype(np.float32)).permute(0, 3, 1, 2) / 255.0
+        return torch.from_numpy(video.astype(np.float32)).permute(0, 3, 1, 2).div_(255.0)
     if not np.issubdtype(video.dtype, np.floating):
         raise InputError(f"video: expected uint8 or float frames, got {video.dtype}")
     if not np.isfinite(video).all():

@@ -53,6 +53,11 @@ def _slots(demand: dict[str, float], resources: dict[str, float]) -> int:
     return min(int(math.floor(resources.get(key, 0.0) / amount + 1e-9)) for key, amount in asked)
 
 
+def _asks(demand: dict[str, float]) -> str:
+    """A pool's resource ask as its error lines show it: "CPU: 1, GPU: 1"."""
+    return ", ".join(f"{k}: {v:g}" for k, v in demand.items() if v > 0)
+
+
 def _needed(cfg: VideoGPAConfig, part: str) -> int:
     """Actors or workers of ``part`` that must run at once for its work to start."""
     return cfg.trainer.num_workers if part == "trainer" else getattr(cfg, part).min_size
@@ -101,7 +106,7 @@ def check_resources(cfg: VideoGPAConfig, command: str, started_here: bool) -> No
             log.info("%s waits for the autoscaler to add nodes it fits on", ", ".join(p for p, _ in short))
         return
     part, places = short[0]
-    asks = ", ".join(f"{k}: {v:g}" for k, v in demands[part].items() if v > 0)
+    asks = _asks(demands[part])
     totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
     raise InputError(
         f"{DEMAND_KEYS[part]}: {part} needs {_needed(cfg, part)} × {{{asks}}}, but this Ray cluster "
@@ -123,8 +128,7 @@ def check_output_shared(cfg: VideoGPAConfig) -> None:
         return  # one machine: every process sees the driver's disk
     unplaced = {name: d for name, d in demands.items() if not any(_fits(d, n["Resources"]) for n in nodes)}
     if unplaced:
-        needs = "; ".join(f"{name} needs {{{', '.join(f'{k}: {v:g}' for k, v in d.items() if v > 0)}}}"
-                          for name, d in unplaced.items())
+        needs = "; ".join(f"{name} needs {{{_asks(d)}}}" for name, d in unplaced.items())
         raise InputError(
             f"output_uri={cfg.output_uri!r} is a local path, but {needs}, which no running node of this multi-node "
             "cluster has: they will run on nodes started later, whose disks are their own; "

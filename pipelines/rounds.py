@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from actors import s3
 from actors.errors import InputError
 from actors.families.base import LORA_WEIGHT_NAME
-from actors.scoring import SCORE_KEYS
+from actors.scoring_config import SCORE_KEYS
 from pipelines.config import VideoGPAConfig
 from pipelines.pairing import make_pairs
 from pipelines.progress import set_label

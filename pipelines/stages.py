@@ -26,7 +26,8 @@ from actors import s3
 from actors.errors import InputError
 from actors.model_config import ModelConfig, SamplingConfig
 from actors.models import build_pipeline, encode_prompts, encode_training_inputs, generate_videos, load_lora
-from actors.scoring import SCORE_KEYS, ScoringConfig, VideoScorer
+from actors.scoring import VideoScorer
+from actors.scoring_config import SCORE_KEYS, ScoringConfig
 from actors.video_io import decode_video, encode_mp4
 from pipelines.config import PoolConfig
 from pipelines.storage import RunStore, StorageSpec, make_filesystem, read_bytes, storage_error
